@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Everything else is a step of those.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+REPO ?= models/repository
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+
+.PHONY: serve test install install-dev repository protos lint check-protos clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install only when the dependency list changes.
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[$*]"
+	touch $@
+
+install: $(VENV)/.installed-models
+install-dev: $(VENV)/.installed-dev
+
+$(REPO)/.built: models/build_repository.py | install
+	$(BIN)/python models/build_repository.py --output $(REPO)
+	touch $@
+
+repository: $(REPO)/.built
+
+## serve: install, build the demo model repository, serve it on HTTP 8000 and gRPC 8001.
+serve: repository
+	$(BIN)/gateway serve --model-repository $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+## test: install the dev environment and run linters, type checks and the whole test suite.
+test: install-dev
+	$(BIN)/ruff check gateway tests models loadtest scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+## protos: regenerate gateway/generated from protos/ (a test fails if the checked-in code drifts).
+protos: install-dev
+	$(BIN)/python scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) $(REPO) .pytest_cache .mypy_cache .ruff_cache

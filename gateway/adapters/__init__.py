@@ -1,0 +1,1 @@
+"""Thin protocol adapters (HTTP, gRPC) over the one InferenceService."""

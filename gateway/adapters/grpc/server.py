@@ -1,0 +1,183 @@
+"""The grpc.aio servicer for inference.GRPCInferenceService and its one error-translation point."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from gateway.adapters.grpc import codec
+from gateway.adapters.model_config import model_config_dict, model_metadata_dict
+from gateway.core.errors import ErrorCode, GatewayError
+from gateway.core.service import EXTENSIONS, SERVER_NAME, InferenceService
+from gateway.core.types import RequestContext
+from gateway.generated import grpc_service_pb2 as pb
+from gateway.generated import grpc_service_pb2_grpc as pb_grpc
+from gateway.generated import model_config_pb2
+
+logger = logging.getLogger(__name__)
+
+GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+Response = TypeVar("Response")
+Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def translated(method: Method[Response]) -> Method[Response]:
+    """Turn GatewayErrors (and anything unexpected) into gRPC status codes."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await method(self, request, context)
+        except GatewayError as error:
+            await context.abort(GRPC_STATUS[error.code], error.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            logger.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+        raise AssertionError("unreachable: abort() raises")
+
+    return wrapper
+
+
+async def _unimplemented(context: grpc.aio.ServicerContext, what: str) -> Any:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by this server")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Every RPC of the service; those not supported yet answer UNIMPLEMENTED at once."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    @translated
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self._service.live)
+
+    @translated
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self._service.ready)
+
+    @translated
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ModelReadyResponse(ready=self._service.model_ready(request.name, request.version))
+
+    @translated
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=self._service.version, extensions=list(EXTENSIONS)
+        )
+
+    @translated
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        loaded = self._service.loaded_version(request.name, request.version)
+        versions = [str(v.version) for v in self._service.model(request.name).ready_versions()]
+        return json_format.ParseDict(
+            model_metadata_dict(loaded, versions), pb.ModelMetadataResponse()
+        )
+
+    @translated
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        loaded = self._service.loaded_version(request.name, request.version)
+        config = json_format.ParseDict(model_config_dict(loaded), model_config_pb2.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    @translated
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        infer_request = codec.decode_request(request)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else _monotonic() + remaining
+        response = await self._service.infer(
+            infer_request, RequestContext(protocol="grpc", deadline_s=deadline)
+        )
+        return codec.encode_response(response)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
+        await _unimplemented(context, "ModelStreamInfer")
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "ModelStatistics")
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "RepositoryIndex")
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "RepositoryModelLoad")
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "RepositoryModelUnload")
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "SystemSharedMemoryStatus")
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "SystemSharedMemoryRegister")
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "SystemSharedMemoryUnregister")
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "CudaSharedMemoryStatus")
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "CudaSharedMemoryRegister")
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "CudaSharedMemoryUnregister")
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "TraceSetting")
+
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "LogSettings")
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def start_grpc_server(
+    service: InferenceService, *, host: str, port: int, max_request_bytes: int
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving on host:port (0 = pick a free port); returns the server and its port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 40_000),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        InferenceServicer(service), server
+    )
+    try:
+        bound = server.add_insecure_port(_address(host, port))
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for gRPC on {_address(host, port)}: {exc}") from exc
+    await server.start()
+    return server, bound

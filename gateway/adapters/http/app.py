@@ -1,0 +1,106 @@
+"""The V2 REST route table and its handlers; each handler decodes, calls the service, encodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.adapters.http import codec
+from gateway.adapters.http.errors import error_middleware
+from gateway.adapters.model_config import model_config_dict, model_metadata_dict
+from gateway.core.errors import PayloadTooLargeError
+from gateway.core.service import EXTENSIONS, SERVER_NAME, InferenceService
+from gateway.core.types import RequestContext
+
+SERVICE = web.AppKey("service", InferenceService)
+MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(document), content_type="application/json")
+
+
+def _target(request: web.Request) -> tuple[str, str]:
+    return request.match_info["model"], request.match_info.get("version", "")
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    return _json({"name": SERVER_NAME, "version": service.version, "extensions": list(EXTENSIONS)})
+
+
+async def server_live(request: web.Request) -> web.Response:
+    live = request.app[SERVICE].live
+    return _json({"live": live}, 200 if live else 503)
+
+
+async def server_ready(request: web.Request) -> web.Response:
+    ready = request.app[SERVICE].ready
+    return _json({"ready": ready}, 200 if ready else 503)
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    name, version = _target(request)
+    ready = request.app[SERVICE].model_ready(name, version)
+    return _json({"name": name, "ready": ready}, 200 if ready else 503)
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    name, version = _target(request)
+    loaded = service.loaded_version(name, version)
+    versions = [str(v.version) for v in service.model(name).ready_versions()]
+    return _json(model_metadata_dict(loaded, versions))
+
+
+async def model_config(request: web.Request) -> web.Response:
+    name, version = _target(request)
+    return _json(model_config_dict(request.app[SERVICE].loaded_version(name, version)))
+
+
+async def infer(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    limit = request.app[MAX_REQUEST_BYTES]
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLargeError(
+            f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes"
+        )
+    body = await request.read()
+    name, version = _target(request)
+    infer_request, encoding = codec.decode_request(
+        body, request.headers.get(codec.HEADER_LENGTH), name, version
+    )
+    response = await service.infer(infer_request, RequestContext(protocol="http"))
+    payload, header_length = codec.encode_response(response, encoding)
+    if header_length is None:
+        return web.Response(body=payload, content_type=codec.JSON_CONTENT_TYPE)
+    return web.Response(
+        body=payload,
+        content_type=codec.BINARY_CONTENT_TYPE,
+        headers={codec.HEADER_LENGTH: str(header_length)},
+    )
+
+
+ROUTES = [
+    web.get("/v2", server_metadata),
+    web.get("/v2/health/live", server_live),
+    web.get("/v2/health/ready", server_ready),
+    web.get("/v2/models/{model}", model_metadata),
+    web.get("/v2/models/{model}/versions/{version}", model_metadata),
+    web.get("/v2/models/{model}/ready", model_ready),
+    web.get("/v2/models/{model}/versions/{version}/ready", model_ready),
+    web.get("/v2/models/{model}/config", model_config),
+    web.get("/v2/models/{model}/versions/{version}/config", model_config),
+    web.post("/v2/models/{model}/infer", infer),
+    web.post("/v2/models/{model}/versions/{version}/infer", infer),
+]
+
+
+def create_app(service: InferenceService, *, max_request_bytes: int) -> web.Application:
+    app = web.Application(client_max_size=max_request_bytes, middlewares=[error_middleware])
+    app[SERVICE] = service
+    app[MAX_REQUEST_BYTES] = max_request_bytes
+    app.add_routes(ROUTES)
+    return app

@@ -1,0 +1,186 @@
+"""Decodes V2 REST inference requests (JSON and binary tensor data) and encodes responses.
+
+Binary tensor extension: the body starts with a JSON header of `Inference-Header-Content-Length`
+bytes; inputs whose parameters carry `binary_data_size` take their data, in input order, from the
+bytes after it. Outputs asked for with `binary_data` (or request `binary_data_output`) are sent
+the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.core import tensors
+from gateway.core.errors import InvalidInputError, UnimplementedError
+from gateway.core.types import InferRequest, InferResponse, Tensor
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+JSON_CONTENT_TYPE = "application/json"
+
+
+@dataclass(slots=True)
+class OutputEncoding:
+    """How the client wants outputs: binary for all, and per-output overrides."""
+
+    binary_default: bool = False
+    binary: dict[str, bool] | None = None
+
+    def is_binary(self, name: str) -> bool:
+        if self.binary and name in self.binary:
+            return self.binary[name]
+        return self.binary_default
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{what} must be a JSON object")
+    return value
+
+
+def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
+    return _object(holder.get("parameters") or {}, f"{what} 'parameters'")
+
+
+def _shape(value: Any, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in value
+    ):
+        raise InvalidInputError(f"{what}: 'shape' must be a list of integers")
+    return value
+
+
+def decode_request(
+    body: bytes, header_length: str | None, model_name: str, model_version: str
+) -> tuple[InferRequest, OutputEncoding]:
+    """Parse an inference request body into the domain request and the output encoding."""
+    view = memoryview(body)
+    if header_length is None:
+        json_part, binary_part = view, view[len(view) :]
+    else:
+        try:
+            length = int(header_length)
+        except ValueError:
+            length = -1
+        if length < 0 or length > len(view):
+            raise InvalidInputError(
+                f"{HEADER_LENGTH} is '{header_length}', expected an integer between 0 and the "
+                f"body length ({len(view)})"
+            )
+        json_part, binary_part = view[:length], view[length:]
+    try:
+        document = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
+    document = _object(document, "the request")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInputError("the request must have a non-empty 'inputs' list")
+
+    inputs: list[Tensor] = []
+    offset = 0
+    for index, raw in enumerate(raw_inputs):
+        raw = _object(raw, f"inputs[{index}]")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"inputs[{index}]: 'name' must be a non-empty string")
+        what = f"input '{name}'"
+        datatype_name = raw.get("datatype")
+        if not isinstance(datatype_name, str):
+            raise InvalidInputError(f"{what}: 'datatype' must be a string")
+        datatype = tensors.lookup_datatype(what, datatype_name)
+        shape = _shape(raw.get("shape"), what)
+        size = _parameters(raw, what).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInputError(f"{what}: 'binary_data_size' must be an integer >= 0")
+            if offset + size > len(binary_part):
+                raise InvalidInputError(
+                    f"{what}: binary_data_size {size} runs past the end of the body "
+                    f"({len(binary_part) - offset} binary bytes left)"
+                )
+            array = tensors.from_buffer(what, datatype, shape, binary_part[offset : offset + size])
+            offset += size
+        else:
+            data = raw.get("data")
+            if not isinstance(data, list):
+                raise InvalidInputError(
+                    f"{what}: expected 'data' as a list, or 'binary_data_size' in parameters"
+                )
+            array = tensors.from_list(what, datatype, shape, data)
+        inputs.append(Tensor(name, datatype.name, array))
+    if offset != len(binary_part):
+        raise InvalidInputError(
+            f"the body has {len(binary_part) - offset} bytes of binary data that no input claims"
+        )
+
+    request_parameters = _parameters(document, "the request")
+    encoding = OutputEncoding(binary_default=request_parameters.get("binary_data_output") is True)
+    requested: list[str] | None = None
+    raw_outputs = document.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidInputError("'outputs' must be a list")
+        requested, encoding.binary = [], {}
+        for index, raw in enumerate(raw_outputs):
+            raw = _object(raw, f"outputs[{index}]")
+            name = raw.get("name")
+            if not isinstance(name, str) or not name:
+                raise InvalidInputError(f"outputs[{index}]: 'name' must be a non-empty string")
+            params = _parameters(raw, f"output '{name}'")
+            if params.get("classification"):
+                raise UnimplementedError(
+                    f"output '{name}': the classification extension is not supported"
+                )
+            if "binary_data" in params:
+                encoding.binary[name] = params["binary_data"] is True
+            requested.append(name)
+        requested = requested or None
+    request_id = document.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidInputError("'id' must be a string")
+    request = InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
+        requested_outputs=requested,
+        id=request_id,
+        parameters=request_parameters,
+    )
+    return request, encoding
+
+
+def encode_response(response: InferResponse, encoding: OutputEncoding) -> tuple[bytes, int | None]:
+    """The response body and, when it carries binary data, the JSON header's length."""
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for tensor in response.outputs:
+        datatype = tensors.lookup_datatype(tensor.name, tensor.datatype)
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.array.shape),
+        }
+        if encoding.is_binary(tensor.name):
+            data = tensors.to_bytes(datatype, tensor.array)
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = tensors.to_list(f"output '{tensor.name}'", datatype, tensor.array)
+        outputs.append(entry)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id:
+        document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)

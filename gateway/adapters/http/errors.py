@@ -1,0 +1,62 @@
+"""The one place HTTP turns errors into responses: the status table and the error middleware."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from gateway.core.errors import ErrorCode, GatewayError, OverloadedError
+
+logger = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.OVERLOADED: 429,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.UNIMPLEMENTED: 501,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps({"error": message}), content_type="application/json"
+    )
+
+
+def gateway_error_response(error: GatewayError) -> web.Response:
+    response = error_response(HTTP_STATUS[error.code], error.message)
+    if isinstance(error, OverloadedError):
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    return response
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        return gateway_error_response(error)
+    except web.HTTPRequestEntityTooLarge as error:
+        return error_response(
+            413, f"request body exceeds the limit of {error.max_size} bytes"  # type: ignore[attr-defined]
+        )
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(error.status, error.reason)
+    except Exception:
+        logger.exception("unexpected error handling %s %s", request.method, request.path)
+        return error_response(500, "internal error; see the gateway log")

@@ -1,0 +1,96 @@
+"""Renders a loaded version as Triton's model configuration and as V2 model metadata.
+
+Both adapters use these dicts: HTTP sends them as JSON, gRPC parses them into its messages, so
+the two protocols can never describe a model differently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.core.model import DeviceKind, LoadedVersion, TensorSpec
+
+EXECUTION_PROVIDERS_KEY = "execution_providers"
+
+
+def config_datatype(datatype: str) -> str:
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def _config_tensor(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "data_type": config_datatype(spec.datatype), "dims": list(spec.dims)}
+
+
+def model_config_dict(loaded: LoadedVersion) -> dict[str, Any]:
+    """The effective configuration, in the JSON shape of Triton's ModelConfig message."""
+    policy, signature = loaded.policy, loaded.signature
+    versions = policy.versions
+    if versions.all:
+        version_policy: dict[str, Any] = {"all": {}}
+    elif versions.specific:
+        version_policy = {"specific": {"versions": sorted(versions.specific)}}
+    else:
+        version_policy = {"latest": {"num_versions": versions.latest or 1}}
+    placement = policy.placement
+    group: dict[str, Any] = {
+        "name": policy.name,
+        "kind": "KIND_GPU" if placement.kind is DeviceKind.GPU else "KIND_CPU",
+        "count": placement.count,
+    }
+    if placement.gpus:
+        group["gpus"] = list(placement.gpus)
+    parameters = {key: {"string_value": value} for key, value in policy.parameters.items()}
+    parameters[EXECUTION_PROVIDERS_KEY] = {"string_value": ",".join(loaded.providers)}
+    config: dict[str, Any] = {
+        "name": policy.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "version_policy": version_policy,
+        "max_batch_size": signature.max_batch_size,
+        "input": [_config_tensor(t) for t in signature.inputs],
+        "output": [_config_tensor(t) for t in signature.outputs],
+        "instance_group": [group],
+        "default_model_filename": policy.default_model_filename,
+        "parameters": parameters,
+    }
+    if policy.batching is not None:
+        batching = policy.batching
+        queue = batching.queue
+        config["dynamic_batching"] = {
+            "preferred_batch_size": list(batching.preferred_batch_sizes),
+            "max_queue_delay_microseconds": batching.max_queue_delay_us,
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": queue.default_timeout_us,
+                "allow_timeout_override": queue.allow_timeout_override,
+                "max_queue_size": queue.max_queue_size,
+            },
+        }
+    if placement.accelerators:
+        params = placement.accelerator_parameters
+        config["optimization"] = {
+            "execution_accelerators": {
+                "gpu_execution_accelerator": [
+                    {"name": name, "parameters": dict(params.get(name, {}))}
+                    for name in placement.accelerators
+                ]
+            }
+        }
+    return config
+
+
+def _metadata_tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
+    shape = ([-1] if batched else []) + list(spec.dims)
+    return {"name": spec.name, "datatype": spec.datatype, "shape": shape}
+
+
+def model_metadata_dict(loaded: LoadedVersion, versions: list[str]) -> dict[str, Any]:
+    """V2 model metadata; shapes include the batch dimension (-1) when the model batches."""
+    batched = loaded.signature.batched
+    return {
+        "name": loaded.name,
+        "versions": versions,
+        "platform": "onnxruntime_onnx",
+        "inputs": [_metadata_tensor(t, batched) for t in loaded.signature.inputs],
+        "outputs": [_metadata_tensor(t, batched) for t in loaded.signature.outputs],
+    }

@@ -1,0 +1,130 @@
+"""Builds the gateway from settings and owns its start, drain and stop order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from aiohttp import web
+
+from gateway import __version__
+from gateway.adapters.grpc.server import start_grpc_server
+from gateway.adapters.http.app import create_app
+from gateway.config.settings import GatewaySettings
+from gateway.core.registry import ModelRegistry
+from gateway.core.service import InferenceService
+from gateway.runtime.repository import LoadFailure, ModelRepository
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message says why."""
+
+
+class Gateway:
+    """One gateway process: model registry, inference service, HTTP and gRPC front ends."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry()
+        self._inference_pool: ThreadPoolExecutor | None = None
+        self._load_pool: ThreadPoolExecutor | None = None
+        self._http: web.AppRunner | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self.service: InferenceService | None = None
+        self.http_port = 0
+        self.grpc_port = 0
+        self.load_failures: list[LoadFailure] = []
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._inference_pool = ThreadPoolExecutor(
+            settings.resolved_inference_threads(), thread_name_prefix="inference"
+        )
+        self._load_pool = ThreadPoolExecutor(settings.load_threads, thread_name_prefix="load")
+        self.service = InferenceService(self.registry, self._inference_pool, version=__version__)
+        repository = ModelRepository(
+            settings.model_repository,
+            default_max_batch_size=settings.default_max_batch_size,
+            default_intra_op_threads=settings.resolved_intra_op_threads(),
+        )
+        try:
+            self.load_failures = await repository.load_all(self.registry, self._load_pool)
+        except FileNotFoundError as exc:
+            raise StartupError(str(exc)) from exc
+        if self.load_failures and settings.exit_on_error:
+            lines = "\n".join(f"  - {f.reason}" for f in self.load_failures)
+            raise StartupError(
+                f"{len(self.load_failures)} model load failure(s) "
+                f"(--no-exit-on-error serves the rest):\n{lines}"
+            )
+        app = create_app(self.service, max_request_bytes=settings.max_request_bytes)
+        self._http = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._http.setup()
+        site = web.TCPSite(self._http, settings.host, settings.http_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for HTTP on {settings.host}:{settings.http_port}: {exc}"
+            ) from exc
+        self.http_port = self._http.addresses[0][1]
+        try:
+            self._grpc, self.grpc_port = await start_grpc_server(
+                self.service,
+                host=settings.host,
+                port=settings.grpc_port,
+                max_request_bytes=settings.max_request_bytes,
+            )
+        except OSError as exc:
+            raise StartupError(str(exc)) from exc
+        self.service.start_accepting()
+        logger.info(
+            "serving %d model(s) from %s: HTTP on %s:%d, gRPC on %s:%d",
+            len(self.registry.models()),
+            settings.model_repository,
+            settings.host,
+            self.http_port,
+            settings.host,
+            self.grpc_port,
+        )
+
+    async def stop(self) -> None:
+        """Stop taking requests, let in-flight ones finish within the grace period, release."""
+        grace = self.settings.shutdown_grace_s
+        if self.service is not None:
+            self.service.stop_accepting()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        for pool in (self._inference_pool, self._load_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._inference_pool = self._load_pool = None
+        for version in self.registry.all_versions():
+            if version.runner is not None:
+                version.runner.close()
+                version.runner = None
+        logger.info("stopped")
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run until SIGINT or SIGTERM, then drain and stop."""
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        await gateway.stop()

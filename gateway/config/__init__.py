@@ -1,0 +1,1 @@
+"""Settings and the model-repository config parser; turns both into core's policy objects."""

@@ -1,0 +1,67 @@
+"""Gateway settings: command-line options and GATEWAY_* environment variables, read once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class GatewaySettings(BaseSettings):
+    """Every option of `gateway serve`. Each field is also GATEWAY_<FIELD> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid", frozen=True)
+
+    model_repository: Path = Field(
+        Path("models/repository"), description="Triton-layout model repository to serve."
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all).")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    max_request_bytes: int = Field(
+        64 * MIB, gt=0, description="Largest request body or gRPC message accepted, in bytes."
+    )
+    default_max_batch_size: int = Field(
+        64,
+        ge=0,
+        description="max_batch_size for models without config.pbtxt whose ONNX file has a "
+        "dynamic first dimension on every input and output (0 disables batching).",
+    )
+    exit_on_error: bool = Field(
+        True, description="Exit at start-up if any model fails to load (as Triton does)."
+    )
+    inference_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads that run model executions concurrently; 0 = number of cores.",
+    )
+    load_threads: int = Field(2, ge=1, description="Threads that load and warm models.")
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="Default onnxruntime intra-op threads per session (a model's parameters "
+        "override it); 0 = cores / inference threads, at least 1.",
+    )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="Event loop implementation."
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+    def resolved_inference_threads(self) -> int:
+        return self.inference_threads or (os.cpu_count() or 1)
+
+    def resolved_intra_op_threads(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.resolved_inference_threads())

@@ -1,0 +1,1 @@
+"""Domain types, errors, validation and the inference service; imports no framework."""

@@ -1,0 +1,74 @@
+"""The one error family of the gateway: every failure a client can see is a GatewayError."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.Enum):
+    """What went wrong, independent of the wire protocol (DESIGN.md section 8)."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNIMPLEMENTED = "unimplemented"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    INTERNAL = "internal"
+
+
+class GatewayError(Exception):
+    """Base of every error a client may see. The message must be safe to show a client."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(GatewayError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class NotFoundError(GatewayError):
+    code = ErrorCode.NOT_FOUND
+
+
+class PayloadTooLargeError(GatewayError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class OverloadedError(GatewayError):
+    code = ErrorCode.OVERLOADED
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnavailableError(GatewayError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class DeadlineExceededError(GatewayError):
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class UnimplementedError(GatewayError):
+    code = ErrorCode.UNIMPLEMENTED
+
+
+class UnauthenticatedError(GatewayError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(GatewayError):
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class InternalError(GatewayError):
+    code = ErrorCode.INTERNAL

@@ -1,0 +1,124 @@
+"""Models, their versions' lifecycle states, and leases that keep a version alive while used."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from gateway.core.errors import NotFoundError, UnavailableError
+from gateway.core.model import LoadedVersion
+from gateway.core.ports import ModelRunner
+
+
+class VersionState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    DRAINING = "DRAINING"
+    UNLOADED = "UNLOADED"
+    FAILED = "FAILED"
+
+
+@dataclass(slots=True)
+class ModelVersion:
+    """One version of a model and where it is in its lifecycle."""
+
+    name: str
+    version: int
+    state: VersionState = VersionState.LOADING
+    reason: str = ""
+    loaded: LoadedVersion | None = None
+    runner: ModelRunner | None = None
+    in_flight: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state is VersionState.READY
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    """A model of the repository; `error` says why none of it could be loaded, if so."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    error: str = ""
+
+    def ready_versions(self) -> list[ModelVersion]:
+        return [v for _, v in sorted(self.versions.items()) if v.ready]
+
+
+class ModelRegistry:
+    """The models the gateway knows, keyed by name then version number."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ModelEntry] = {}
+
+    def entry(self, name: str) -> ModelEntry:
+        found = self._models.get(name)
+        if found is None:
+            found = self._models[name] = ModelEntry(name)
+        return found
+
+    def models(self) -> list[ModelEntry]:
+        return [self._models[name] for name in sorted(self._models)]
+
+    def get_model(self, name: str) -> ModelEntry:
+        found = self._models.get(name)
+        if found is None:
+            raise NotFoundError(f"unknown model '{name}'")
+        return found
+
+    def set_ready(self, loaded: LoadedVersion, runner: ModelRunner) -> ModelVersion:
+        entry = self.entry(loaded.name)
+        version = entry.versions.setdefault(
+            loaded.version, ModelVersion(loaded.name, loaded.version)
+        )
+        version.loaded, version.runner = loaded, runner
+        version.state, version.reason = VersionState.READY, ""
+        entry.error = ""
+        return version
+
+    def set_failed(self, name: str, version: int | None, reason: str) -> None:
+        entry = self.entry(name)
+        if version is None:
+            entry.error = reason
+            return
+        record = entry.versions.setdefault(version, ModelVersion(name, version))
+        record.state, record.reason = VersionState.FAILED, reason
+
+    def resolve(self, name: str, version: str) -> ModelVersion:
+        """The READY version a request names ('' = the latest READY one)."""
+        entry = self.get_model(name)
+        if not version:
+            ready = entry.ready_versions()
+            if not ready:
+                why = f": {entry.error}" if entry.error else ""
+                raise UnavailableError(f"model '{name}' has no ready version{why}")
+            return ready[-1]
+        if not version.isdigit():
+            raise NotFoundError(f"unknown version '{version}' of model '{name}'")
+        found = entry.versions.get(int(version))
+        if found is None:
+            raise NotFoundError(f"unknown version '{version}' of model '{name}'")
+        if not found.ready:
+            why = f": {found.reason}" if found.reason else ""
+            raise UnavailableError(
+                f"version {version} of model '{name}' is not ready "
+                f"({found.state.name}){why}"
+            )
+        return found
+
+    @contextmanager
+    def lease(self, version: ModelVersion) -> Iterator[ModelVersion]:
+        """Hold `version` in use; an unload waits until in_flight returns to zero."""
+        version.in_flight += 1
+        try:
+            yield version
+        finally:
+            version.in_flight -= 1
+
+    def all_versions(self) -> Iterator[ModelVersion]:
+        for entry in self.models():
+            yield from (v for _, v in sorted(entry.versions.items()))

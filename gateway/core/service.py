@@ -1,0 +1,111 @@
+"""The one use-case API both adapters call: health, metadata and inference."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy.typing as npt
+
+from gateway.core.errors import DeadlineExceededError, InternalError, UnavailableError
+from gateway.core.model import LoadedVersion
+from gateway.core.registry import ModelEntry, ModelRegistry, ModelVersion
+from gateway.core.types import InferRequest, InferResponse, RequestContext, Tensor
+from gateway.core.validation import validate_request
+
+SERVER_NAME = "inference-gateway"
+
+EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "model_configuration")
+"""Triton/KServe extensions this server implements, as listed in server metadata."""
+
+
+class InferenceService:
+    """Resolves the target version, validates, runs the model off the loop, builds the answer."""
+
+    def __init__(self, registry: ModelRegistry, executor: Executor, *, version: str) -> None:
+        self.registry = registry
+        self._executor = executor
+        self.version = version
+        self._accepting = False
+
+    # -- health -------------------------------------------------------------------------
+    def start_accepting(self) -> None:
+        self._accepting = True
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        """Ready when accepting requests and every model has at least one READY version."""
+        models = self.registry.models()
+        return self._accepting and all(entry.ready_versions() for entry in models)
+
+    def model_ready(self, name: str, version: str) -> bool:
+        try:
+            self.registry.resolve(name, version)
+        except UnavailableError:
+            return False
+        return True
+
+    # -- metadata -----------------------------------------------------------------------
+    def model(self, name: str) -> ModelEntry:
+        return self.registry.get_model(name)
+
+    def loaded_version(self, name: str, version: str) -> LoadedVersion:
+        found = self.registry.resolve(name, version)
+        assert found.loaded is not None
+        return found.loaded
+
+    # -- inference ----------------------------------------------------------------------
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        if not self._accepting:
+            raise UnavailableError("the server is shutting down")
+        target = self.registry.resolve(request.model_name, request.model_version)
+        loaded, runner = target.loaded, target.runner
+        assert loaded is not None and runner is not None
+        feeds, output_names, batch_size = validate_request(request, loaded.signature)
+        if ctx.deadline_s is not None and time.monotonic() >= ctx.deadline_s:
+            raise DeadlineExceededError("the request's deadline passed before it was run")
+        with self.registry.lease(target):
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(self._executor, runner.run, feeds, output_names)
+        outputs = _build_outputs(target, output_names, arrays, batch_size)
+        return InferResponse(
+            model_name=request.model_name,
+            model_version=str(target.version),
+            outputs=outputs,
+            id=request.id,
+        )
+
+
+def _build_outputs(
+    target: ModelVersion,
+    names: list[str],
+    arrays: list[npt.NDArray[Any]],
+    batch_size: int,
+) -> list[Tensor]:
+    assert target.loaded is not None
+    signature = target.loaded.signature
+    if len(arrays) != len(names):
+        raise InternalError(
+            f"model '{target.name}' version {target.version} returned {len(arrays)} outputs "
+            f"for {len(names)} requested"
+        )
+    outputs: list[Tensor] = []
+    for name, array in zip(names, arrays, strict=True):
+        spec = signature.output(name)
+        assert spec is not None
+        if batch_size and (array.ndim == 0 or array.shape[0] != batch_size):
+            raise InternalError(
+                f"model '{target.name}' version {target.version} returned output '{name}' "
+                f"with shape {list(array.shape)} for a batch of {batch_size}"
+            )
+        outputs.append(Tensor(name, spec.datatype, array))
+    return outputs

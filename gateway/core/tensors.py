@@ -1,0 +1,198 @@
+"""Turn protocol tensor payloads (raw little-endian buffers, JSON lists) into numpy and back.
+
+Shared by both adapters: the gRPC `raw_input_contents` and the HTTP binary tensor extension use
+the same encoding, and typed gRPC `contents` and JSON `data` are both lists of values.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.core.datatypes import DATATYPES, DataType
+from gateway.core.errors import InvalidInputError
+
+_LEN = struct.Struct("<I")
+
+
+def lookup_datatype(tensor: str, name: str) -> DataType:
+    datatype = DATATYPES.get(name)
+    if datatype is None:
+        raise InvalidInputError(
+            f"{tensor}: unknown datatype '{name}', expected one of {', '.join(DATATYPES)}"
+        )
+    return datatype
+
+
+def element_count(tensor: str, shape: Sequence[int]) -> int:
+    """The number of elements a shape holds; rejects negative dims."""
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidInputError(
+                f"{tensor}: shape {list(shape)} has a negative dimension; "
+                "dimensions must be >= 0"
+            )
+        count *= dim
+    return count
+
+
+def from_buffer(
+    tensor: str, datatype: DataType, shape: Sequence[int], buffer: bytes | memoryview
+) -> npt.NDArray[Any]:
+    """Decode a raw little-endian buffer into an array of `shape` (no copy for fixed types)."""
+    count = element_count(tensor, shape)
+    if datatype.is_bytes:
+        return _bytes_from_buffer(tensor, count, shape, buffer)
+    expected = count * datatype.itemsize
+    if len(buffer) != expected:
+        raise InvalidInputError(
+            f"{tensor}: {len(buffer)} bytes of data do not match shape {list(shape)} of "
+            f"{datatype.name} (expected {expected} bytes)"
+        )
+    return np.frombuffer(buffer, dtype=datatype.numpy_dtype).reshape(shape)
+
+
+def _bytes_from_buffer(
+    tensor: str, count: int, shape: Sequence[int], buffer: bytes | memoryview
+) -> npt.NDArray[Any]:
+    view = memoryview(buffer)
+    items: list[bytes] = []
+    offset, end = 0, len(view)
+    while offset < end:
+        if offset + 4 > end or len(items) >= count:
+            break
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInputError(
+                f"{tensor}: BYTES element {len(items)} claims {length} bytes but only "
+                f"{end - offset} remain"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count or offset != end:
+        raise InvalidInputError(
+            f"{tensor}: BYTES data does not match shape {list(shape)}: expected {count} "
+            "length-prefixed elements filling the buffer exactly"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+_INTEGER_KINDS = frozenset("iub")
+
+
+def from_list(
+    tensor: str, datatype: DataType, shape: Sequence[int], values: Sequence[Any]
+) -> npt.NDArray[Any]:
+    """Decode a flat or nested list of JSON-like values into an array of `shape`."""
+    count = element_count(tensor, shape)
+    if datatype.is_bytes:
+        return _bytes_from_list(tensor, count, shape, values)
+    try:
+        source = np.asarray(values)
+    except ValueError as exc:
+        raise InvalidInputError(f"{tensor}: data is not a regular (non-ragged) list") from exc
+    if source.size != count:
+        raise InvalidInputError(
+            f"{tensor}: {source.size} data elements do not match shape {list(shape)} "
+            f"(expected {count})"
+        )
+    _check_kind(tensor, datatype, source)
+    target = datatype.numpy_dtype
+    if target.kind in "iu" and source.size:
+        info = np.iinfo(target)  # type: ignore[type-var]
+        if source.min() < info.min or source.max() > info.max:
+            raise InvalidInputError(
+                f"{tensor}: values out of range for {datatype.name} [{info.min}, {info.max}]"
+            )
+    return source.astype(target, copy=False).reshape(shape)
+
+
+def _check_kind(tensor: str, datatype: DataType, source: npt.NDArray[Any]) -> None:
+    if source.size == 0:
+        return
+    kind, target = source.dtype.kind, datatype.numpy_dtype.kind
+    if target == "b":
+        ok = kind == "b"
+        expected = "true/false values"
+    elif target in "iu":
+        ok = kind in _INTEGER_KINDS
+        expected = "integers"
+    else:
+        ok = kind in "iubf"
+        expected = "numbers"
+    if not ok:
+        raise InvalidInputError(f"{tensor}: {datatype.name} data must be {expected}")
+
+
+def _bytes_from_list(
+    tensor: str, count: int, shape: Sequence[int], values: Sequence[Any]
+) -> npt.NDArray[Any]:
+    flat = _flatten(values)
+    if len(flat) != count:
+        raise InvalidInputError(
+            f"{tensor}: {len(flat)} data elements do not match shape {list(shape)} "
+            f"(expected {count})"
+        )
+    array = np.empty(count, dtype=object)
+    for i, item in enumerate(flat):
+        if isinstance(item, str):
+            array[i] = item.encode()
+        elif isinstance(item, bytes):
+            array[i] = item
+        else:
+            raise InvalidInputError(f"{tensor}: BYTES data must be strings")
+    return array.reshape(shape)
+
+
+def _flatten(values: Sequence[Any]) -> list[Any]:
+    flat: list[Any] = []
+    stack = [iter(values)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def to_bytes(datatype: DataType, array: npt.NDArray[Any]) -> bytes:
+    """Encode an array in the raw protocol encoding (little-endian; BYTES length-prefixed)."""
+    if datatype.is_bytes:
+        parts: list[bytes] = []
+        for item in array.reshape(-1):
+            data = item.encode() if isinstance(item, str) else bytes(item)
+            parts.append(_LEN.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=datatype.numpy_dtype).tobytes()
+
+
+def to_list(tensor: str, datatype: DataType, array: npt.NDArray[Any]) -> list[Any]:
+    """Encode an array as a flat list of JSON-compatible values."""
+    if not datatype.is_bytes:
+        values: list[Any] = array.reshape(-1).tolist()
+        return values
+    out: list[Any] = []
+    for item in array.reshape(-1):
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        try:
+            out.append(bytes(item).decode())
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(
+                f"{tensor}: output holds bytes that are not UTF-8 and cannot be sent as JSON; "
+                "ask for it with binary data"
+            ) from exc
+    return out

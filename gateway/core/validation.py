@@ -1,0 +1,88 @@
+"""Checks a decoded request against a version's signature before any work is queued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy.typing as npt
+
+from gateway.core.errors import InvalidInputError
+from gateway.core.model import ModelSignature, TensorSpec
+from gateway.core.types import InferRequest
+
+
+def _expected_shape(spec: TensorSpec, batched: bool) -> list[int]:
+    return ([-1] if batched else []) + list(spec.dims)
+
+
+def validate_request(
+    request: InferRequest, signature: ModelSignature
+) -> tuple[dict[str, npt.NDArray[Any]], list[str], int]:
+    """Return (feeds by input name, output names to compute, batch size or 0 if unbatched)."""
+    feeds: dict[str, npt.NDArray[Any]] = {}
+    batch_size = 0
+    batch_from = ""
+    for tensor in request.inputs:
+        name = tensor.name
+        if name in feeds:
+            raise InvalidInputError(f"input '{name}' appears more than once in the request")
+        spec = signature.input(name)
+        if spec is None:
+            expected = ", ".join(f"'{t.name}'" for t in signature.inputs)
+            raise InvalidInputError(
+                f"unexpected input '{name}' for model '{request.model_name}'; "
+                f"expected inputs: {expected}"
+            )
+        if tensor.datatype != spec.datatype:
+            raise InvalidInputError(
+                f"input '{name}': datatype {tensor.datatype} does not match the model, "
+                f"expected {spec.datatype}"
+            )
+        shape = tensor.array.shape
+        expected_shape = _expected_shape(spec, signature.batched)
+        if len(shape) != len(expected_shape) or any(
+            want not in (-1, got) for want, got in zip(expected_shape, shape, strict=True)
+        ):
+            raise InvalidInputError(
+                f"input '{name}': shape {list(shape)} does not match the model, "
+                f"expected {expected_shape}"
+            )
+        if signature.batched:
+            rows = shape[0]
+            if rows < 1 or rows > signature.max_batch_size:
+                raise InvalidInputError(
+                    f"input '{name}': batch size {rows} is outside [1, "
+                    f"{signature.max_batch_size}] (max_batch_size of model "
+                    f"'{request.model_name}')"
+                )
+            if batch_size and rows != batch_size:
+                raise InvalidInputError(
+                    f"inputs disagree on batch size: '{batch_from}' has {batch_size} rows, "
+                    f"'{name}' has {rows}"
+                )
+            batch_size, batch_from = rows, name
+        feeds[name] = tensor.array
+    missing = [t.name for t in signature.inputs if t.name not in feeds]
+    if missing:
+        raise InvalidInputError(
+            f"missing input(s) {', '.join(repr(m) for m in missing)} for model "
+            f"'{request.model_name}'"
+        )
+    return feeds, _output_names(request, signature), batch_size
+
+
+def _output_names(request: InferRequest, signature: ModelSignature) -> list[str]:
+    if request.requested_outputs is None:
+        return [t.name for t in signature.outputs]
+    seen: set[str] = set()
+    for name in request.requested_outputs:
+        if signature.output(name) is None:
+            expected = ", ".join(f"'{t.name}'" for t in signature.outputs)
+            raise InvalidInputError(
+                f"unknown output '{name}' requested from model '{request.model_name}'; "
+                f"expected outputs: {expected}"
+            )
+        if name in seen:
+            raise InvalidInputError(f"output '{name}' is requested more than once")
+        seen.add(name)
+    return list(request.requested_outputs)

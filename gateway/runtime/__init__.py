@@ -1,0 +1,1 @@
+"""onnxruntime sessions behind core's ModelRunner port, and the model-repository scanner."""
