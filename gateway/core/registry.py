@@ -48,6 +48,16 @@ class ModelEntry:
     def ready_versions(self) -> list[ModelVersion]:
         return [v for _, v in sorted(self.versions.items()) if v.ready]
 
+    def why_not_ready(self) -> str:
+        """': <reasons>' for a model without a READY version, from its or its versions' errors."""
+        reasons = [self.error] if self.error else []
+        reasons += [
+            f"version {number}: {v.reason}"
+            for number, v in sorted(self.versions.items())
+            if v.reason
+        ]
+        return ": " + "; ".join(reasons) if reasons else ""
+
 
 class ModelRegistry:
     """The models the gateway knows, keyed by name then version number."""
@@ -94,8 +104,9 @@ class ModelRegistry:
         if not version:
             ready = entry.ready_versions()
             if not ready:
-                why = f": {entry.error}" if entry.error else ""
-                raise UnavailableError(f"model '{name}' has no ready version{why}")
+                raise UnavailableError(
+                    f"model '{name}' has no ready version{entry.why_not_ready()}"
+                )
             return ready[-1]
         if not version.isdigit():
             raise NotFoundError(f"unknown version '{version}' of model '{name}'")
@@ -105,8 +116,7 @@ class ModelRegistry:
         if not found.ready:
             why = f": {found.reason}" if found.reason else ""
             raise UnavailableError(
-                f"version {version} of model '{name}' is not ready "
-                f"({found.state.name}){why}"
+                f"version {version} of model '{name}' is not ready ({found.state.name}){why}"
             )
         return found
 

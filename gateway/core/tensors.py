@@ -34,8 +34,7 @@ def element_count(tensor: str, shape: Sequence[int]) -> int:
     for dim in shape:
         if dim < 0:
             raise InvalidInputError(
-                f"{tensor}: shape {list(shape)} has a negative dimension; "
-                "dimensions must be >= 0"
+                f"{tensor}: shape {list(shape)} has a negative dimension; dimensions must be >= 0"
             )
         count *= dim
     return count
@@ -104,15 +103,44 @@ def from_list(
             f"{tensor}: {source.size} data elements do not match shape {list(shape)} "
             f"(expected {count})"
         )
-    _check_kind(tensor, datatype, source)
     target = datatype.numpy_dtype
+    if target.kind in "iu" and source.dtype.kind not in _INTEGER_KINDS:
+        return _integers_beyond_int64(tensor, datatype, shape, values, source)
+    _check_kind(tensor, datatype, source)
     if target.kind in "iu" and source.size:
         info = np.iinfo(target)  # type: ignore[type-var]
         if source.min() < info.min or source.max() > info.max:
-            raise InvalidInputError(
-                f"{tensor}: values out of range for {datatype.name} [{info.min}, {info.max}]"
-            )
+            raise _out_of_range(tensor, datatype)
     return source.astype(target, copy=False).reshape(shape)
+
+
+def _integers_beyond_int64(
+    tensor: str,
+    datatype: DataType,
+    shape: Sequence[int],
+    values: Sequence[Any],
+    source: npt.NDArray[Any],
+) -> npt.NDArray[Any]:
+    """numpy infers float64 or object for Python ints outside int64 (valid UINT64 values):
+    convert from the original ints, which numpy does exactly and with a range check."""
+    integral = source.dtype.kind == "O" or (
+        source.dtype.kind == "f" and bool(np.all(np.mod(source, 1) == 0))
+    )
+    if not integral:
+        raise InvalidInputError(f"{tensor}: {datatype.name} data must be integers")
+    try:
+        return np.array(values, dtype=datatype.numpy_dtype).reshape(shape)
+    except OverflowError as exc:
+        raise _out_of_range(tensor, datatype) from exc
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{tensor}: {datatype.name} data must be integers") from exc
+
+
+def _out_of_range(tensor: str, datatype: DataType) -> InvalidInputError:
+    info = np.iinfo(datatype.numpy_dtype)  # type: ignore[type-var]
+    return InvalidInputError(
+        f"{tensor}: values out of range for {datatype.name} [{info.min}, {info.max}]"
+    )
 
 
 def _check_kind(tensor: str, datatype: DataType, source: npt.NDArray[Any]) -> None:

@@ -157,7 +157,7 @@ def create_session(
         if not fallback:
             raise ModelLoadError(
                 f"{reason}; install onnxruntime-gpu on a machine with an NVIDIA GPU, or set "
-                "parameters { key: \"allow_cpu_fallback\" value: { string_value: \"true\" } }"
+                'parameters { key: "allow_cpu_fallback" value: { string_value: "true" } }'
             )
         logger.warning("%s; falling back to %s as the config allows", reason, CPU)
         wanted = [p for p in wanted if _provider_name(p) in available]

@@ -62,7 +62,9 @@ class ModelRepository:
         return sorted(
             int(p.name)
             for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and int(p.name) > 0
+            if p.is_dir()
+            and p.name.isdigit()
+            and int(p.name) > 0
             and (p / policy.default_model_filename).is_file()
         )
 

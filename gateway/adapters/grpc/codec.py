@@ -48,8 +48,7 @@ def _typed_contents(what: str, tensor: Any, datatype: DataType) -> list[Any]:
     wrong = [name for name in present if name != expected]
     if wrong:
         raise InvalidInputError(
-            f"{what}: datatype {datatype.name} expects contents.{expected}, got contents."
-            f"{wrong[0]}"
+            f"{what}: datatype {datatype.name} expects contents.{expected}, got contents.{wrong[0]}"
         )
     return list(getattr(contents, expected))
 

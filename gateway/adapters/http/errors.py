@@ -51,7 +51,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return gateway_error_response(error)
     except web.HTTPRequestEntityTooLarge as error:
         return error_response(
-            413, f"request body exceeds the limit of {error.max_size} bytes"  # type: ignore[attr-defined]
+            413,
+            f"request body exceeds the limit of {error.max_size} bytes",  # type: ignore[attr-defined]
         )
     except web.HTTPException as error:
         if error.status < 400:

@@ -1,0 +1,90 @@
+"""Shared fixtures: test model repositories built with onnx.helper, and real running gateways."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from onnx import TensorProto
+
+from tests.support import models
+from tests.support.server import RunningGateway
+
+SIMPLE_CONFIG = """
+name: "simple"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "INPUT0", data_type: TYPE_INT32, dims: [ 16 ] },
+  { name: "INPUT1", data_type: TYPE_INT32, dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0", data_type: TYPE_INT32, dims: [ 16 ] },
+  { name: "OUTPUT1", data_type: TYPE_INT32, dims: [ 16 ] }
+]
+"""
+
+
+def build_main_repository(root: Path) -> Path:
+    """Every model the happy-path and bad-input tests use."""
+    models.add_sub(root / "simple" / "1" / "model.onnx")
+    models.write_config(root / "simple", SIMPLE_CONFIG)
+    models.add_sub(root / "simple_fp32" / "1" / "model.onnx", TensorProto.FLOAT)
+    models.identity_all_types(root / "all_types" / "1" / "model.onnx")
+    models.fixed_shape(root / "fixed" / "1" / "model.onnx")
+    models.reshape(root / "reshape" / "1" / "model.onnx")
+    for version in (1, 2, 3):
+        models.plus_constant(root / "versioned" / str(version) / "model.onnx", version)
+        models.plus_constant(root / "versioned_all" / str(version) / "model.onnx", version)
+        models.plus_constant(root / "versioned_specific" / str(version) / "model.onnx", version)
+    models.write_config(root / "versioned_all", "version_policy: { all { } }\n")
+    models.write_config(
+        root / "versioned_specific", "version_policy: { specific { versions: [1, 3] } }\n"
+    )
+    models.add_sub(root / "gpu_fallback" / "1" / "model.onnx", TensorProto.FLOAT)
+    models.write_config(
+        root / "gpu_fallback",
+        "instance_group [ { kind: KIND_GPU, count: 1 } ]\n"
+        'parameters { key: "allow_cpu_fallback" value: { string_value: "true" } }\n',
+    )
+    models.add_sub(root / "tuned" / "1" / "model.onnx", TensorProto.FLOAT)
+    models.write_config(
+        root / "tuned",
+        'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+        'parameters { key: "inter_op_thread_count" value: { string_value: "1" } }\n'
+        'parameters { key: "graph_optimization_level" value: { string_value: "basic" } }\n'
+        'parameters { key: "execution_mode" value: { string_value: "sequential" } }\n',
+    )
+    # Files that are not models or versions are ignored, as Triton does.
+    (root / "README.txt").write_text("not a model")
+    (root / "simple" / "notes.txt").write_text("not a version")
+    return root
+
+
+@pytest.fixture(scope="session")
+def main_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_main_repository(tmp_path_factory.mktemp("repository"))
+
+
+@pytest.fixture(scope="session")
+def server(main_repository: Path) -> Iterator[RunningGateway]:
+    running = RunningGateway(main_repository, max_request_bytes=1024 * 1024)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def http_client(server: RunningGateway) -> Iterator[httpclient.InferenceServerClient]:
+    client = httpclient.InferenceServerClient(server.http_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def grpc_client(server: RunningGateway) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()

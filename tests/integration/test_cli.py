@@ -1,0 +1,155 @@
+"""`gateway` as users run it: a real process, options from flags or GATEWAY_* variables."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from gateway.config.settings import GatewaySettings
+from tests.support import models
+
+PORTS = re.compile(r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)")
+
+
+def gateway_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", *args]
+
+
+@pytest.fixture(scope="module")
+def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli-repo")
+    models.plus_constant(root / "plus" / "1" / "model.onnx", 1.0)
+    return root
+
+
+@contextmanager
+def running(
+    args: list[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[int, int, list[str]]]:
+    """Start `gateway serve`, wait for its 'serving' line, yield (http, grpc, log lines)."""
+    process = subprocess.Popen(
+        gateway_command(*args),
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = PORTS.search(line)
+            if match:
+                yield int(match.group(1)), int(match.group(2)), lines
+                break
+        else:
+            pytest.fail("the gateway did not log its ports in time")
+        if not any(PORTS.search(line) for line in lines):
+            pytest.fail("the gateway exited before serving:\n" + "".join(lines))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        lines.extend(process.stderr.readlines())
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_help_documents_every_option_and_its_environment_variable() -> None:
+    for command in (gateway_command("--help"), gateway_command("serve", "--help")):
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        for name in GatewaySettings.model_fields:
+            assert "--" + name.replace("_", "-") in out
+            assert "GATEWAY_" + name.upper() in out
+
+
+def test_serve_on_port_zero_logs_ports_and_stops_on_sigterm(small_repository: Path) -> None:
+    args = [
+        "serve",
+        "--model-repository",
+        str(small_repository),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+    ]
+    with running(args) as (http_port, grpc_port, lines):
+        assert http_port > 0 and grpc_port > 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready") as response:
+            assert response.status == 200
+    assert any("stopped" in line for line in lines)
+
+
+def test_every_option_can_come_from_the_environment(small_repository: Path) -> None:
+    env = {
+        "GATEWAY_MODEL_REPOSITORY": str(small_repository),
+        "GATEWAY_HTTP_PORT": "0",
+        "GATEWAY_GRPC_PORT": "0",
+        "GATEWAY_LOG_FORMAT": "json",
+        "GATEWAY_EVENT_LOOP": "asyncio",
+    }
+    with (
+        running(["serve"], env) as (http_port, _, lines),
+        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/plus") as response,
+    ):
+        assert b'"name":"plus"' in response.read()
+    assert lines[0].startswith("{") and '"level":"INFO"' in lines[0]
+
+
+def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(gateway_command(*args), capture_output=True, text=True, timeout=60)
+
+
+def test_missing_repository_is_a_clear_startup_error(tmp_path: Path) -> None:
+    result = run_to_exit(
+        "serve",
+        "--model-repository",
+        str(tmp_path / "nope"),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+    )
+    assert result.returncode == 1
+    assert "is not a directory" in result.stderr
+
+
+def test_invalid_setting_is_rejected_before_starting() -> None:
+    result = run_to_exit("serve", "--http-port", "70000")
+    assert result.returncode == 2
+    assert "http_port" in result.stderr
+
+
+def test_port_in_use_is_a_clear_startup_error(small_repository: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_to_exit(
+            "serve",
+            "--model-repository",
+            str(small_repository),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            str(port),
+        )
+    assert result.returncode == 1
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
