@@ -7,6 +7,7 @@ session is created the providers it actually uses are checked against what the c
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,11 +76,14 @@ class OnnxRunner:
             feeds[name] = _as_str_array(name, feeds[name])
         try:
             outputs: list[npt.NDArray[Any]] = self._session.run(list(output_names), feeds)
-        except (ort_state.InvalidArgument, ort_state.InvalidProtobuf) as exc:
-            raise InvalidInputError(f"the model rejected the request: {_ort_message(exc)}") from exc
-        except ort_state.Fail as exc:
-            raise InternalError(f"model execution failed: {_ort_message(exc)}") from exc
-        except Exception as exc:  # every other ORT failure is ours, not the client's
+        except (ort_state.InvalidArgument, ort_state.Fail) as exc:
+            # The request already matched the signature, so INVALID_ARGUMENT and a kernel's
+            # FAIL (a Reshape to an impossible shape, an index out of range) come from the
+            # values the caller sent: theirs to fix, a 400.
+            raise InvalidInputError(
+                f"the model cannot run on this input: {_ort_message(exc)}"
+            ) from exc
+        except Exception as exc:  # RUNTIME_EXCEPTION, EP_FAIL, ...: ours, not the client's
             logger.exception("model execution failed")
             raise InternalError("model execution failed") from exc
         return outputs
@@ -88,9 +92,14 @@ class OnnxRunner:
         self._session = None
 
 
+_SOURCE_LOCATION = re.compile(r"/onnxruntime_src/\S+ \S+\(.*?\)(?= )")
+
+
 def _ort_message(exc: Exception) -> str:
-    # "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions ..." -> the last part.
-    return str(exc).split(" : ")[-1].strip()
+    """ "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid ..." -> "Got invalid ...",
+    without the C++ source location ORT puts in kernel errors."""
+    message = str(exc).split(" : ")[-1].strip()
+    return _SOURCE_LOCATION.sub("", message).replace("  ", " ")
 
 
 def _as_str_array(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -129,7 +138,8 @@ def _provider_name(provider: Any) -> str:
 def _session_options(policy: ModelPolicy, default_intra_op_threads: int) -> ort.SessionOptions:
     params = policy.parameters
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT warnings go to stderr, not our logs
+    # Fatal only: ORT prints to stderr itself; errors reach us as exceptions and are logged here.
+    options.log_severity_level = 4
     intra_op_threads = params.get("intra_op_thread_count", str(default_intra_op_threads))
     options.intra_op_num_threads = int(intra_op_threads)
     options.inter_op_num_threads = int(params.get("inter_op_thread_count", "0"))
@@ -161,6 +171,7 @@ def create_session(
             )
         logger.warning("%s; falling back to %s as the config allows", reason, CPU)
         wanted = [p for p in wanted if _provider_name(p) in available]
+        first = _provider_name(wanted[0])
     options = _session_options(policy, default_intra_op_threads)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from gateway.adapters.grpc import codec
 from gateway.adapters.model_config import model_config_dict, model_metadata_dict
@@ -20,6 +21,8 @@ from gateway.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.generated import model_config_pb2
 
 logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "GRPCInferenceService"
 
 GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -38,11 +41,55 @@ Response = TypeVar("Response")
 Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
+class MalformedMessage:
+    """What a request deserializes to when its bytes are not a valid protobuf message."""
+
+    def __init__(self, type_name: str, error: DecodeError) -> None:
+        self.message = f"the request is not a valid {type_name} protobuf message: {error}"
+
+
+def _tolerant_parser(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            return MalformedMessage(message_class.DESCRIPTOR.full_name, error)
+
+    return parse
+
+
+def register_service(server: grpc.aio.Server, servicer: InferenceServicer) -> None:
+    """Register every RPC of the service, like the generated add_..._to_server does, but with
+    deserializers that hand malformed bytes to the handler (-> INVALID_ARGUMENT) instead of
+    failing inside grpc with UNKNOWN."""
+    service = pb.DESCRIPTOR.services_by_name[SERVICE_NAME]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant_parser(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def translated(method: Method[Response]) -> Method[Response]:
     """Turn GatewayErrors (and anything unexpected) into gRPC status codes."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        if isinstance(request, MalformedMessage):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             return await method(self, request, context)
         except GatewayError as error:
@@ -172,9 +219,7 @@ async def start_grpc_server(
             ("grpc.server.max_pending_requests_hard_limit", 40_000),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        InferenceServicer(service), server
-    )
+    register_service(server, InferenceServicer(service))
     try:
         bound = server.add_insecure_port(_address(host, port))
     except RuntimeError as exc:
