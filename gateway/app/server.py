@@ -16,6 +16,7 @@ from gateway.adapters.http.app import create_app
 from gateway.config.settings import GatewaySettings
 from gateway.core.registry import ModelRegistry
 from gateway.core.service import InferenceService
+from gateway.runtime.onnx_runner import installation_problem
 from gateway.runtime.repository import LoadFailure, ModelRepository
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
+        problem = installation_problem()
+        if problem:
+            logger.warning("%s", problem)
         self._inference_pool = ThreadPoolExecutor(
             settings.resolved_inference_threads(), thread_name_prefix="inference"
         )

@@ -6,6 +6,8 @@ session is created the providers it actually uses are checked against what the c
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -151,12 +153,45 @@ def _session_options(policy: ModelPolicy, default_intra_op_threads: int) -> ort.
     return options
 
 
+def installation_problem() -> str | None:
+    """onnxruntime and onnxruntime-gpu install the same `onnxruntime` module; with both present
+    whichever was installed last wins, file by file. Say so, with the fix."""
+    installed = []
+    for distribution in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        installed.append(distribution)
+    if len(installed) < 2:
+        return None
+    return (
+        "both onnxruntime and onnxruntime-gpu are installed and overwrite each other's files; "
+        "for GPUs run `pip uninstall -y onnxruntime onnxruntime-gpu && "
+        "pip install onnxruntime-gpu[cuda,cudnn]` (see README, GPU)"
+    )
+
+
+@functools.cache
+def _preload_gpu_libraries() -> None:
+    """Load CUDA/cuDNN from the nvidia-* wheels before the first GPU session (ORT >= 1.21)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception:  # a missing library shows up as the provider failing, with its reason
+        logger.warning("onnxruntime.preload_dlls() failed", exc_info=True)
+
+
 def create_session(
     path: Path, policy: ModelPolicy, *, default_intra_op_threads: int
 ) -> tuple[ort.InferenceSession, tuple[str, ...]]:
     """Create a session on the providers the policy asks for, and verify what it got."""
     wanted = requested_providers(policy.placement)
     first = _provider_name(wanted[0])
+    if first != CPU:
+        _preload_gpu_libraries()
     available = ort.get_available_providers()
     fallback = policy.placement.allow_cpu_fallback
     if first not in available:
