@@ -108,7 +108,7 @@ class ModelRegistry:
                     f"model '{name}' has no ready version{entry.why_not_ready()}"
                 )
             return ready[-1]
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()):
             raise NotFoundError(f"unknown version '{version}' of model '{name}'")
         found = entry.versions.get(int(version))
         if found is None:

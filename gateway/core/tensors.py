@@ -28,8 +28,20 @@ def lookup_datatype(tensor: str, name: str) -> DataType:
     return datatype
 
 
+MAX_RANK = 32
+"""Most dimensions a tensor may have (numpy's own limit is 64)."""
+MAX_DIM = 2**40
+"""Largest single dimension: far beyond any real tensor, far below numpy's index limits."""
+
+
 def element_count(tensor: str, shape: Sequence[int]) -> int:
-    """The number of elements a shape holds; rejects negative dims."""
+    """The number of elements a shape holds; rejects negative, absurd and too many dims."""
+    if len(shape) > MAX_RANK:
+        raise InvalidInputError(
+            f"{tensor}: shape has {len(shape)} dimensions, expected at most {MAX_RANK}"
+        )
+    if any(dim > MAX_DIM for dim in shape):
+        raise InvalidInputError(f"{tensor}: shape {list(shape)} has a dimension over {MAX_DIM}")
     count = 1
     for dim in shape:
         if dim < 0:
@@ -129,11 +141,12 @@ def _integers_beyond_int64(
     if not integral:
         raise InvalidInputError(f"{tensor}: {datatype.name} data must be integers")
     try:
-        return np.array(values, dtype=datatype.numpy_dtype).reshape(shape)
+        array = np.array(values, dtype=datatype.numpy_dtype)
     except OverflowError as exc:
         raise _out_of_range(tensor, datatype) from exc
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{tensor}: {datatype.name} data must be integers") from exc
+    return array.reshape(shape)
 
 
 def _out_of_range(tensor: str, datatype: DataType) -> InvalidInputError:

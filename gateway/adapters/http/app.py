@@ -67,7 +67,10 @@ async def infer(request: web.Request) -> web.Response:
         raise PayloadTooLargeError(
             f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes"
         )
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:  # chunked bodies: counted while read
+        raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
     name, version = _target(request)
     infer_request, encoding = codec.decode_request(
         body, request.headers.get(codec.HEADER_LENGTH), name, version

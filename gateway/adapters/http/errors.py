@@ -49,15 +49,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except GatewayError as error:
         return gateway_error_response(error)
-    except web.HTTPRequestEntityTooLarge as error:
-        return error_response(
-            413,
-            f"request body exceeds the limit of {error.max_size} bytes",  # type: ignore[attr-defined]
-        )
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(error.status, error.reason)
+        response = error_response(error.status, error.reason)
+        if "Allow" in error.headers:  # a 405 must say which methods are allowed
+            response.headers["Allow"] = error.headers["Allow"]
+        return response
     except Exception:
         logger.exception("unexpected error handling %s %s", request.method, request.path)
         return error_response(500, "internal error; see the gateway log")
