@@ -311,3 +311,22 @@ def test_concurrent_callers_each_get_their_own_answer(server: RunningGateway) ->
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(call, range(96)))
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+@pytest.mark.parametrize("binary", [True, False])
+def test_http_compression_both_ways(server: RunningGateway, algorithm: str, binary: bool) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    x = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for infer_input in inputs:
+        infer_input.set_data_from_numpy(x, binary_data=binary)
+    result = client.infer(
+        "simple",
+        inputs,
+        outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * x)
+    client.close()

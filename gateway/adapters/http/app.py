@@ -78,12 +78,18 @@ async def infer(request: web.Request) -> web.Response:
     response = await service.infer(infer_request, RequestContext(protocol="http"))
     payload, header_length = codec.encode_response(response, encoding)
     if header_length is None:
-        return web.Response(body=payload, content_type=codec.JSON_CONTENT_TYPE)
-    return web.Response(
-        body=payload,
-        content_type=codec.BINARY_CONTENT_TYPE,
-        headers={codec.HEADER_LENGTH: str(header_length)},
-    )
+        answer = web.Response(body=payload, content_type=codec.JSON_CONTENT_TYPE)
+    else:
+        answer = web.Response(
+            body=payload,
+            content_type=codec.BINARY_CONTENT_TYPE,
+            headers={codec.HEADER_LENGTH: str(header_length)},
+        )
+    if "Accept-Encoding" in request.headers:
+        # gzip or deflate as the client asks (tritonclient's response_compression_algorithm);
+        # Inference-Header-Content-Length counts the uncompressed JSON, as in Triton.
+        answer.enable_compression()
+    return answer
 
 
 ROUTES = [
