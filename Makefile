@@ -32,7 +32,7 @@ serve: repository
 
 ## test: install the dev environment and run linters, type checks and the whole test suite.
 test: install-dev
-	$(BIN)/ruff check gateway tests models loadtest scripts
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
