@@ -35,7 +35,7 @@ def model_config_dict(loaded: LoadedVersion) -> dict[str, Any]:
     group: dict[str, Any] = {
         "name": policy.name,
         "kind": "KIND_GPU" if placement.kind is DeviceKind.GPU else "KIND_CPU",
-        "count": placement.count,
+        "count": loaded.concurrency,
     }
     if placement.gpus:
         group["gpus"] = list(placement.gpus)

@@ -31,7 +31,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.registry = ModelRegistry()
+        self.registry = ModelRegistry(default_max_queue_size=settings.default_max_queue_size)
         self._inference_pool: ThreadPoolExecutor | None = None
         self._load_pool: ThreadPoolExecutor | None = None
         self._http: web.AppRunner | None = None
@@ -55,6 +55,7 @@ class Gateway:
             settings.model_repository,
             default_max_batch_size=settings.default_max_batch_size,
             default_intra_op_threads=settings.resolved_intra_op_threads(),
+            default_concurrency=settings.resolved_inference_threads(),
         )
         try:
             self.load_failures = await repository.load_all(self.registry, self._load_pool)

@@ -161,7 +161,7 @@ def _placement(path: Path, config: Any, parameters: dict[str, str]) -> Placement
     gpu = "KIND_GPU" in kinds or bool(accelerators)
     return PlacementPolicy(
         kind=DeviceKind.GPU if gpu else DeviceKind.CPU,
-        count=max(count, 1),
+        count=count,
         gpus=tuple(gpus),
         accelerators=tuple(accelerators),
         accelerator_parameters=accelerator_parameters,

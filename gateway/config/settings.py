@@ -32,13 +32,20 @@ class GatewaySettings(BaseSettings):
         description="max_batch_size for models without config.pbtxt whose ONNX file has a "
         "dynamic first dimension on every input and output (0 disables batching).",
     )
+    default_max_queue_size: int = Field(
+        1024,
+        ge=1,
+        description="Requests that may wait for a model version at once when its config sets "
+        "no dynamic_batching.default_queue_policy.max_queue_size; beyond it: 429.",
+    )
     exit_on_error: bool = Field(
         True, description="Exit at start-up if any model fails to load (as Triton does)."
     )
     inference_threads: int = Field(
         0,
         ge=0,
-        description="Threads that run model executions concurrently; 0 = number of cores.",
+        description="Threads that run model executions, and the executions one model version "
+        "may run at once when its config sets no instance_group count; 0 = usable cores.",
     )
     load_threads: int = Field(2, ge=1, description="Threads that load and warm models.")
     intra_op_threads: int = Field(
@@ -59,9 +66,14 @@ class GatewaySettings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 
     def resolved_inference_threads(self) -> int:
-        return self.inference_threads or (os.cpu_count() or 1)
+        return self.inference_threads or usable_cores()
 
     def resolved_intra_op_threads(self) -> int:
         if self.intra_op_threads:
             return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) // self.resolved_inference_threads())
+        return max(1, usable_cores() // self.resolved_inference_threads())
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask), not every core of the host."""
+    return len(os.sched_getaffinity(0))

@@ -60,7 +60,8 @@ class PlacementPolicy:
     """Where a model runs: device kind, instance count, accelerators, CPU fallback."""
 
     kind: DeviceKind = DeviceKind.CPU
-    count: int = 1
+    count: int = 0
+    """Executions that may run at once (instance_group count); 0 = the gateway's default."""
     gpus: tuple[int, ...] = ()
     accelerators: tuple[str, ...] = ()
     accelerator_parameters: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
@@ -116,3 +117,5 @@ class LoadedVersion:
     signature: ModelSignature
     providers: tuple[str, ...]
     """The execution providers onnxruntime actually uses, in priority order."""
+    concurrency: int
+    """Executions that may run at once: the config's instance count or the gateway default."""

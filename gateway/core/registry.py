@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from gateway.core.admission import AdmissionGate
 from gateway.core.errors import NotFoundError, UnavailableError
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner
@@ -30,7 +30,9 @@ class ModelVersion:
     reason: str = ""
     loaded: LoadedVersion | None = None
     runner: ModelRunner | None = None
+    gate: AdmissionGate | None = None
     in_flight: int = 0
+    """Requests admitted and not finished; an unload waits for zero."""
 
     @property
     def ready(self) -> bool:
@@ -62,8 +64,9 @@ class ModelEntry:
 class ModelRegistry:
     """The models the gateway knows, keyed by name then version number."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, default_max_queue_size: int = 1024) -> None:
         self._models: dict[str, ModelEntry] = {}
+        self._default_max_queue_size = default_max_queue_size
 
     def entry(self, name: str) -> ModelEntry:
         found = self._models.get(name)
@@ -84,6 +87,12 @@ class ModelRegistry:
         entry = self.entry(loaded.name)
         version = entry.versions.setdefault(
             loaded.version, ModelVersion(loaded.name, loaded.version)
+        )
+        policy = loaded.policy
+        queue_size = policy.batching.queue.max_queue_size if policy.batching else 0
+        version.gate = AdmissionGate(
+            concurrency=loaded.concurrency,
+            max_waiting=queue_size or self._default_max_queue_size,
         )
         version.loaded, version.runner = loaded, runner
         version.state, version.reason = VersionState.READY, ""
@@ -119,15 +128,6 @@ class ModelRegistry:
                 f"version {version} of model '{name}' is not ready ({found.state.name}){why}"
             )
         return found
-
-    @contextmanager
-    def lease(self, version: ModelVersion) -> Iterator[ModelVersion]:
-        """Hold `version` in use; an unload waits until in_flight returns to zero."""
-        version.in_flight += 1
-        try:
-            yield version
-        finally:
-            version.in_flight -= 1
 
     def all_versions(self) -> Iterator[ModelVersion]:
         for entry in self.models():

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from gateway.core.errors import DeadlineExceededError, InternalError, UnavailableError
+from gateway.core.errors import InternalError, InvalidInputError, UnavailableError
 from gateway.core.model import LoadedVersion
 from gateway.core.registry import ModelEntry, ModelRegistry, ModelVersion
 from gateway.core.types import InferRequest, InferResponse, RequestContext, Tensor
@@ -68,14 +68,25 @@ class InferenceService:
         if not self._accepting:
             raise UnavailableError("the server is shutting down")
         target = self.registry.resolve(request.model_name, request.model_version)
-        loaded, runner = target.loaded, target.runner
-        assert loaded is not None and runner is not None
+        loaded, runner, gate = target.loaded, target.runner, target.gate
+        assert loaded is not None and runner is not None and gate is not None
         feeds, output_names, batch_size = validate_request(request, loaded.signature)
-        if ctx.deadline_s is not None and time.monotonic() >= ctx.deadline_s:
-            raise DeadlineExceededError("the request's deadline passed before it was run")
-        with self.registry.lease(target):
-            loop = asyncio.get_running_loop()
-            arrays = await loop.run_in_executor(self._executor, runner.run, feeds, output_names)
+        await gate.acquire(_wait_limit_s(request, ctx, loaded))
+        target.in_flight += 1
+        loop = asyncio.get_running_loop()
+
+        def finished(_: object) -> None:  # on the worker thread, when the run has ended
+            loop.call_soon_threadsafe(_release, target)
+
+        try:
+            run = self._executor.submit(runner.run, feeds, output_names)
+        except RuntimeError as exc:  # the pool is shut down: the server is stopping
+            _release(target)
+            raise UnavailableError("the server is shutting down") from exc
+        # The slot and the lease are given back when the run ends, not when the caller leaves:
+        # a cancelled caller must not let another run start while this one still holds a core.
+        run.add_done_callback(finished)
+        arrays = await asyncio.wrap_future(run)
         outputs = _build_outputs(target, output_names, arrays, batch_size)
         return InferResponse(
             model_name=request.model_name,
@@ -83,6 +94,35 @@ class InferenceService:
             outputs=outputs,
             id=request.id,
         )
+
+
+def _release(version: ModelVersion) -> None:
+    version.in_flight -= 1
+    assert version.gate is not None
+    version.gate.release()
+
+
+def _wait_limit_s(
+    request: InferRequest, ctx: RequestContext, loaded: LoadedVersion
+) -> float | None:
+    """How long the request may wait for the model: the transport's deadline (gRPC), and
+    Triton's `timeout` request parameter (microseconds) or the queue policy's default."""
+    limits: list[float] = []
+    if ctx.deadline_s is not None:
+        limits.append(ctx.deadline_s - time.monotonic())
+    batching = loaded.policy.batching
+    requested = request.parameters.get("timeout")
+    if requested is not None and (
+        not isinstance(requested, int) or isinstance(requested, bool) or requested < 0
+    ):
+        raise InvalidInputError(
+            "parameter 'timeout' must be a non-negative integer number of microseconds"
+        )
+    if requested and (batching is None or batching.queue.allow_timeout_override):
+        limits.append(requested / 1e6)
+    elif batching is not None and batching.queue.default_timeout_us:
+        limits.append(batching.queue.default_timeout_us / 1e6)
+    return min(limits) if limits else None
 
 
 def _build_outputs(

@@ -314,6 +314,7 @@ def load_version(
     *,
     default_max_batch_size: int,
     default_intra_op_threads: int,
+    default_concurrency: int,
 ) -> tuple[LoadedVersion, OnnxRunner]:
     """Load one version from `path` (blocking: call it on the load thread pool)."""
     session, providers = create_session(
@@ -321,5 +322,6 @@ def load_version(
     )
     signature = build_signature(session, policy, path, default_max_batch_size)
     strings = frozenset(t.name for t in signature.inputs if t.datatype == "BYTES")
-    loaded = LoadedVersion(policy.name, version, policy, signature, providers)
+    concurrency = policy.placement.count or default_concurrency
+    loaded = LoadedVersion(policy.name, version, policy, signature, providers, concurrency)
     return loaded, OnnxRunner(session, strings)

@@ -43,10 +43,12 @@ class ModelRepository:
         *,
         default_max_batch_size: int,
         default_intra_op_threads: int,
+        default_concurrency: int,
     ) -> None:
         self.root = root
         self._default_max_batch_size = default_max_batch_size
         self._default_intra_op_threads = default_intra_op_threads
+        self._default_concurrency = default_concurrency
 
     def model_names(self) -> list[str]:
         if not self.root.is_dir():
@@ -106,6 +108,7 @@ class ModelRepository:
                         v,
                         default_max_batch_size=self._default_max_batch_size,
                         default_intra_op_threads=self._default_intra_op_threads,
+                        default_concurrency=self._default_concurrency,
                     ),
                 )
             except ModelLoadError as exc:

@@ -106,3 +106,22 @@ def reshape(path: Path) -> Path:
 def write_config(model_dir: Path, text: str) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(text)
+
+
+def slow(path: Path, width: int = 512, depth: int = 16) -> Path:
+    """Y = X @ W @ W ... (depth times): its run time grows with the rows the caller sends."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes, previous = [], "X"
+    for i in range(depth):
+        out = "Y" if i == depth - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [previous, "W"], [out]))
+        previous = out
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [_vi("X", TensorProto.FLOAT, ["batch", width])],
+        [_vi("Y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[numpy_helper.from_array(weight, "W")],
+    )
+    return _save(graph, path)
