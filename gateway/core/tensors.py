@@ -65,7 +65,12 @@ def from_buffer(
             f"{tensor}: {len(buffer)} bytes of data do not match shape {list(shape)} of "
             f"{datatype.name} (expected {expected} bytes)"
         )
-    return np.frombuffer(buffer, dtype=datatype.numpy_dtype).reshape(shape)
+    array = np.frombuffer(buffer, dtype=datatype.numpy_dtype)
+    if not array.flags.aligned:
+        # Binary parts follow a JSON header of any length: copy rather than hand onnxruntime
+        # a pointer its kernels may not expect.
+        array = array.copy()
+    return array.reshape(shape)
 
 
 def _bytes_from_buffer(
@@ -123,7 +128,15 @@ def from_list(
         info = np.iinfo(target)  # type: ignore[type-var]
         if source.min() < info.min or source.max() > info.max:
             raise _out_of_range(tensor, datatype)
-    return source.astype(target, copy=False).reshape(shape)
+    with np.errstate(over="ignore"):
+        array = source.astype(target, copy=False)
+    narrowed = target.kind == "f" and source.dtype.kind in "iuf" and array.dtype != source.dtype
+    if narrowed and not np.array_equal(np.isfinite(array), np.isfinite(source)):
+        limit = float(np.finfo(target).max)  # type: ignore[type-var]
+        raise InvalidInputError(
+            f"{tensor}: values out of range for {datatype.name} (largest {limit:.6g})"
+        )
+    return array.reshape(shape)
 
 
 def _integers_beyond_int64(

@@ -66,7 +66,10 @@ class ModelLoadError(Exception):
 class OnnxRunner:
     """Runs one onnxruntime session; safe to call from several threads at once."""
 
-    def __init__(self, session: ort.InferenceSession, string_inputs: frozenset[str]) -> None:
+    def __init__(
+        self, name: str, session: ort.InferenceSession, string_inputs: frozenset[str]
+    ) -> None:
+        self.name = name
         self._session = session
         self._string_inputs = string_inputs
 
@@ -79,14 +82,17 @@ class OnnxRunner:
         try:
             outputs: list[npt.NDArray[Any]] = self._session.run(list(output_names), feeds)
         except (ort_state.InvalidArgument, ort_state.Fail) as exc:
+            message = _ort_message(exc)
+            if isinstance(exc, ort_state.Fail) and _SERVER_SIDE_FAILURE.search(message):
+                logger.error("model %s failed: %s", self.name, message)
+                raise InternalError(f"model execution failed on the server: {message}") from exc
             # The request already matched the signature, so INVALID_ARGUMENT and a kernel's
             # FAIL (a Reshape to an impossible shape, an index out of range) come from the
             # values the caller sent: theirs to fix, a 400.
-            raise InvalidInputError(
-                f"the model cannot run on this input: {_ort_message(exc)}"
-            ) from exc
+            logger.debug("model %s rejected an input: %s", self.name, message)
+            raise InvalidInputError(f"the model cannot run on this input: {message}") from exc
         except Exception as exc:  # RUNTIME_EXCEPTION, EP_FAIL, ...: ours, not the client's
-            logger.exception("model execution failed")
+            logger.exception("model %s failed", self.name)
             raise InternalError("model execution failed") from exc
         return outputs
 
@@ -94,6 +100,10 @@ class OnnxRunner:
         self._session = None
 
 
+# FAIL statuses that are the server's trouble, not the request's: memory, device, libraries.
+_SERVER_SIDE_FAILURE = re.compile(
+    r"alloc|out of memory|CUDA|cuDNN|cuBLAS|CUBLAS|CUDNN|TensorRT|device", re.IGNORECASE
+)
 _SOURCE_LOCATION = re.compile(r"/onnxruntime_src/\S+ \S+\(.*?\)(?= )")
 
 
@@ -324,4 +334,4 @@ def load_version(
     strings = frozenset(t.name for t in signature.inputs if t.datatype == "BYTES")
     concurrency = policy.placement.count or default_concurrency
     loaded = LoadedVersion(policy.name, version, policy, signature, providers, concurrency)
-    return loaded, OnnxRunner(session, strings)
+    return loaded, OnnxRunner(f"{policy.name}:{version}", session, strings)

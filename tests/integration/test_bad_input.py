@@ -473,6 +473,34 @@ def test_http_unknown_route(server: RunningGateway, method: str, path: str) -> N
     assert answer.error()
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/models/stats"),
+        ("GET", "/v2/models/simple/stats"),
+        ("GET", "/v2/models/simple/versions/1/stats"),
+        ("POST", "/v2/repository/index"),
+        ("POST", "/v2/repository/models/simple/load"),
+        ("POST", "/v2/repository/models/simple/unload"),
+        ("GET", "/v2/systemsharedmemory/status"),
+        ("POST", "/v2/cudasharedmemory/region/r/register"),
+        ("GET", "/v2/trace/setting"),
+        ("GET", "/v2/logging"),
+    ],
+)
+def test_http_triton_extensions_not_implemented_answer_501(
+    server: RunningGateway, method: str, path: str
+) -> None:
+    answer = http_call(server, method, path, b"{}" if method == "POST" else None)
+    assert_http_error(answer, ErrorCode.UNIMPLEMENTED, ["not implemented", path])
+
+
+def test_http_body_that_cannot_be_decompressed_is_a_400(server: RunningGateway) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    answer = http_call(server, "POST", infer_path("simple"), b"not gzip at all", headers)
+    assert_http_error(answer, ErrorCode.INVALID_ARGUMENT, ["cannot be read"])
+
+
 WRONG_METHODS = [
     ("GET", "/v2/models/simple/infer", "POST"),
     ("PUT", "/v2/models/simple/versions/1/infer", "POST"),

@@ -75,6 +75,20 @@ def test_json_lists() -> None:
         tensors.from_list("x", UINT64, [2], [2**64, 1])
 
 
+def test_json_floats_that_overflow_the_datatype_are_refused() -> None:
+    with pytest.raises(InvalidInputError, match="out of range for FP32"):
+        tensors.from_list("x", FP32, [2], [1.0, 1e39])
+    with pytest.raises(InvalidInputError, match="out of range for FP16"):
+        tensors.from_list("x", DATATYPES["FP16"], [1], [1e6])
+
+
+def test_misaligned_binary_parts_are_copied_to_aligned_memory() -> None:
+    data = b"x" + np.arange(4, dtype="<f8").tobytes()
+    array = tensors.from_buffer("x", DATATYPES["FP64"], [4], memoryview(data)[1:])
+    assert array.flags.aligned
+    assert array.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_datatype_of_numpy_arrays() -> None:
     assert datatype_of(np.zeros(1, np.float16)).name == "FP16"
     assert datatype_of(np.array(["a"])).name == "BYTES"

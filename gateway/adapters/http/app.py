@@ -6,11 +6,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.adapters.http import codec
 from gateway.adapters.http.errors import error_middleware
 from gateway.adapters.model_config import model_config_dict, model_metadata_dict
-from gateway.core.errors import PayloadTooLargeError
+from gateway.core.errors import InvalidInputError, PayloadTooLargeError, UnimplementedError
 from gateway.core.service import EXTENSIONS, SERVER_NAME, InferenceService
 from gateway.core.types import RequestContext
 
@@ -71,6 +73,8 @@ async def infer(request: web.Request) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:  # chunked bodies: counted while read
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
+    except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a broken gzip body
+        raise InvalidInputError(f"the request body cannot be read: {exc}") from exc
     name, version = _target(request)
     infer_request, encoding = codec.decode_request(
         body, request.headers.get(codec.HEADER_LENGTH), name, version
@@ -92,6 +96,26 @@ async def infer(request: web.Request) -> web.Response:
     return answer
 
 
+async def not_implemented(request: web.Request) -> web.Response:
+    raise UnimplementedError(f"{request.method} {request.path} is not implemented by this server")
+
+
+# Triton extension routes a client may call that this server does not implement yet: they
+# answer 501, as their gRPC counterparts answer UNIMPLEMENTED, rather than 404.
+NOT_IMPLEMENTED = [
+    web.get("/v2/models/stats", not_implemented),
+    web.get("/v2/models/{model}/stats", not_implemented),
+    web.get("/v2/models/{model}/versions/{version}/stats", not_implemented),
+    web.post("/v2/repository/index", not_implemented),
+    web.post("/v2/repository/models/{model}/load", not_implemented),
+    web.post("/v2/repository/models/{model}/unload", not_implemented),
+    web.route("*", "/v2/systemsharedmemory{tail:.*}", not_implemented),
+    web.route("*", "/v2/cudasharedmemory{tail:.*}", not_implemented),
+    web.route("*", "/v2/trace/setting", not_implemented),
+    web.route("*", "/v2/models/{model}/trace/setting", not_implemented),
+    web.route("*", "/v2/logging", not_implemented),
+]
+
 ROUTES = [
     web.get("/v2", server_metadata),
     web.get("/v2/health/live", server_live),
@@ -112,4 +136,5 @@ def create_app(service: InferenceService, *, max_request_bytes: int) -> web.Appl
     app[SERVICE] = service
     app[MAX_REQUEST_BYTES] = max_request_bytes
     app.add_routes(ROUTES)
+    app.add_routes(NOT_IMPLEMENTED)
     return app

@@ -56,6 +56,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if "Allow" in error.headers:  # a 405 must say which methods are allowed
             response.headers["Allow"] = error.headers["Allow"]
         return response
+    except ConnectionResetError:  # the client left; nobody to answer, nothing to log loudly
+        logger.debug("client disconnected during %s %s", request.method, request.path)
+        raise
     except Exception:
         logger.exception("unexpected error handling %s %s", request.method, request.path)
         return error_response(500, "internal error; see the gateway log")
