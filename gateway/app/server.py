@@ -68,7 +68,12 @@ class Gateway:
                 f"(--no-exit-on-error serves the rest):\n{lines}"
             )
         app = create_app(self.service, max_request_bytes=settings.max_request_bytes)
-        self._http = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._http = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=settings.shutdown_grace_s,
+        )
         await self._http.setup()
         site = web.TCPSite(self._http, settings.host, settings.http_port)
         try:
@@ -99,19 +104,23 @@ class Gateway:
         )
 
     async def stop(self) -> None:
-        """Stop taking requests, let in-flight ones finish within the grace period, release."""
+        """Stop taking requests, let in-flight ones finish within the grace period, release.
+
+        Readiness turns false first; both front ends then drain at the same time, each within
+        the grace period; the thread pools are joined off the event loop."""
         grace = self.settings.shutdown_grace_s
         if self.service is not None:
             self.service.stop_accepting()
+        drains = []
         if self._grpc is not None:
-            await self._grpc.stop(grace)
-            self._grpc = None
+            drains.append(self._grpc.stop(grace))
         if self._http is not None:
-            await self._http.cleanup()
-            self._http = None
+            drains.append(self._http.cleanup())
+        await asyncio.gather(*drains)
+        self._grpc = self._http = None
         for pool in (self._inference_pool, self._load_pool):
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
         self._inference_pool = self._load_pool = None
         for version in self.registry.all_versions():
             if version.runner is not None:
@@ -127,9 +136,21 @@ async def serve(settings: GatewaySettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # A signal during start-up (models can take minutes to load) stops it there.
+    starting = asyncio.ensure_future(gateway.start())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await gateway.start()
-        await stop.wait()
-        logger.info("shutting down")
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            logger.info("signal received during start-up: stopping")
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+        else:
+            starting.result()  # raises StartupError
+            await stopping
+            logger.info("shutting down")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)  # a second Ctrl-C now interrupts the drain
+        stopping.cancel()
         await gateway.stop()

@@ -7,6 +7,7 @@ import http.client
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -136,3 +137,18 @@ def test_the_model_serves_again_afterwards(slow_server: RunningGateway) -> None:
     grpc_infer(slow_server, 2)
     gate = slow_server.gateway.registry.resolve("slow", "").gate
     assert gate is not None and gate.running == 0 and gate.waiting == 0
+
+
+def test_stop_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+    models.slow(tmp_path / "slow" / "1" / "model.onnx", width=WIDTH, depth=64)
+    models.write_config(tmp_path / "slow", SLOW_CONFIG)
+    running = RunningGateway(tmp_path, intra_op_threads=1, shutdown_grace_s=30)
+    answers: list[int] = []
+    in_flight = threading.Thread(target=lambda: answers.append(http_infer(running, 2048)[0]))
+    in_flight.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    running.stop()
+    in_flight.join(60)
+    assert answers == [200]
+    assert time.monotonic() - started < 30
