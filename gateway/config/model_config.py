@@ -117,7 +117,6 @@ def _batching(path: Path, config: Any) -> BatchingPolicy | None:
             max_queue_size=queue.max_queue_size,
             default_timeout_us=queue.default_timeout_microseconds,
             allow_timeout_override=queue.allow_timeout_override,
-            reject_on_timeout=reject,
         ),
     )
 
@@ -236,7 +235,6 @@ def parse_model_config(path: Path, text: str, directory_name: str) -> ModelPolic
         placement=_placement(path, config, parameters),
         parameters=parameters,
         default_model_filename=config.default_model_filename or "model.onnx",
-        source=str(path),
     )
 
 

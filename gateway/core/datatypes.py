@@ -46,17 +46,3 @@ DATATYPES: dict[str, DataType] = {
         DataType("BYTES", np.dtype(object), 0),
     )
 }
-
-_BY_NUMPY_KIND: dict[np.dtype[np.generic], DataType] = {
-    dt.numpy_dtype.newbyteorder("="): dt for dt in DATATYPES.values() if not dt.is_bytes
-}
-
-
-def datatype_of(array: np.ndarray) -> DataType:
-    """The protocol datatype of a numpy array (object and str arrays are BYTES)."""
-    if array.dtype.kind in ("O", "U", "S"):
-        return DATATYPES["BYTES"]
-    found = _BY_NUMPY_KIND.get(array.dtype.newbyteorder("="))
-    if found is None:
-        raise ValueError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")
-    return found

@@ -43,7 +43,6 @@ class QueuePolicy:
     max_queue_size: int = 0
     default_timeout_us: int = 0
     allow_timeout_override: bool = False
-    reject_on_timeout: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +75,6 @@ class ModelPolicy:
     """
 
     name: str
-    platform: str = "onnxruntime_onnx"
     max_batch_size: int | None = None
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
@@ -85,26 +83,37 @@ class ModelPolicy:
     placement: PlacementPolicy = PlacementPolicy()
     parameters: Mapping[str, str] = field(default_factory=dict)
     default_model_filename: str = "model.onnx"
-    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSignature:
-    """The tensors a loaded version accepts and returns, complete and checked against the file."""
+    """The tensors a loaded version accepts and returns, complete and checked against the file.
+
+    Lookups the request path needs are built once here, not per request."""
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
+    inputs_by_name: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    outputs_by_name: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    input_shapes: Mapping[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
+    """Full expected shape of each input, batch dimension (-1) included when batched."""
+    output_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        batch = (-1,) if self.max_batch_size > 0 else ()
+        values = {
+            "inputs_by_name": {t.name: t for t in self.inputs},
+            "outputs_by_name": {t.name: t for t in self.outputs},
+            "input_shapes": {t.name: batch + t.dims for t in self.inputs},
+            "output_names": tuple(t.name for t in self.outputs),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
     @property
     def batched(self) -> bool:
         return self.max_batch_size > 0
-
-    def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
-
-    def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)
 
 
 @dataclass(frozen=True, slots=True)

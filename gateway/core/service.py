@@ -11,14 +11,11 @@ import numpy.typing as npt
 
 from gateway.core.errors import InternalError, InvalidInputError, UnavailableError
 from gateway.core.model import LoadedVersion
-from gateway.core.registry import ModelEntry, ModelRegistry, ModelVersion
+from gateway.core.registry import ModelRegistry, ModelVersion
 from gateway.core.types import InferRequest, InferResponse, RequestContext, Tensor
 from gateway.core.validation import validate_request
 
 SERVER_NAME = "inference-gateway"
-
-EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "model_configuration")
-"""Triton/KServe extensions this server implements, as listed in server metadata."""
 
 
 class InferenceService:
@@ -55,8 +52,8 @@ class InferenceService:
         return True
 
     # -- metadata -----------------------------------------------------------------------
-    def model(self, name: str) -> ModelEntry:
-        return self.registry.get_model(name)
+    def ready_version_names(self, name: str) -> list[str]:
+        return [str(v.version) for v in self.registry.get_model(name).ready_versions()]
 
     def loaded_version(self, name: str, version: str) -> LoadedVersion:
         found = self.registry.resolve(name, version)
@@ -140,8 +137,7 @@ def _build_outputs(
         )
     outputs: list[Tensor] = []
     for name, array in zip(names, arrays, strict=True):
-        spec = signature.output(name)
-        assert spec is not None
+        spec = signature.outputs_by_name[name]
         if batch_size and (array.ndim == 0 or array.shape[0] != batch_size):
             raise InternalError(
                 f"model '{target.name}' version {target.version} returned output '{name}' "

@@ -220,6 +220,14 @@ def _flatten(values: Sequence[Any]) -> list[Any]:
     return flat
 
 
+def to_buffer(datatype: DataType, array: npt.NDArray[Any]) -> bytes | memoryview:
+    """The raw protocol encoding without a copy where numpy allows (a view of the array)."""
+    if datatype.is_bytes:
+        return to_bytes(datatype, array)
+    contiguous = np.ascontiguousarray(array, dtype=datatype.numpy_dtype)
+    return contiguous.data.cast("B")
+
+
 def to_bytes(datatype: DataType, array: npt.NDArray[Any]) -> bytes:
     """Encode an array in the raw protocol encoding (little-endian; BYTES length-prefixed)."""
     if datatype.is_bytes:
@@ -233,10 +241,7 @@ def to_bytes(datatype: DataType, array: npt.NDArray[Any]) -> bytes:
 
 
 def to_list(tensor: str, datatype: DataType, array: npt.NDArray[Any]) -> list[Any]:
-    """Encode an array as a flat list of JSON-compatible values."""
-    if not datatype.is_bytes:
-        values: list[Any] = array.reshape(-1).tolist()
-        return values
+    """Encode a BYTES array as a flat list of JSON strings (numeric arrays go to orjson as is)."""
     out: list[Any] = []
     for item in array.reshape(-1):
         if isinstance(item, str):

@@ -7,12 +7,8 @@ from typing import Any
 import numpy.typing as npt
 
 from gateway.core.errors import InvalidInputError
-from gateway.core.model import ModelSignature, TensorSpec
+from gateway.core.model import ModelSignature
 from gateway.core.types import InferRequest
-
-
-def _expected_shape(spec: TensorSpec, batched: bool) -> list[int]:
-    return ([-1] if batched else []) + list(spec.dims)
 
 
 def validate_request(
@@ -26,7 +22,7 @@ def validate_request(
         name = tensor.name
         if name in feeds:
             raise InvalidInputError(f"input '{name}' appears more than once in the request")
-        spec = signature.input(name)
+        spec = signature.inputs_by_name.get(name)
         if spec is None:
             expected = ", ".join(f"'{t.name}'" for t in signature.inputs)
             raise InvalidInputError(
@@ -39,13 +35,13 @@ def validate_request(
                 f"expected {spec.datatype}"
             )
         shape = tensor.array.shape
-        expected_shape = _expected_shape(spec, signature.batched)
+        expected_shape = signature.input_shapes[name]
         if len(shape) != len(expected_shape) or any(
             want not in (-1, got) for want, got in zip(expected_shape, shape, strict=True)
         ):
             raise InvalidInputError(
                 f"input '{name}': shape {list(shape)} does not match the model, "
-                f"expected {expected_shape}"
+                f"expected {list(expected_shape)}"
             )
         if signature.batched:
             rows = shape[0]
@@ -62,8 +58,8 @@ def validate_request(
                 )
             batch_size, batch_from = rows, name
         feeds[name] = tensor.array
-    missing = [t.name for t in signature.inputs if t.name not in feeds]
-    if missing:
+    if len(feeds) != len(signature.inputs):
+        missing = [t.name for t in signature.inputs if t.name not in feeds]
         raise InvalidInputError(
             f"missing input(s) {', '.join(repr(m) for m in missing)} for model "
             f"'{request.model_name}'"
@@ -73,10 +69,10 @@ def validate_request(
 
 def _output_names(request: InferRequest, signature: ModelSignature) -> list[str]:
     if request.requested_outputs is None:
-        return [t.name for t in signature.outputs]
+        return list(signature.output_names)
     seen: set[str] = set()
     for name in request.requested_outputs:
-        if signature.output(name) is None:
+        if name not in signature.outputs_by_name:
             expected = ", ".join(f"'{t.name}'" for t in signature.outputs)
             raise InvalidInputError(
                 f"unknown output '{name}' requested from model '{request.model_name}'; "

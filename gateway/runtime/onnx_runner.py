@@ -76,9 +76,12 @@ class OnnxRunner:
     def run(
         self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
     ) -> list[npt.NDArray[Any]]:
-        feeds = dict(inputs)
-        for name in self._string_inputs & feeds.keys():
-            feeds[name] = _as_str_array(name, feeds[name])
+        feeds = inputs
+        if self._string_inputs:
+            feeds = {
+                name: _as_str_array(name, array) if name in self._string_inputs else array
+                for name, array in inputs.items()
+            }
         try:
             outputs: list[npt.NDArray[Any]] = self._session.run(list(output_names), feeds)
         except (ort_state.InvalidArgument, ort_state.Fail) as exc:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gateway.core import tensors
-from gateway.core.datatypes import DATATYPES, datatype_of
+from gateway.core.datatypes import DATATYPES
 from gateway.core.errors import InvalidInputError
 
 FP32, BYTES, INT8, UINT64 = (DATATYPES[n] for n in ("FP32", "BYTES", "INT8", "UINT64"))
@@ -87,9 +87,3 @@ def test_misaligned_binary_parts_are_copied_to_aligned_memory() -> None:
     array = tensors.from_buffer("x", DATATYPES["FP64"], [4], memoryview(data)[1:])
     assert array.flags.aligned
     assert array.tolist() == [0.0, 1.0, 2.0, 3.0]
-
-
-def test_datatype_of_numpy_arrays() -> None:
-    assert datatype_of(np.zeros(1, np.float16)).name == "FP16"
-    assert datatype_of(np.array(["a"])).name == "BYTES"
-    assert datatype_of(np.zeros(1, ">i4")).name == "INT32"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,12 +13,15 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from gateway.adapters.grpc import codec
-from gateway.adapters.model_config import model_config_dict, model_metadata_dict
+from gateway.adapters.metadata import (
+    model_config_dict,
+    model_metadata_dict,
+    server_metadata_dict,
+)
 from gateway.core.errors import ErrorCode, GatewayError
-from gateway.core.service import EXTENSIONS, SERVER_NAME, InferenceService
+from gateway.core.service import InferenceService
 from gateway.core.types import RequestContext
 from gateway.generated import grpc_service_pb2 as pb
-from gateway.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.generated import model_config_pb2
 
 logger = logging.getLogger(__name__)
@@ -72,8 +76,9 @@ def register_service(server: grpc.aio.Server, servicer: InferenceServicer) -> No
             if method.client_streaming
             else grpc.unary_unary_rpc_method_handler
         )
+        handler = getattr(servicer, method.name, None) or _unimplemented(method.name)
         handlers[method.name] = make(
-            getattr(servicer, method.name),
+            handler,
             request_deserializer=_tolerant_parser(request_class),
             response_serializer=response_class.SerializeToString,
         )
@@ -104,12 +109,17 @@ def translated(method: Method[Response]) -> Method[Response]:
     return wrapper
 
 
-async def _unimplemented(context: grpc.aio.ServicerContext, what: str) -> Any:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by this server")
+def _unimplemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server"
+        )
+
+    return handler
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Every RPC of the service; those not supported yet answer UNIMPLEMENTED at once."""
+class InferenceServicer:
+    """The RPCs this server implements; register_service answers the others UNIMPLEMENTED."""
 
     def __init__(self, service: InferenceService) -> None:
         self._service = service
@@ -128,14 +138,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @translated
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._service.version, extensions=list(EXTENSIONS)
+        return json_format.ParseDict(
+            server_metadata_dict(self._service.version), pb.ServerMetadataResponse()
         )
 
     @translated
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         loaded = self._service.loaded_version(request.name, request.version)
-        versions = [str(v.version) for v in self._service.model(request.name).ready_versions()]
+        versions = self._service.ready_version_names(request.name)
         return json_format.ParseDict(
             model_metadata_dict(loaded, versions), pb.ModelMetadataResponse()
         )
@@ -150,56 +160,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         infer_request = codec.decode_request(request)
         remaining = context.time_remaining()
-        deadline = None if remaining is None else _monotonic() + remaining
+        deadline = None if remaining is None else time.monotonic() + remaining
         response = await self._service.infer(
             infer_request, RequestContext(protocol="grpc", deadline_s=deadline)
         )
         return codec.encode_response(response)
-
-    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
-        await _unimplemented(context, "ModelStreamInfer")
-
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "ModelStatistics")
-
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "RepositoryIndex")
-
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "RepositoryModelLoad")
-
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "RepositoryModelUnload")
-
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "SystemSharedMemoryStatus")
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "SystemSharedMemoryRegister")
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "SystemSharedMemoryUnregister")
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "CudaSharedMemoryStatus")
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "CudaSharedMemoryRegister")
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "CudaSharedMemoryUnregister")
-
-    async def TraceSetting(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "TraceSetting")
-
-    async def LogSettings(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "LogSettings")
-
-
-def _monotonic() -> float:
-    import time
-
-    return time.monotonic()
 
 
 def _address(host: str, port: int) -> str:

@@ -11,9 +11,13 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.adapters.http import codec
 from gateway.adapters.http.errors import error_middleware
-from gateway.adapters.model_config import model_config_dict, model_metadata_dict
+from gateway.adapters.metadata import (
+    model_config_dict,
+    model_metadata_dict,
+    server_metadata_dict,
+)
 from gateway.core.errors import InvalidInputError, PayloadTooLargeError, UnimplementedError
-from gateway.core.service import EXTENSIONS, SERVER_NAME, InferenceService
+from gateway.core.service import InferenceService
 from gateway.core.types import RequestContext
 
 SERVICE = web.AppKey("service", InferenceService)
@@ -29,8 +33,7 @@ def _target(request: web.Request) -> tuple[str, str]:
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    return _json({"name": SERVER_NAME, "version": service.version, "extensions": list(EXTENSIONS)})
+    return _json(server_metadata_dict(request.app[SERVICE].version))
 
 
 async def server_live(request: web.Request) -> web.Response:
@@ -53,8 +56,7 @@ async def model_metadata(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     name, version = _target(request)
     loaded = service.loaded_version(name, version)
-    versions = [str(v.version) for v in service.model(name).ready_versions()]
-    return _json(model_metadata_dict(loaded, versions))
+    return _json(model_metadata_dict(loaded, service.ready_version_names(name)))
 
 
 async def model_config(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from gateway.core import tensors
@@ -156,7 +157,7 @@ def decode_request(
 def encode_response(response: InferResponse, encoding: OutputEncoding) -> tuple[bytes, int | None]:
     """The response body and, when it carries binary data, the JSON header's length."""
     outputs: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     for tensor in response.outputs:
         datatype = tensors.lookup_datatype(tensor.name, tensor.datatype)
         entry: dict[str, Any] = {
@@ -165,11 +166,15 @@ def encode_response(response: InferResponse, encoding: OutputEncoding) -> tuple[
             "shape": list(tensor.array.shape),
         }
         if encoding.is_binary(tensor.name):
-            data = tensors.to_bytes(datatype, tensor.array)
+            data = tensors.to_buffer(datatype, tensor.array)
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
-        else:
+        elif datatype.is_bytes:
             entry["data"] = tensors.to_list(f"output '{tensor.name}'", datatype, tensor.array)
+        else:  # orjson writes a flat, native-order, contiguous numpy array directly
+            entry["data"] = np.ascontiguousarray(tensor.array.reshape(-1)).astype(
+                tensor.array.dtype.newbyteorder("="), copy=False
+            )
         outputs.append(entry)
     document: dict[str, Any] = {
         "model_name": response.model_name,

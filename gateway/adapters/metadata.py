@@ -1,7 +1,7 @@
-"""Renders a loaded version as Triton's model configuration and as V2 model metadata.
+"""Server metadata, V2 model metadata and Triton's model configuration, as dicts.
 
 Both adapters use these dicts: HTTP sends them as JSON, gRPC parses them into its messages, so
-the two protocols can never describe a model differently.
+the two protocols can never describe the server or a model differently.
 """
 
 from __future__ import annotations
@@ -9,8 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.core.model import DeviceKind, LoadedVersion, TensorSpec
+from gateway.core.service import SERVER_NAME
 
 EXECUTION_PROVIDERS_KEY = "execution_providers"
+
+EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "model_configuration")
+"""Triton/KServe protocol extensions this server implements, listed in server metadata."""
+
+
+def server_metadata_dict(version: str) -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
 
 
 def config_datatype(datatype: str) -> str:
