@@ -317,16 +317,39 @@ def test_concurrent_callers_each_get_their_own_answer(server: RunningGateway) ->
 @pytest.mark.parametrize("binary", [True, False])
 def test_http_compression_both_ways(server: RunningGateway, algorithm: str, binary: bool) -> None:
     client = httpclient.InferenceServerClient(server.http_url)
-    x = np.arange(16, dtype=np.int32).reshape(1, 16)
-    inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    inputs = [httpclient.InferInput(n, [64, 16], "FP32") for n in ("INPUT0", "INPUT1")]
     for infer_input in inputs:
         infer_input.set_data_from_numpy(x, binary_data=binary)
     result = client.infer(
-        "simple",
+        "simple_fp32",
         inputs,
         outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)],
         request_compression_algorithm=algorithm,
         response_compression_algorithm=algorithm,
     )
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * x)
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), 2 * x, rtol=1e-6)
     client.close()
+
+
+@pytest.mark.parametrize(("rows", "compressed"), [(64, True), (1, False)])
+def test_http_compresses_only_bodies_worth_it(
+    server: RunningGateway, rows: int, compressed: bool
+) -> None:
+    import http.client
+
+    import orjson
+
+    x = [0.5] * (rows * 16)
+    tensor = {"shape": [rows, 16], "datatype": "FP32", "data": x}
+    body = orjson.dumps({"inputs": [{"name": n, **tensor} for n in ("INPUT0", "INPUT1")]})
+    host, port = server.http_url.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request(
+        "POST", "/v2/models/simple_fp32/infer", body, {"Accept-Encoding": "gzip, deflate"}
+    )
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    assert response.status == 200
+    assert (response.getheader("Content-Encoding") == "gzip") is compressed

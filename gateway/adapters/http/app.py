@@ -21,6 +21,7 @@ from gateway.core.service import InferenceService
 from gateway.core.types import RequestContext
 
 SERVICE = web.AppKey("service", InferenceService)
+MIN_COMPRESSED_BYTES = 1024
 MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
 
 
@@ -91,9 +92,10 @@ async def infer(request: web.Request) -> web.Response:
             content_type=codec.BINARY_CONTENT_TYPE,
             headers={codec.HEADER_LENGTH: str(header_length)},
         )
-    if "Accept-Encoding" in request.headers:
+    if len(payload) >= MIN_COMPRESSED_BYTES and "Accept-Encoding" in request.headers:
         # gzip or deflate as the client asks (tritonclient's response_compression_algorithm);
-        # Inference-Header-Content-Length counts the uncompressed JSON, as in Triton.
+        # Inference-Header-Content-Length counts the uncompressed JSON, as in Triton. Small
+        # bodies gain nothing, and many clients send Accept-Encoding by default.
         answer.enable_compression()
     return answer
 
