@@ -31,8 +31,12 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(default_max_queue_size=settings.default_max_queue_size)
-        self._inference_pool: ThreadPoolExecutor | None = None
+        self._inference_pool = ThreadPoolExecutor(
+            settings.resolved_inference_threads(), thread_name_prefix="inference"
+        )
+        self.registry = ModelRegistry(
+            self._inference_pool, default_max_queue_size=settings.default_max_queue_size
+        )
         self._load_pool: ThreadPoolExecutor | None = None
         self._http: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -46,11 +50,8 @@ class Gateway:
         problem = installation_problem()
         if problem:
             logger.warning("%s", problem)
-        self._inference_pool = ThreadPoolExecutor(
-            settings.resolved_inference_threads(), thread_name_prefix="inference"
-        )
         self._load_pool = ThreadPoolExecutor(settings.load_threads, thread_name_prefix="load")
-        self.service = InferenceService(self.registry, self._inference_pool, version=__version__)
+        self.service = InferenceService(self.registry, version=__version__)
         repository = ModelRepository(
             settings.model_repository,
             default_max_batch_size=settings.default_max_batch_size,
@@ -121,7 +122,7 @@ class Gateway:
         for pool in (self._inference_pool, self._load_pool):
             if pool is not None:
                 await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-        self._inference_pool = self._load_pool = None
+        self._load_pool = None
         for version in self.registry.all_versions():
             if version.runner is not None:
                 version.runner.close()

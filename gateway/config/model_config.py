@@ -235,6 +235,7 @@ def parse_model_config(path: Path, text: str, directory_name: str) -> ModelPolic
         placement=_placement(path, config, parameters),
         parameters=parameters,
         default_model_filename=config.default_model_filename or "model.onnx",
+        configured=True,
     )
 
 

@@ -83,6 +83,8 @@ class ModelPolicy:
     placement: PlacementPolicy = PlacementPolicy()
     parameters: Mapping[str, str] = field(default_factory=dict)
     default_model_filename: str = "model.onnx"
+    configured: bool = False
+    """True when the model has a config.pbtxt (defaults differ, as in Triton)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from gateway.core.admission import AdmissionGate
+from gateway.core.batcher import DynamicBatcher, batcher_config
 from gateway.core.errors import NotFoundError, UnavailableError
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner
@@ -30,9 +31,7 @@ class ModelVersion:
     reason: str = ""
     loaded: LoadedVersion | None = None
     runner: ModelRunner | None = None
-    gate: AdmissionGate | None = None
-    in_flight: int = 0
-    """Requests admitted and not finished; an unload waits for zero."""
+    batcher: DynamicBatcher | None = None
 
     @property
     def ready(self) -> bool:
@@ -64,8 +63,9 @@ class ModelEntry:
 class ModelRegistry:
     """The models the gateway knows, keyed by name then version number."""
 
-    def __init__(self, *, default_max_queue_size: int = 1024) -> None:
+    def __init__(self, executor: Executor, *, default_max_queue_size: int = 1024) -> None:
         self._models: dict[str, ModelEntry] = {}
+        self._executor = executor
         self._default_max_queue_size = default_max_queue_size
 
     def entry(self, name: str) -> ModelEntry:
@@ -88,11 +88,15 @@ class ModelRegistry:
         version = entry.versions.setdefault(
             loaded.version, ModelVersion(loaded.name, loaded.version)
         )
-        policy = loaded.policy
-        queue_size = policy.batching.queue.max_queue_size if policy.batching else 0
-        version.gate = AdmissionGate(
-            concurrency=loaded.concurrency,
-            max_waiting=queue_size or self._default_max_queue_size,
+        config = batcher_config(
+            loaded.policy, loaded.signature, loaded.concurrency, self._default_max_queue_size
+        )
+        version.batcher = DynamicBatcher(
+            f"{loaded.name}:{loaded.version}",
+            runner,
+            self._executor,
+            config,
+            loaded.signature.output_names,
         )
         version.loaded, version.runner = loaded, runner
         version.state, version.reason = VersionState.READY, ""

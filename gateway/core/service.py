@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from concurrent.futures import Executor
 from typing import Any
 
 import numpy.typing as npt
@@ -21,9 +19,8 @@ SERVER_NAME = "inference-gateway"
 class InferenceService:
     """Resolves the target version, validates, runs the model off the loop, builds the answer."""
 
-    def __init__(self, registry: ModelRegistry, executor: Executor, *, version: str) -> None:
+    def __init__(self, registry: ModelRegistry, *, version: str) -> None:
         self.registry = registry
-        self._executor = executor
         self.version = version
         self._accepting = False
 
@@ -65,25 +62,12 @@ class InferenceService:
         if not self._accepting:
             raise UnavailableError("the server is shutting down")
         target = self.registry.resolve(request.model_name, request.model_version)
-        loaded, runner, gate = target.loaded, target.runner, target.gate
-        assert loaded is not None and runner is not None and gate is not None
+        loaded, batcher = target.loaded, target.batcher
+        assert loaded is not None and batcher is not None
         feeds, output_names, batch_size = validate_request(request, loaded.signature)
-        await gate.acquire(_wait_limit_s(request, ctx, loaded))
-        target.in_flight += 1
-        loop = asyncio.get_running_loop()
-
-        def finished(_: object) -> None:  # on the worker thread, when the run has ended
-            loop.call_soon_threadsafe(_release, target)
-
-        try:
-            run = self._executor.submit(runner.run, feeds, output_names)
-        except RuntimeError as exc:  # the pool is shut down: the server is stopping
-            _release(target)
-            raise UnavailableError("the server is shutting down") from exc
-        # The slot and the lease are given back when the run ends, not when the caller leaves:
-        # a cancelled caller must not let another run start while this one still holds a core.
-        run.add_done_callback(finished)
-        arrays = await asyncio.wrap_future(run)
+        arrays = await batcher.infer(
+            feeds, output_names, batch_size, _wait_limit_s(request, ctx, loaded)
+        )
         outputs = _build_outputs(target, output_names, arrays, batch_size)
         return InferResponse(
             model_name=request.model_name,
@@ -91,12 +75,6 @@ class InferenceService:
             outputs=outputs,
             id=request.id,
         )
-
-
-def _release(version: ModelVersion) -> None:
-    version.in_flight -= 1
-    assert version.gate is not None
-    version.gate.release()
 
 
 def _wait_limit_s(

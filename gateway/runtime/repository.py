@@ -86,14 +86,6 @@ class ModelRepository:
             registry.set_failed(name, None, str(exc))
             logger.error("model %s: %s", name, exc)
             return [LoadFailure(name, None, str(exc))]
-        batching = policy.batching
-        if batching and (batching.max_queue_delay_us or batching.preferred_batch_sizes):
-            logger.warning(
-                "model %s: dynamic_batching max_queue_delay_microseconds and "
-                "preferred_batch_size are not applied yet: requests run unmerged (its queue "
-                "policy is applied)",
-                name,
-            )
         versions = policy.versions.select(self.available_versions(policy))
         if not versions:
             reason = (

@@ -135,8 +135,8 @@ def test_timeout_parameter_bounds_the_wait(slow_server: RunningGateway) -> None:
 def test_the_model_serves_again_afterwards(slow_server: RunningGateway) -> None:
     assert http_infer(slow_server, 2)[0] == 200
     grpc_infer(slow_server, 2)
-    gate = slow_server.gateway.registry.resolve("slow", "").gate
-    assert gate is not None and gate.running == 0 and gate.waiting == 0
+    batcher = slow_server.gateway.registry.resolve("slow", "").batcher
+    assert batcher is not None and batcher.running == 0 and batcher.waiting == 0
 
 
 def test_stop_lets_in_flight_requests_finish(tmp_path: Path) -> None:

@@ -1,0 +1,341 @@
+"""Dynamic batching for one model version: queue requests, merge compatible ones, run, split.
+
+Requests wait in one FIFO line. Whenever a request arrives or a batch finishes, the batcher
+forms a batch from the request at the head of the line and every later request compatible with
+it (same input names, datatypes and non-batch dimensions), in line order, up to max_batch_size
+rows, and runs it on the runtime's thread pool. At most `concurrency` batches run at once
+(Triton's instance_group count); while they run, the line fills, so batches grow with load even
+without a queue delay. With a delay, a batch smaller than max_batch_size (or than a preferred
+size) waits up to max_queue_delay for company.
+
+A request waits at most until its deadline; if that passes while it is in line it is answered
+DeadlineExceededError and never run. A caller that leaves (cancelled, disconnected) is taken out
+of the line; if its batch is already running the result is dropped and its batch-mates are not
+affected. A full line refuses at once with OverloadedError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.core.errors import (
+    DeadlineExceededError,
+    GatewayError,
+    InternalError,
+    OverloadedError,
+    UnavailableError,
+)
+from gateway.core.model import ModelPolicy, ModelSignature
+from gateway.core.ports import ModelRunner
+
+Arrays = list[npt.NDArray[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherConfig:
+    """How one version batches; built from its config.pbtxt (Triton's names and semantics)."""
+
+    max_batch_size: int
+    """Rows one execution may hold; 0 for a model without a batch dimension."""
+    merge: bool
+    """Merge requests into one execution (dynamic_batching present and the model batches)."""
+    concurrency: int
+    """Batches that may run at once (instance_group count)."""
+    max_queue_size: int
+    """Requests that may wait in line; beyond it new ones are refused."""
+    max_queue_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    feeds: Mapping[str, npt.NDArray[Any]]
+    outputs: Sequence[str]
+    rows: int
+    key: tuple[Any, ...]
+    result: asyncio.Future[Arrays]
+    enqueued_s: float
+    expiry: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class BatcherStats:
+    """Counters since start: executions and the rows and requests they carried."""
+
+    batches: int = 0
+    rows: int = 0
+    requests: int = 0
+    expired: int = 0
+    refused: int = 0
+
+
+def batcher_config(
+    policy: ModelPolicy, signature: ModelSignature, concurrency: int, default_max_queue_size: int
+) -> BatcherConfig:
+    """Triton's semantics: a config with dynamic_batching merges requests; a config without it
+    runs them one by one. A model without config.pbtxt merges (with no delay) when it batches."""
+    batching = policy.batching
+    queue_size = batching.queue.max_queue_size if batching else 0
+    return BatcherConfig(
+        max_batch_size=signature.max_batch_size,
+        merge=signature.batched and (batching is not None or not policy.configured),
+        concurrency=concurrency,
+        max_queue_size=queue_size or default_max_queue_size,
+        max_queue_delay_s=batching.max_queue_delay_us / 1e6 if batching else 0.0,
+        preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
+    )
+
+
+def _compatibility_key(feeds: Mapping[str, npt.NDArray[Any]], merge: bool) -> tuple[Any, ...]:
+    if not merge:
+        return ()
+    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()))
+
+
+class DynamicBatcher:
+    """The line and the executions of one model version."""
+
+    def __init__(
+        self,
+        name: str,
+        runner: ModelRunner,
+        executor: Executor,
+        config: BatcherConfig,
+        output_order: Sequence[str],
+    ) -> None:
+        if config.concurrency < 1 or config.max_queue_size < 1:
+            raise ValueError("concurrency and max_queue_size must be >= 1")
+        self.name = name
+        self.config = config
+        self.stats = BatcherStats()
+        self._runner = runner
+        self._executor = executor
+        self._output_order = tuple(output_order)
+        self._line: deque[_Request] = deque()
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._line)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    async def wait_idle(self) -> None:
+        """Return once nothing waits or runs (for a version leaving service)."""
+        await self._idle.wait()
+
+    async def infer(
+        self,
+        feeds: Mapping[str, npt.NDArray[Any]],
+        outputs: Sequence[str],
+        rows: int,
+        timeout_s: float | None,
+    ) -> Arrays:
+        """Run `feeds` (already validated) in some batch; return `outputs` for its rows only."""
+        if timeout_s is not None and timeout_s <= 0:
+            self.stats.expired += 1
+            raise DeadlineExceededError("the request's deadline passed before it could be queued")
+        if len(self._line) >= self.config.max_queue_size:
+            self.stats.refused += 1
+            raise OverloadedError(
+                f"model '{self.name}' is at capacity: {self._running} batch(es) running and "
+                f"{len(self._line)} request(s) waiting; retry later"
+            )
+        loop = asyncio.get_running_loop()
+        request = _Request(
+            feeds=feeds,
+            outputs=outputs,
+            rows=max(rows, 1),
+            key=_compatibility_key(feeds, self.config.merge),
+            result=loop.create_future(),
+            enqueued_s=loop.time(),
+        )
+        if timeout_s is not None:
+            request.expiry = loop.call_later(timeout_s, self._expire, request, timeout_s)
+        self._line.append(request)
+        self._idle.clear()
+        self._dispatch()
+        try:
+            return await request.result
+        except asyncio.CancelledError:
+            self._leave(request)
+            raise
+
+    # -- the line ---------------------------------------------------------------------------
+    def _leave(self, request: _Request) -> None:
+        """Take a request that will never be answered out of the line, if it is still there."""
+        if request.expiry is not None:
+            request.expiry.cancel()
+        try:
+            self._line.remove(request)
+        except ValueError:
+            return  # already running, or already answered
+        self._update_idle()
+        self._dispatch()
+
+    def _expire(self, request: _Request, timeout_s: float) -> None:
+        request.expiry = None
+        if request.result.done():
+            return
+        try:
+            self._line.remove(request)
+        except ValueError:
+            return
+        self.stats.expired += 1
+        request.result.set_exception(
+            DeadlineExceededError(
+                f"the request waited {timeout_s:.3f} s in line for model '{self.name}' and its "
+                "deadline passed; it was not run"
+            )
+        )
+        self._update_idle()
+        self._dispatch()
+
+    def _update_idle(self) -> None:
+        if not self._line and not self._running:
+            self._idle.set()
+
+    # -- forming and launching batches ------------------------------------------------------
+    def _dispatch(self) -> None:
+        while self._running < self.config.concurrency and self._line:
+            batch, rows = self._collect()
+            if self._should_wait(rows):
+                self._arm_timer()
+                return
+            if len(batch) == 1:
+                self._line.popleft()
+            else:
+                chosen = {id(request) for request in batch}
+                self._line = deque(r for r in self._line if id(r) not in chosen)
+            for request in batch:
+                if request.expiry is not None:
+                    request.expiry.cancel()
+                    request.expiry = None
+            self._launch(batch, rows)
+
+    def _collect(self) -> tuple[list[_Request], int]:
+        """The head of the line and the later requests that fit with it, in line order."""
+        head = self._line[0]
+        batch, rows = [head], head.rows
+        if not self.config.merge:
+            return batch, rows
+        limit = self.config.max_batch_size
+        for request in itertools.islice(self._line, 1, None):
+            if rows >= limit:
+                break
+            if request.key == head.key and rows + request.rows <= limit:
+                batch.append(request)
+                rows += request.rows
+        return batch, rows
+
+    def _should_wait(self, rows: int) -> bool:
+        config = self.config
+        if not config.merge or config.max_queue_delay_s <= 0 or rows >= config.max_batch_size:
+            return False
+        preferred = config.preferred_batch_sizes
+        if preferred and (rows in preferred or rows >= max(preferred)):
+            return False
+        waited_s = asyncio.get_running_loop().time() - self._line[0].enqueued_s
+        return waited_s < config.max_queue_delay_s
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        due_s = self._line[0].enqueued_s + self.config.max_queue_delay_s
+        self._timer = loop.call_at(due_s, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _launch(self, batch: list[_Request], rows: int) -> None:
+        names = set().union(*(r.outputs for r in batch))
+        outputs = [name for name in self._output_order if name in names]
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {
+                name: np.concatenate([r.feeds[name] for r in batch]) for name in batch[0].feeds
+            }
+        loop = asyncio.get_running_loop()
+        try:
+            run = self._executor.submit(self._runner.run, feeds, outputs)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._fail(batch, UnavailableError("the server is shutting down"))
+            self._update_idle()
+            return
+        self._running += 1
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.requests += len(batch)
+
+        # The slot is given back when the run ends, not when a caller leaves: a cancelled
+        # caller must not let another batch start while this one still holds a core.
+        def finished(done: Future[Arrays]) -> None:  # on the worker thread
+            loop.call_soon_threadsafe(self._finish, batch, rows, outputs, done)
+
+        run.add_done_callback(finished)
+
+    def _finish(
+        self, batch: list[_Request], rows: int, outputs: list[str], done: Future[Arrays]
+    ) -> None:
+        self._running -= 1
+        try:
+            arrays = done.result()
+            parts = self._split(batch, rows, outputs, arrays)
+        except GatewayError as error:
+            self._fail(batch, error)
+        except Exception as error:  # the runner maps its errors; anything else is a bug
+            self._fail(batch, InternalError(f"model '{self.name}' failed: {error}"))
+        else:
+            for request, part in zip(batch, parts, strict=True):
+                if not request.result.done():
+                    request.result.set_result(part)
+        self._update_idle()
+        self._dispatch()
+
+    def _split(
+        self, batch: list[_Request], rows: int, outputs: list[str], arrays: Arrays
+    ) -> list[Arrays]:
+        if len(arrays) != len(outputs):
+            raise InternalError(
+                f"model '{self.name}' returned {len(arrays)} outputs for {len(outputs)} requested"
+            )
+        by_name = dict(zip(outputs, arrays, strict=True))
+        if len(batch) == 1:
+            return [[by_name[name] for name in batch[0].outputs]]
+        for name, array in by_name.items():
+            if array.ndim == 0 or array.shape[0] != rows:
+                raise InternalError(
+                    f"model '{self.name}' returned output '{name}' with shape "
+                    f"{list(array.shape)} for a batch of {rows} rows"
+                )
+        parts: list[Arrays] = []
+        offset = 0
+        for request in batch:
+            end = offset + request.rows
+            parts.append([by_name[name][offset:end] for name in request.outputs])
+            offset = end
+        return parts
+
+    @staticmethod
+    def _fail(batch: list[_Request], error: GatewayError) -> None:
+        for request in batch:
+            if not request.result.done():
+                request.result.set_exception(copy.copy(error))
