@@ -10,10 +10,11 @@ from typing import Any
 
 from gateway.core.model import DeviceKind, LoadedVersion, TensorSpec
 from gateway.core.service import SERVER_NAME
+from gateway.core.statistics import Duration, VersionStatistics
 
 EXECUTION_PROVIDERS_KEY = "execution_providers"
 
-EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "model_configuration")
+EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "model_configuration", "statistics")
 """Triton/KServe protocol extensions this server implements, listed in server metadata."""
 
 
@@ -102,3 +103,43 @@ def model_metadata_dict(loaded: LoadedVersion, versions: list[str]) -> dict[str,
         "inputs": [_metadata_tensor(t, batched) for t in loaded.signature.inputs],
         "outputs": [_metadata_tensor(t, batched) for t in loaded.signature.outputs],
     }
+
+
+def _duration(duration: Duration) -> dict[str, int]:
+    return {"count": duration.count, "ns": duration.ns}
+
+
+def statistics_dict(entries: list[tuple[str, int, VersionStatistics]]) -> dict[str, Any]:
+    """Triton's statistics extension response (`model_stats`), for HTTP JSON and gRPC alike."""
+    model_stats = []
+    for name, version, stats in entries:
+        model_stats.append(
+            {
+                "name": name,
+                "version": str(version),
+                "last_inference": stats.last_inference_ms,
+                "inference_count": stats.inference_count,
+                "execution_count": stats.execution_count,
+                "inference_stats": {
+                    "success": _duration(stats.success),
+                    "fail": _duration(stats.fail),
+                    "queue": _duration(stats.queue),
+                    "compute_input": _duration(stats.compute_input),
+                    "compute_infer": _duration(stats.compute_infer),
+                    "compute_output": _duration(stats.compute_output),
+                    "cache_hit": {"count": 0, "ns": 0},
+                    "cache_miss": {"count": 0, "ns": 0},
+                },
+                "batch_stats": [
+                    {
+                        "batch_size": size,
+                        "compute_input": _duration(by_size.compute_input),
+                        "compute_infer": _duration(by_size.compute_infer),
+                        "compute_output": _duration(by_size.compute_output),
+                    }
+                    for size, by_size in sorted(stats.batches.items())
+                ],
+                "memory_usage": [],
+            }
+        )
+    return {"model_stats": model_stats}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, Future
@@ -37,6 +38,7 @@ from gateway.core.errors import (
 )
 from gateway.core.model import ModelPolicy, ModelSignature
 from gateway.core.ports import ModelRunner
+from gateway.core.statistics import VersionStatistics
 
 Arrays = list[npt.NDArray[Any]]
 
@@ -65,6 +67,9 @@ class _Request:
     key: tuple[Any, ...]
     result: asyncio.Future[Arrays]
     enqueued_s: float
+    """On the loop's clock, for the queue delay."""
+    enqueued_ns: int
+    """On time.perf_counter_ns, for statistics."""
     expiry: asyncio.TimerHandle | None = None
 
 
@@ -112,12 +117,14 @@ class DynamicBatcher:
         executor: Executor,
         config: BatcherConfig,
         output_order: Sequence[str],
+        statistics: VersionStatistics | None = None,
     ) -> None:
         if config.concurrency < 1 or config.max_queue_size < 1:
             raise ValueError("concurrency and max_queue_size must be >= 1")
         self.name = name
         self.config = config
         self.stats = BatcherStats()
+        self.statistics = statistics if statistics is not None else VersionStatistics()
         self._runner = runner
         self._executor = executor
         self._output_order = tuple(output_order)
@@ -164,6 +171,7 @@ class DynamicBatcher:
             key=_compatibility_key(feeds, self.config.merge),
             result=loop.create_future(),
             enqueued_s=loop.time(),
+            enqueued_ns=time.perf_counter_ns(),
         )
         if timeout_s is not None:
             request.expiry = loop.call_later(timeout_s, self._expire, request, timeout_s)
@@ -265,6 +273,7 @@ class DynamicBatcher:
         self._dispatch()
 
     def _launch(self, batch: list[_Request], rows: int) -> None:
+        started_ns = time.perf_counter_ns()
         names = set().union(*(r.outputs for r in batch))
         outputs = [name for name in self._output_order if name in names]
         if len(batch) == 1:
@@ -273,9 +282,12 @@ class DynamicBatcher:
             feeds = {
                 name: np.concatenate([r.feeds[name] for r in batch]) for name in batch[0].feeds
             }
+        input_ns = time.perf_counter_ns() - started_ns
+        for request in batch:
+            self.statistics.queue.add(started_ns - request.enqueued_ns)
         loop = asyncio.get_running_loop()
         try:
-            run = self._executor.submit(self._runner.run, feeds, outputs)
+            run = self._executor.submit(self._timed_run, feeds, outputs)
         except RuntimeError:  # the pool is shut down: the server is stopping
             self._fail(batch, UnavailableError("the server is shutting down"))
             self._update_idle()
@@ -287,18 +299,33 @@ class DynamicBatcher:
 
         # The slot is given back when the run ends, not when a caller leaves: a cancelled
         # caller must not let another batch start while this one still holds a core.
-        def finished(done: Future[Arrays]) -> None:  # on the worker thread
-            loop.call_soon_threadsafe(self._finish, batch, rows, outputs, done)
+        def finished(done: Future[tuple[Arrays, int]]) -> None:  # on the worker thread
+            loop.call_soon_threadsafe(self._finish, batch, rows, outputs, input_ns, done)
 
         run.add_done_callback(finished)
 
+    def _timed_run(
+        self, feeds: Mapping[str, npt.NDArray[Any]], outputs: list[str]
+    ) -> tuple[Arrays, int]:
+        started_ns = time.perf_counter_ns()
+        arrays = self._runner.run(feeds, outputs)
+        return arrays, time.perf_counter_ns() - started_ns
+
     def _finish(
-        self, batch: list[_Request], rows: int, outputs: list[str], done: Future[Arrays]
+        self,
+        batch: list[_Request],
+        rows: int,
+        outputs: list[str],
+        input_ns: int,
+        done: Future[tuple[Arrays, int]],
     ) -> None:
         self._running -= 1
         try:
-            arrays = done.result()
+            arrays, infer_ns = done.result()
+            split_started_ns = time.perf_counter_ns()
             parts = self._split(batch, rows, outputs, arrays)
+            output_ns = time.perf_counter_ns() - split_started_ns
+            self.statistics.record_batch(rows, len(batch), input_ns, infer_ns, output_ns)
         except GatewayError as error:
             self._fail(batch, error)
         except Exception as error:  # the runner maps its errors; anything else is a bug

@@ -7,9 +7,15 @@ from typing import Any
 
 import numpy.typing as npt
 
-from gateway.core.errors import InternalError, InvalidInputError, UnavailableError
+from gateway.core.errors import (
+    GatewayError,
+    InternalError,
+    InvalidInputError,
+    UnavailableError,
+)
 from gateway.core.model import LoadedVersion
 from gateway.core.registry import ModelRegistry, ModelVersion
+from gateway.core.statistics import VersionStatistics
 from gateway.core.types import InferRequest, InferResponse, RequestContext, Tensor
 from gateway.core.validation import validate_request
 
@@ -49,6 +55,21 @@ class InferenceService:
         return True
 
     # -- metadata -----------------------------------------------------------------------
+    def statistics(self, name: str, version: str) -> list[tuple[str, int, VersionStatistics]]:
+        """Statistics of every ready version ('' name: of every model; '' version: of every
+        version of the model)."""
+        if version:
+            target = self.registry.resolve(name, version)
+            assert target.batcher is not None
+            return [(target.name, target.version, target.batcher.statistics)]
+        entries = [self.registry.get_model(name)] if name else self.registry.models()
+        return [
+            (v.name, v.version, v.batcher.statistics)
+            for entry in entries
+            for v in entry.ready_versions()
+            if v.batcher is not None
+        ]
+
     def ready_version_names(self, name: str) -> list[str]:
         return [str(v.version) for v in self.registry.get_model(name).ready_versions()]
 
@@ -64,11 +85,19 @@ class InferenceService:
         target = self.registry.resolve(request.model_name, request.model_version)
         loaded, batcher = target.loaded, target.batcher
         assert loaded is not None and batcher is not None
-        feeds, output_names, batch_size = validate_request(request, loaded.signature)
-        arrays = await batcher.infer(
-            feeds, output_names, batch_size, _wait_limit_s(request, ctx, loaded)
+        started_ns = time.perf_counter_ns()
+        try:
+            feeds, output_names, batch_size = validate_request(request, loaded.signature)
+            arrays = await batcher.infer(
+                feeds, output_names, batch_size, _wait_limit_s(request, ctx, loaded)
+            )
+            outputs = _build_outputs(target, output_names, arrays, batch_size)
+        except GatewayError:
+            batcher.statistics.record_request(False, 0, time.perf_counter_ns() - started_ns)
+            raise
+        batcher.statistics.record_request(
+            True, max(batch_size, 1), time.perf_counter_ns() - started_ns
         )
-        outputs = _build_outputs(target, output_names, arrays, batch_size)
         return InferResponse(
             model_name=request.model_name,
             model_version=str(target.version),

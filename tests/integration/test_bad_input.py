@@ -476,9 +476,6 @@ def test_http_unknown_route(server: RunningGateway, method: str, path: str) -> N
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/v2/models/stats"),
-        ("GET", "/v2/models/simple/stats"),
-        ("GET", "/v2/models/simple/versions/1/stats"),
         ("POST", "/v2/repository/index"),
         ("POST", "/v2/repository/models/simple/load"),
         ("POST", "/v2/repository/models/simple/unload"),
@@ -738,7 +735,7 @@ def test_grpc_message_over_limit(stub: pb_grpc.GRPCInferenceServiceStub) -> None
     ("rpc", "request_message"),
     [
         ("RepositoryIndex", pb.RepositoryIndexRequest()),
-        ("ModelStatistics", pb.ModelStatisticsRequest(name="simple")),
+        ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest()),
         ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="simple")),
         ("ModelStreamInfer", SIMPLE_RAW),
     ],

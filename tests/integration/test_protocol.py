@@ -110,7 +110,11 @@ def test_health_and_server_metadata(server: RunningGateway, protocol: str) -> No
     if protocol == "grpc":
         metadata = {"name": metadata.name, "extensions": list(metadata.extensions)}
     assert metadata["name"] == "inference-gateway"
-    assert set(metadata["extensions"]) == {"binary_tensor_data", "model_configuration"}
+    assert set(metadata["extensions"]) == {
+        "binary_tensor_data",
+        "model_configuration",
+        "statistics",
+    }
     client.close()
 
 

@@ -17,6 +17,7 @@ from gateway.adapters.metadata import (
     model_config_dict,
     model_metadata_dict,
     server_metadata_dict,
+    statistics_dict,
 )
 from gateway.core.errors import ErrorCode, GatewayError
 from gateway.core.service import InferenceService
@@ -155,6 +156,11 @@ class InferenceServicer:
         loaded = self._service.loaded_version(request.name, request.version)
         config = json_format.ParseDict(model_config_dict(loaded), model_config_pb2.ModelConfig())
         return pb.ModelConfigResponse(config=config)
+
+    @translated
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        entries = self._service.statistics(request.name, request.version)
+        return json_format.ParseDict(statistics_dict(entries), pb.ModelStatisticsResponse())
 
     @translated
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -15,6 +15,7 @@ from gateway.adapters.metadata import (
     model_config_dict,
     model_metadata_dict,
     server_metadata_dict,
+    statistics_dict,
 )
 from gateway.core.errors import InvalidInputError, PayloadTooLargeError, UnimplementedError
 from gateway.core.service import InferenceService
@@ -65,6 +66,12 @@ async def model_config(request: web.Request) -> web.Response:
     return _json(model_config_dict(request.app[SERVICE].loaded_version(name, version)))
 
 
+async def model_statistics(request: web.Request) -> web.Response:
+    name = request.match_info.get("model", "")
+    version = request.match_info.get("version", "")
+    return _json(statistics_dict(request.app[SERVICE].statistics(name, version)))
+
+
 async def infer(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     limit = request.app[MAX_REQUEST_BYTES]
@@ -107,9 +114,6 @@ async def not_implemented(request: web.Request) -> web.Response:
 # Triton extension routes a client may call that this server does not implement yet: they
 # answer 501, as their gRPC counterparts answer UNIMPLEMENTED, rather than 404.
 NOT_IMPLEMENTED = [
-    web.get("/v2/models/stats", not_implemented),
-    web.get("/v2/models/{model}/stats", not_implemented),
-    web.get("/v2/models/{model}/versions/{version}/stats", not_implemented),
     web.post("/v2/repository/index", not_implemented),
     web.post("/v2/repository/models/{model}/load", not_implemented),
     web.post("/v2/repository/models/{model}/unload", not_implemented),
@@ -121,6 +125,7 @@ NOT_IMPLEMENTED = [
 ]
 
 ROUTES = [
+    web.get("/v2/models/stats", model_statistics),  # before /v2/models/{model}
     web.get("/v2", server_metadata),
     web.get("/v2/health/live", server_live),
     web.get("/v2/health/ready", server_ready),
@@ -130,6 +135,8 @@ ROUTES = [
     web.get("/v2/models/{model}/versions/{version}/ready", model_ready),
     web.get("/v2/models/{model}/config", model_config),
     web.get("/v2/models/{model}/versions/{version}/config", model_config),
+    web.get("/v2/models/{model}/stats", model_statistics),
+    web.get("/v2/models/{model}/versions/{version}/stats", model_statistics),
     web.post("/v2/models/{model}/infer", infer),
     web.post("/v2/models/{model}/versions/{version}/infer", infer),
 ]
