@@ -69,9 +69,12 @@ def main_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_main_repository(tmp_path_factory.mktemp("repository"))
 
 
-@pytest.fixture(scope="session")
-def server(main_repository: Path) -> Iterator[RunningGateway]:
-    running = RunningGateway(main_repository, max_request_bytes=1024 * 1024)
+@pytest.fixture(scope="session", params=["threaded", "asyncio"])
+def server(request: pytest.FixtureRequest, main_repository: Path) -> Iterator[RunningGateway]:
+    """The shared gateway, once per gRPC front end (the HTTP side is the same in both)."""
+    running = RunningGateway(
+        main_repository, max_request_bytes=1024 * 1024, grpc_server=request.param
+    )
     yield running
     running.stop()
 

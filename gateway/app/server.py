@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.adapters.grpc.server import start_grpc_server
+from gateway.adapters.grpc.threaded import start_threaded_grpc_server
 from gateway.adapters.http.app import create_app
 from gateway.config.settings import GatewaySettings
 from gateway.core.registry import ModelRegistry
@@ -40,6 +41,7 @@ class Gateway:
         self._load_pool: ThreadPoolExecutor | None = None
         self._http: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._threaded_grpc: grpc.Server | None = None
         self.service: InferenceService | None = None
         self.http_port = 0
         self.grpc_port = 0
@@ -85,12 +87,21 @@ class Gateway:
             ) from exc
         self.http_port = self._http.addresses[0][1]
         try:
-            self._grpc, self.grpc_port = await start_grpc_server(
-                self.service,
-                host=settings.host,
-                port=settings.grpc_port,
-                max_request_bytes=settings.max_request_bytes,
-            )
+            if settings.grpc_server == "threaded":
+                self._threaded_grpc, self.grpc_port = start_threaded_grpc_server(
+                    self.service,
+                    host=settings.host,
+                    port=settings.grpc_port,
+                    max_request_bytes=settings.max_request_bytes,
+                    workers=settings.grpc_threads,
+                )
+            else:
+                self._grpc, self.grpc_port = await start_grpc_server(
+                    self.service,
+                    host=settings.host,
+                    port=settings.grpc_port,
+                    max_request_bytes=settings.max_request_bytes,
+                )
         except OSError as exc:
             raise StartupError(str(exc)) from exc
         self.service.start_accepting()
@@ -115,6 +126,10 @@ class Gateway:
         drains = []
         if self._grpc is not None:
             drains.append(self._grpc.stop(grace))
+        if self._threaded_grpc is not None:
+            stopped = self._threaded_grpc.stop(grace)
+            drains.append(asyncio.to_thread(stopped.wait))
+            self._threaded_grpc = None
         if self._http is not None:
             drains.append(self._http.cleanup())
         await asyncio.gather(*drains)

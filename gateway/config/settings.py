@@ -23,6 +23,16 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all).")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    grpc_server: Literal["threaded", "asyncio"] = Field(
+        "threaded",
+        description="gRPC front end: grpc.aio on the event loop, or grpcio's thread-pool server "
+        "feeding the event loop (cheaper per call; see README).",
+    )
+    grpc_threads: int = Field(
+        256,
+        ge=1,
+        description="Worker threads of the threaded gRPC server: the most calls in flight.",
+    )
     max_request_bytes: int = Field(
         64 * MIB, gt=0, description="Largest request body or gRPC message accepted, in bytes."
     )

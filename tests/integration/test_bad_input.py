@@ -737,7 +737,7 @@ def test_grpc_message_over_limit(stub: pb_grpc.GRPCInferenceServiceStub) -> None
         ("RepositoryIndex", pb.RepositoryIndexRequest()),
         ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest()),
         ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="simple")),
-        ("ModelStreamInfer", SIMPLE_RAW),
+        ("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest()),
     ],
 )
 def test_grpc_unimplemented_rpc_answers_at_once(

@@ -124,3 +124,19 @@ def encode_response(response: InferResponse) -> Any:
     for key, value in response.parameters.items():
         _set_parameter(message.parameters[key], value)
     return message
+
+
+def stream_answer(request: Any, response: InferResponse | None, error: str | None) -> Any:
+    """A ModelStreamInferResponse: the answer, or the error with the request's id and model."""
+    if response is not None:
+        return pb.ModelStreamInferResponse(infer_response=encode_response(response))
+    model_name = getattr(request, "model_name", "")
+    request_id = getattr(request, "id", "")
+    return pb.ModelStreamInferResponse(
+        error_message=error or "",
+        infer_response=pb.ModelInferResponse(
+            model_name=model_name,
+            model_version=getattr(request, "model_version", ""),
+            id=request_id,
+        ),
+    )

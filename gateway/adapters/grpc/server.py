@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -19,7 +20,7 @@ from gateway.adapters.metadata import (
     server_metadata_dict,
     statistics_dict,
 )
-from gateway.core.errors import ErrorCode, GatewayError
+from gateway.core.errors import ErrorCode, GatewayError, InvalidInputError
 from gateway.core.service import InferenceService
 from gateway.core.types import RequestContext
 from gateway.generated import grpc_service_pb2 as pb
@@ -53,7 +54,7 @@ class MalformedMessage:
         self.message = f"the request is not a valid {type_name} protobuf message: {error}"
 
 
-def _tolerant_parser(message_class: Any) -> Callable[[bytes], Any]:
+def tolerant_parser(message_class: Any) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
             return message_class.FromString(data)
@@ -77,10 +78,10 @@ def register_service(server: grpc.aio.Server, servicer: InferenceServicer) -> No
             if method.client_streaming
             else grpc.unary_unary_rpc_method_handler
         )
-        handler = getattr(servicer, method.name, None) or _unimplemented(method.name)
+        handler = getattr(servicer, method.name, None) or unimplemented(method.name)
         handlers[method.name] = make(
             handler,
-            request_deserializer=_tolerant_parser(request_class),
+            request_deserializer=tolerant_parser(request_class),
             response_serializer=response_class.SerializeToString,
         )
     server.add_generic_rpc_handlers(
@@ -110,7 +111,7 @@ def translated(method: Method[Response]) -> Method[Response]:
     return wrapper
 
 
-def _unimplemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+def unimplemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server"
@@ -165,12 +166,65 @@ class InferenceServicer:
     @translated
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         infer_request = codec.decode_request(request)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        response = await self._service.infer(
-            infer_request, RequestContext(protocol="grpc", deadline_s=deadline)
-        )
+        response = await self._service.infer(infer_request, _request_context(context))
         return codec.encode_response(response)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """Triton's bidirectional stream: requests are served concurrently (so they batch
+        together) and each is answered as it completes; an error answers that request only."""
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def serve(request: Any) -> None:
+            try:
+                if isinstance(request, MalformedMessage):
+                    raise InvalidInputError(request.message)
+                infer_request = codec.decode_request(request)
+                response = await self._service.infer(infer_request, _request_context(context))
+                answers.put_nowait(codec.stream_answer(request, response, None))
+            except GatewayError as error:
+                answers.put_nowait(codec.stream_answer(request, None, error.message))
+            except Exception:
+                logger.exception("unexpected error in ModelStreamInfer")
+                answers.put_nowait(codec.stream_answer(request, None, "internal error"))
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.create_task(serve(request))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            await asyncio.gather(*in_flight)
+            answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(in_flight):
+                task.cancel()
+
+
+def _request_context(context: Any) -> RequestContext:
+    remaining = context.time_remaining()
+    deadline = None if remaining is None else time.monotonic() + remaining
+    return RequestContext(protocol="grpc", deadline_s=deadline)
+
+
+def grpc_options(max_request_bytes: int) -> list[tuple[str, int]]:
+    """Server options: message limits, no silent port sharing, and gRPC core's pending-call caps
+    far above the gateway's own queue bounds, so overload is answered by us, not cancelled."""
+    return [
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", 20_000),
+        ("grpc.server.max_pending_requests_hard_limit", 40_000),
+    ]
 
 
 def _address(host: str, port: int) -> str:
@@ -181,15 +235,7 @@ async def start_grpc_server(
     service: InferenceService, *, host: str, port: int, max_request_bytes: int
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving on host:port (0 = pick a free port); returns the server and its port."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_request_bytes),
-            ("grpc.max_send_message_length", 2**31 - 1),
-            ("grpc.so_reuseport", 0),
-            ("grpc.server.max_pending_requests", 20_000),
-            ("grpc.server.max_pending_requests_hard_limit", 40_000),
-        ]
-    )
+    server = grpc.aio.server(options=grpc_options(max_request_bytes))
     register_service(server, InferenceServicer(service))
     try:
         bound = server.add_insecure_port(_address(host, port))

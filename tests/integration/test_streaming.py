@@ -1,0 +1,84 @@
+"""Triton's bidirectional ModelStreamInfer through tritonclient's stream API, on both gRPC
+front ends: every request answered once, errors in-stream without ending it, batching across
+the stream's requests."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.support import models
+from tests.support.server import RunningGateway
+
+CONFIG = "max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+
+
+@pytest.fixture(scope="module", params=["asyncio", "threaded"])
+def stream_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    root: Path = tmp_path_factory.mktemp("stream")
+    models.plus_constant(root / "plus" / "1" / "model.onnx", 1.0)
+    models.write_config(root / "plus", CONFIG)
+    running = RunningGateway(root, grpc_server=request.param)
+    yield running
+    running.stop()
+
+
+def _input(values: np.ndarray) -> grpcclient.InferInput:
+    infer_input = grpcclient.InferInput("X", list(values.shape), "FP32")
+    infer_input.set_data_from_numpy(values)
+    return infer_input
+
+
+def test_every_request_is_answered_with_its_own_rows(stream_server: RunningGateway) -> None:
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(stream_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    count = 60
+    for i in range(count):
+        x = np.full((1 + i % 3, 4), i, np.float32)
+        client.async_stream_infer("plus", [_input(x)], request_id=str(i))
+    got: dict[str, np.ndarray] = {}
+    for _ in range(count):
+        result, error = answers.get(timeout=30)
+        assert error is None
+        got[result.get_response().id] = result.as_numpy("Y")
+    client.stop_stream()
+    client.close()
+    for i in range(count):
+        np.testing.assert_array_equal(got[str(i)], np.full((1 + i % 3, 4), i + 1, np.float32))
+    stats = stream_server.gateway.registry.resolve("plus", "").batcher
+    assert stats is not None and stats.stats.batches < stats.stats.requests  # merged
+
+
+def test_an_error_answers_its_request_and_the_stream_goes_on(
+    stream_server: RunningGateway,
+) -> None:
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(stream_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    wrong = grpcclient.InferInput("X", [1, 5], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 5), np.float32))
+    client.async_stream_infer("plus", [wrong], request_id="bad")
+    client.async_stream_infer("nope", [_input(np.zeros((1, 4), np.float32))], request_id="lost")
+    client.async_stream_infer("plus", [_input(np.zeros((1, 4), np.float32))], request_id="good")
+    outcomes: dict[str, Any] = {}
+    for _ in range(3):
+        result, error = answers.get(timeout=30)
+        if error is None:
+            outcomes[result.get_response().id] = result.as_numpy("Y")
+        else:
+            outcomes[str(error)] = error
+    client.stop_stream()
+    client.close()
+    np.testing.assert_array_equal(outcomes["good"], np.ones((1, 4), np.float32))
+    messages = " | ".join(k for k in outcomes if k != "good")
+    assert "input 'X': shape [1, 5]" in messages
+    assert "unknown model 'nope'" in messages
