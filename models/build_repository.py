@@ -63,7 +63,7 @@ max_batch_size: 64
 #   probabilities  FP32  [-1, 10]  class probabilities
 version_policy: { all { } }
 dynamic_batching {
-  max_queue_delay_microseconds: 500
+  max_queue_delay_microseconds: 0
 }
 instance_group [
   {
@@ -357,7 +357,7 @@ def build(output: Path, skip_wide: bool = False) -> dict[str, dict[str, Any]]:
             (784, 1024, 1024, 10),
             seed=0,
             max_batch_size=128,
-            max_queue_delay_us=200,
+            max_queue_delay_us=0,
         )
         if not skip_wide:
             summary["mlp_wide"] = build_dense(
@@ -365,7 +365,7 @@ def build(output: Path, skip_wide: bool = False) -> dict[str, dict[str, Any]]:
                 (784, 4096, 4096, 10),
                 seed=1,
                 max_batch_size=64,
-                max_queue_delay_us=200,
+                max_queue_delay_us=0,
             )
         for path in staging.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)

@@ -82,7 +82,7 @@ def test_configs(repo: Path) -> None:
     assert 'platform: "onnxruntime_onnx"' in digits
     assert "max_batch_size: 64" in digits
     assert "version_policy: { all { } }" in digits
-    assert "max_queue_delay_microseconds: 500" in digits
+    assert "max_queue_delay_microseconds: 0" in digits
     assert "kind: KIND_CPU" in digits
     assert "input [" not in digits and "output [" not in digits
 
@@ -91,7 +91,7 @@ def test_configs(repo: Path) -> None:
     assert "max_batch_size: 128" in mlp
     assert "data_type: TYPE_FP32" in mlp
     assert "dims: [ 784 ]" in mlp and "dims: [ 10 ]" in mlp
-    assert "max_queue_delay_microseconds: 200" in mlp
+    assert "max_queue_delay_microseconds: 0" in mlp
 
 
 @pytest.mark.parametrize("version", [1, 2])
