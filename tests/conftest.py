@@ -73,7 +73,10 @@ def main_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(request: pytest.FixtureRequest, main_repository: Path) -> Iterator[RunningGateway]:
     """The shared gateway, once per gRPC front end (the HTTP side is the same in both)."""
     running = RunningGateway(
-        main_repository, max_request_bytes=1024 * 1024, grpc_server=request.param
+        main_repository,
+        max_request_bytes=1024 * 1024,
+        grpc_server=request.param,
+        http_compress_responses=True,
     )
     yield running
     running.stop()

@@ -70,7 +70,11 @@ class Gateway:
                 f"{len(self.load_failures)} model load failure(s) "
                 f"(--no-exit-on-error serves the rest):\n{lines}"
             )
-        app = create_app(self.service, max_request_bytes=settings.max_request_bytes)
+        app = create_app(
+            self.service,
+            max_request_bytes=settings.max_request_bytes,
+            compress_responses=settings.http_compress_responses,
+        )
         self._http = web.AppRunner(
             app,
             access_log=None,

@@ -33,6 +33,12 @@ class GatewaySettings(BaseSettings):
         ge=1,
         description="Worker threads of the threaded gRPC server: the most calls in flight.",
     )
+    http_compress_responses: bool = Field(
+        False,
+        description="Compress HTTP responses of 1 KiB or more when the client accepts gzip or "
+        "deflate. Off by default: most HTTP clients send Accept-Encoding unasked, and tensors "
+        "of floats cost much CPU to compress for little gain.",
+    )
     max_request_bytes: int = Field(
         64 * MIB, gt=0, description="Largest request body or gRPC message accepted, in bytes."
     )

@@ -357,3 +357,26 @@ def test_http_compresses_only_bodies_worth_it(
     connection.close()
     assert response.status == 200
     assert (response.getheader("Content-Encoding") in ("gzip", "deflate")) is compressed
+
+
+def test_responses_are_not_compressed_unless_enabled(main_repository: Path) -> None:
+    import http.client
+
+    import orjson
+
+    plain = RunningGateway(main_repository)  # http_compress_responses defaults to off
+    try:
+        tensor = {"shape": [64, 16], "datatype": "FP32", "data": [0.5] * (64 * 16)}
+        body = orjson.dumps({"inputs": [{"name": n, **tensor} for n in ("INPUT0", "INPUT1")]})
+        host, port = plain.http_url.split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request(
+            "POST", "/v2/models/simple_fp32/infer", body, {"Accept-Encoding": "gzip, deflate"}
+        )
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        assert response.status == 200
+        assert response.getheader("Content-Encoding") is None
+    finally:
+        plain.stop()

@@ -23,6 +23,7 @@ from gateway.core.types import RequestContext
 
 SERVICE = web.AppKey("service", InferenceService)
 MIN_COMPRESSED_BYTES = 1024
+COMPRESS_RESPONSES = web.AppKey("compress_responses", bool)
 MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
 
 
@@ -99,7 +100,8 @@ async def infer(request: web.Request) -> web.Response:
             content_type=codec.BINARY_CONTENT_TYPE,
             headers={codec.HEADER_LENGTH: str(header_length)},
         )
-    if len(payload) >= MIN_COMPRESSED_BYTES and "Accept-Encoding" in request.headers:
+    compress = request.app[COMPRESS_RESPONSES]
+    if compress and len(payload) >= MIN_COMPRESSED_BYTES and "Accept-Encoding" in request.headers:
         # gzip or deflate as the client asks (tritonclient's response_compression_algorithm);
         # Inference-Header-Content-Length counts the uncompressed JSON, as in Triton. Small
         # bodies gain nothing, and many clients send Accept-Encoding by default.
@@ -142,10 +144,13 @@ ROUTES = [
 ]
 
 
-def create_app(service: InferenceService, *, max_request_bytes: int) -> web.Application:
+def create_app(
+    service: InferenceService, *, max_request_bytes: int, compress_responses: bool = False
+) -> web.Application:
     app = web.Application(client_max_size=max_request_bytes, middlewares=[error_middleware])
     app[SERVICE] = service
     app[MAX_REQUEST_BYTES] = max_request_bytes
+    app[COMPRESS_RESPONSES] = compress_responses
     app.add_routes(ROUTES)
     app.add_routes(NOT_IMPLEMENTED)
     return app
