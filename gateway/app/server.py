@@ -80,6 +80,8 @@ class Gateway:
             access_log=None,
             handle_signals=False,
             shutdown_timeout=settings.shutdown_grace_s,
+            # A client that disconnects cancels its handler, so it leaves the batcher's line.
+            handler_cancellation=True,
         )
         await self._http.setup()
         site = web.TCPSite(self._http, settings.host, settings.http_port)

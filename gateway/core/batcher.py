@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ from gateway.core.errors import (
 from gateway.core.model import ModelPolicy, ModelSignature
 from gateway.core.ports import ModelRunner
 from gateway.core.statistics import VersionStatistics
+
+logger = logging.getLogger(__name__)
 
 Arrays = list[npt.NDArray[Any]]
 
@@ -328,8 +331,11 @@ class DynamicBatcher:
             self.statistics.record_batch(rows, len(batch), input_ns, infer_ns, output_ns)
         except GatewayError as error:
             self._fail(batch, error)
-        except Exception as error:  # the runner maps its errors; anything else is a bug
-            self._fail(batch, InternalError(f"model '{self.name}' failed: {error}"))
+        except CancelledError:  # the pool was shut down before this batch started
+            self._fail(batch, UnavailableError("the server is shutting down"))
+        except Exception:  # the runner maps its errors; anything else is a bug
+            logger.exception("model %s failed on a batch of %d rows", self.name, rows)
+            self._fail(batch, InternalError(f"model '{self.name}' failed; see the gateway log"))
         else:
             for request, part in zip(batch, parts, strict=True):
                 if not request.result.done():

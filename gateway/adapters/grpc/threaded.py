@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import grpc
@@ -76,6 +76,8 @@ class ThreadedFrontEnd:
             return future.result()
         except _Aborted as aborted:
             context.abort(aborted.code, aborted.details)
+        except CancelledError:  # the client left (deadline, cancel): nobody is listening
+            context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
 
     def model_infer(self, request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, MalformedMessage):

@@ -1,0 +1,729 @@
+"""DynamicBatcher on its own: real ModelRunners (numpy test doubles) on a real thread pool.
+
+Ordering is controlled with a gated runner: each execution announces itself to the test and
+then waits for a permit, so "while a batch runs" is a fact, not a race. Sleeps appear only
+where the queue delay itself is what is measured, with generous bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from gateway.core.batcher import BatcherConfig, BatcherStats, DynamicBatcher
+from gateway.core.errors import (
+    DeadlineExceededError,
+    GatewayError,
+    InternalError,
+    InvalidInputError,
+    OverloadedError,
+    UnavailableError,
+)
+from gateway.core.ports import ModelRunner
+
+Array = npt.NDArray[Any]
+OUTPUTS = ("DOUBLE", "PLUS1")
+"""The test model's outputs, in model order: DOUBLE = X * 2, PLUS1 = X + 1."""
+WAIT_S = 5.0
+"""Upper bound on any wait for something that should happen at once (fails instead of hangs)."""
+BAD_INPUT, CRASH = 7, 8
+"""Request ids whose rows make FailingRunner raise a GatewayError or a plain exception."""
+
+
+# -- requests and their expected answers ------------------------------------------------------
+
+
+def feed(
+    request_id: int, rows: int = 1, width: int = 3, dtype: Any = np.float32
+) -> dict[str, Array]:
+    """Distinct values per request and row: id * 1000 + row * 10 + column."""
+    values = request_id * 1000 + np.arange(rows)[:, None] * 10 + np.arange(width)[None, :]
+    return {"X": values.astype(dtype)}
+
+
+def compute(x: Array, outputs: Sequence[str]) -> list[Array]:
+    table = {"DOUBLE": lambda: x * 2, "PLUS1": lambda: x + 1}
+    return [table[name]() for name in outputs]
+
+
+def assert_answer(got: list[Array], feeds: Mapping[str, Array], outputs: Sequence[str]) -> None:
+    """Exactly the outputs asked for, in the order asked, for exactly this request's rows."""
+    want = compute(feeds["X"], outputs)
+    assert len(got) == len(want)
+    for name, g, w in zip(outputs, got, want, strict=True):
+        assert g.dtype == w.dtype, name
+        assert g.shape == w.shape, name
+        np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+# -- runners: real implementations of the ModelRunner protocol --------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution as the runner saw it."""
+
+    request_ids: tuple[int, ...]
+    rows: int
+    outputs: tuple[str, ...]
+    dtype: np.dtype
+    width: int
+
+
+class ArithRunner:
+    """DOUBLE = X * 2, PLUS1 = X + 1; records every execution."""
+
+    def __init__(self) -> None:
+        self.runs: list[Run] = []
+        self._lock = threading.Lock()
+
+    def run(self, inputs: Mapping[str, Array], output_names: Sequence[str]) -> list[Array]:
+        self.record(inputs, output_names)
+        return self.compute(inputs["X"], output_names)
+
+    def record(self, inputs: Mapping[str, Array], output_names: Sequence[str]) -> Run:
+        x = inputs["X"]
+        ids = tuple(dict.fromkeys(int(v) // 1000 for v in x[:, 0]))
+        run = Run(ids, x.shape[0], tuple(output_names), x.dtype, x.shape[1])
+        with self._lock:
+            self.runs.append(run)
+        return run
+
+    def compute(self, x: Array, output_names: Sequence[str]) -> list[Array]:
+        return compute(x, output_names)
+
+    def seen(self) -> set[int]:
+        return {i for run in self.runs for i in run.request_ids}
+
+    def close(self) -> None:
+        pass
+
+
+class GatedRunner(ArithRunner):
+    """Each execution announces itself on `started`, then waits for a permit from `release`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
+        self._started: asyncio.Queue[Run] = asyncio.Queue()
+        self._permits = threading.Semaphore(0)
+        self._active = 0
+        self.max_active = 0
+
+    def run(self, inputs: Mapping[str, Array], output_names: Sequence[str]) -> list[Array]:
+        run = self.record(inputs, output_names)
+        with self._lock:
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+        self._loop.call_soon_threadsafe(self._started.put_nowait, run)
+        try:
+            if not self._permits.acquire(timeout=WAIT_S):
+                raise TimeoutError("the test never released this execution")
+            return self.compute(inputs["X"], output_names)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def release(self, executions: int = 1) -> None:
+        self._permits.release(executions)
+
+    async def next_start(self) -> Run:
+        return await asyncio.wait_for(self._started.get(), WAIT_S)
+
+
+class FailingRunner(GatedRunner):
+    """Raises a GatewayError for a batch holding request BAD_INPUT, a ValueError for CRASH."""
+
+    def compute(self, x: Array, output_names: Sequence[str]) -> list[Array]:
+        ids = {int(v) // 1000 for v in x[:, 0]}
+        if BAD_INPUT in ids:
+            raise InvalidInputError("input 'X' holds a value the model rejects")
+        if CRASH in ids:
+            raise ValueError("boom")
+        return super().compute(x, output_names)
+
+
+class WrongRowsRunner(GatedRunner):
+    """Drops the last row of every output when it runs more than one row."""
+
+    def compute(self, x: Array, output_names: Sequence[str]) -> list[Array]:
+        arrays = super().compute(x, output_names)
+        return [a[:-1] for a in arrays] if x.shape[0] > 1 else arrays
+
+
+def _implements_protocol(runner: ModelRunner) -> ModelRunner:
+    return runner  # typed as the port: a type checker flags a double that does not fit it
+
+
+# -- fixtures and helpers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(4, thread_name_prefix="test-inference")
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+# Each gated fixture depends on `executor` so that it is torn down first: anything still held
+# is released before the pool is joined.
+
+
+@pytest.fixture
+async def gated(executor: ThreadPoolExecutor) -> AsyncIterator[GatedRunner]:
+    runner = GatedRunner(asyncio.get_running_loop())
+    yield runner
+    runner.release(1000)
+
+
+@pytest.fixture
+async def failing(executor: ThreadPoolExecutor) -> AsyncIterator[GatedRunner]:
+    runner = FailingRunner(asyncio.get_running_loop())
+    yield runner
+    runner.release(1000)
+
+
+@pytest.fixture
+async def wrong_rows(executor: ThreadPoolExecutor) -> AsyncIterator[GatedRunner]:
+    runner = WrongRowsRunner(asyncio.get_running_loop())
+    yield runner
+    runner.release(1000)
+
+
+def make(
+    runner: ModelRunner,
+    executor: ThreadPoolExecutor,
+    *,
+    max_batch_size: int = 8,
+    merge: bool = True,
+    concurrency: int = 1,
+    max_queue_size: int = 64,
+    delay_s: float = 0.0,
+    preferred: tuple[int, ...] = (),
+) -> DynamicBatcher:
+    config = BatcherConfig(
+        max_batch_size=max_batch_size,
+        merge=merge,
+        concurrency=concurrency,
+        max_queue_size=max_queue_size,
+        max_queue_delay_s=delay_s,
+        preferred_batch_sizes=preferred,
+    )
+    return DynamicBatcher("m:1", _implements_protocol(runner), executor, config, OUTPUTS)
+
+
+def submit(
+    batcher: DynamicBatcher,
+    feeds: Mapping[str, Array],
+    outputs: Sequence[str] = OUTPUTS,
+    timeout_s: float | None = None,
+) -> asyncio.Task[list[Array]]:
+    rows = feeds["X"].shape[0]
+    return asyncio.create_task(batcher.infer(feeds, list(outputs), rows, timeout_s))
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the loop (no time passes) until `condition` holds."""
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def hold(
+    batcher: DynamicBatcher, runner: GatedRunner, request_id: int = 0
+) -> asyncio.Task[list[Array]]:
+    """Start request `request_id` alone and return its task once its execution is running."""
+    task = submit(batcher, feed(request_id))
+    assert (await runner.next_start()).request_ids == (request_id,)
+    return task
+
+
+# -- merging ----------------------------------------------------------------------------------
+
+
+async def test_requests_arriving_while_a_batch_runs_are_merged_into_the_next(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor)
+    first = await hold(batcher, gated)
+    feeds = {i: feed(i, rows=1 + i % 2) for i in range(1, 5)}  # 2 + 1 + 2 + 1 rows
+    tasks = {i: submit(batcher, f) for i, f in feeds.items()}
+    await until(lambda: batcher.waiting == 4, "four requests in line")
+    assert batcher.running == 1 and batcher.stats.batches == 1
+
+    gated.release(2)
+    assert_answer(await first, feed(0), OUTPUTS)
+    for i, task in tasks.items():
+        assert_answer(await task, feeds[i], OUTPUTS)
+    assert [run.request_ids for run in gated.runs] == [(0,), (1, 2, 3, 4)]
+    assert [run.rows for run in gated.runs] == [1, 6]
+    assert batcher.stats == BatcherStats(batches=2, rows=7, requests=5)
+
+
+async def test_max_batch_size_is_never_exceeded_and_counts_rows(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor, max_batch_size=4)
+    first = await hold(batcher, gated)
+    rows = {1: 3, 2: 2, 3: 1, 4: 2, 5: 4, 6: 1}
+    feeds = {i: feed(i, rows=r) for i, r in rows.items()}
+    tasks = {i: submit(batcher, f) for i, f in feeds.items()}
+    await until(lambda: batcher.waiting == len(rows), "all requests in line")
+
+    gated.release(100)
+    await first
+    for i, task in tasks.items():
+        assert_answer(await task, feeds[i], OUTPUTS)
+    assert all(run.rows <= 4 for run in gated.runs), gated.runs
+    for run in gated.runs:  # the runner saw each request's rows, whole, once
+        assert run.rows == sum(rows.get(i, 1) for i in run.request_ids)
+    ran = [i for run in gated.runs for i in run.request_ids]
+    assert sorted(ran) == [0, *rows]
+    assert not any({1, 2} <= set(run.request_ids) for run in gated.runs)  # 3 + 2 rows > 4
+    assert len(gated.runs) < 1 + len(rows)  # and yet something was merged
+    stats = batcher.stats
+    assert (stats.batches, stats.rows, stats.requests) == (len(gated.runs), 14, 7)
+
+
+async def test_incompatible_requests_never_share_a_batch_but_all_run(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor)
+    first = await hold(batcher, gated)
+    kinds = {
+        1: (3, np.float32),
+        2: (4, np.float32),  # another non-batch dim
+        3: (3, np.float64),  # another dtype
+        4: (3, np.float32),
+        5: (4, np.float32),
+        6: (3, np.float64),
+    }
+    feeds = {i: feed(i, rows=2, width=w, dtype=d) for i, (w, d) in kinds.items()}
+    tasks = {i: submit(batcher, f) for i, f in feeds.items()}
+    await until(lambda: batcher.waiting == len(kinds), "all requests in line")
+
+    gated.release(100)
+    await first
+    for i, task in tasks.items():
+        assert_answer(await task, feeds[i], OUTPUTS)
+    later = gated.runs[1:]
+    groups = sorted(run.request_ids for run in later)
+    assert groups == [(1, 4), (2, 5), (3, 6)]
+    for run in later:
+        assert {(run.width, run.dtype)} == {
+            (kinds[i][0], np.dtype(kinds[i][1])) for i in run.request_ids
+        }
+
+
+async def test_each_caller_gets_exactly_the_outputs_it_asked_for_in_its_order(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor)
+    first = await hold(batcher, gated)
+    asked = {1: ["DOUBLE"], 2: ["PLUS1"], 3: ["PLUS1", "DOUBLE"], 4: ["DOUBLE", "PLUS1"]}
+    feeds = {i: feed(i, rows=1 + i % 2) for i in asked}
+    tasks = {i: submit(batcher, feeds[i], outputs) for i, outputs in asked.items()}
+    await until(lambda: batcher.waiting == len(asked), "all requests in line")
+    gated.release(2)
+    await first
+    assert (await gated.next_start()).request_ids == (1, 2, 3, 4)
+    for i, task in tasks.items():
+        assert_answer(await task, feeds[i], asked[i])
+    assert gated.runs[1].request_ids == (1, 2, 3, 4)
+    assert gated.runs[1].outputs == OUTPUTS  # the union, in model order
+
+    # A batch whose callers all want one output computes only that one.
+    second = await hold(batcher, gated, 10)
+    tasks = {i: submit(batcher, feed(i), ["PLUS1"]) for i in (11, 12)}
+    await until(lambda: batcher.waiting == 2, "two requests in line")
+    gated.release(2)
+    await second
+    for i, task in tasks.items():
+        assert_answer(await task, feed(i), ["PLUS1"])
+    assert gated.runs[-1] == Run((11, 12), 2, ("PLUS1",), np.dtype(np.float32), 3)
+
+
+async def test_without_merging_each_request_runs_alone(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor, merge=False)
+    first = await hold(batcher, gated)
+    feeds = {i: feed(i, rows=2) for i in (1, 2, 3)}
+    tasks = {i: submit(batcher, f) for i, f in feeds.items()}
+    await until(lambda: batcher.waiting == 3, "three requests in line")
+    gated.release(4)
+    await first
+    for i, task in tasks.items():
+        assert_answer(await task, feeds[i], OUTPUTS)
+    assert [run.request_ids for run in gated.runs] == [(0,), (1,), (2,), (3,)]
+    assert batcher.stats == BatcherStats(batches=4, rows=7, requests=4)
+
+
+# -- queue delay and preferred sizes ----------------------------------------------------------
+
+
+async def test_queue_delay_holds_a_lone_request_about_that_long(
+    executor: ThreadPoolExecutor,
+) -> None:
+    runner = ArithRunner()
+    batcher = make(runner, executor, delay_s=0.1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert_answer(await batcher.infer(feed(1), list(OUTPUTS), 1, None), feed(1), OUTPUTS)
+    waited = loop.time() - started
+    assert 0.09 <= waited < 0.6
+    assert batcher.stats == BatcherStats(batches=1, rows=1, requests=1)
+
+
+async def test_queue_delay_gathers_company_for_the_head(executor: ThreadPoolExecutor) -> None:
+    runner = ArithRunner()
+    batcher = make(runner, executor, delay_s=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = submit(batcher, feed(1))
+    await asyncio.sleep(0.02)  # arrives later, but well within the delay
+    second = submit(batcher, feed(2, rows=2))
+    assert_answer(await asyncio.wait_for(first, WAIT_S), feed(1), OUTPUTS)
+    assert_answer(await second, feed(2, rows=2), OUTPUTS)
+    assert 0.28 <= loop.time() - started < 1.0  # dispatched by the head's delay, not sooner
+    assert [run.request_ids for run in runner.runs] == [(1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "preferred", "rows"),
+    [
+        pytest.param(4, (), [2, 2], id="batch-full"),
+        pytest.param(8, (3,), [1, 2], id="preferred-size"),
+        pytest.param(8, (2, 4), [1, 1], id="smaller-preferred-size"),
+        pytest.param(8, (2,), [1, 3], id="past-largest-preferred"),
+    ],
+)
+async def test_queue_delay_ends_early_when_the_batch_is_ready(
+    executor: ThreadPoolExecutor, max_batch_size: int, preferred: tuple[int, ...], rows: list[int]
+) -> None:
+    runner = ArithRunner()
+    batcher = make(
+        runner, executor, max_batch_size=max_batch_size, delay_s=30.0, preferred=preferred
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    feeds = [feed(i, rows=r) for i, r in enumerate(rows, 1)]
+    answers = await asyncio.wait_for(asyncio.gather(*(submit(batcher, f) for f in feeds)), WAIT_S)
+    for answer, f in zip(answers, feeds, strict=True):
+        assert_answer(answer, f, OUTPUTS)
+    assert loop.time() - started < 1.0
+    assert [run.request_ids for run in runner.runs] == [(1, 2)]
+
+
+# -- deadlines, cancellation, overload ---------------------------------------------------------
+
+
+async def test_a_deadline_passing_in_line_fails_the_request_which_never_runs(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor)
+    # Dispatched at once: once it runs, its own deadline no longer interrupts it.
+    first = submit(batcher, feed(0), timeout_s=0.05)
+    await gated.next_start()
+    late = submit(batcher, feed(1), timeout_s=0.05)
+    patient = submit(batcher, feed(2))
+    with pytest.raises(DeadlineExceededError, match="deadline passed"):
+        await asyncio.wait_for(late, WAIT_S)
+    assert batcher.waiting == 1
+
+    gated.release(2)
+    assert_answer(await first, feed(0), OUTPUTS)
+    assert_answer(await patient, feed(2), OUTPUTS)
+    assert gated.seen() == {0, 2}
+    assert batcher.stats == BatcherStats(batches=2, rows=2, requests=2, expired=1)
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0])
+async def test_a_deadline_already_past_is_refused_without_queueing(
+    executor: ThreadPoolExecutor, timeout_s: float
+) -> None:
+    runner = ArithRunner()
+    batcher = make(runner, executor)
+    with pytest.raises(DeadlineExceededError):
+        await batcher.infer(feed(1), list(OUTPUTS), 1, timeout_s)
+    assert runner.runs == [] and batcher.waiting == 0
+    assert batcher.stats == BatcherStats(expired=1)
+
+
+async def test_a_cancelled_waiter_leaves_the_line_and_its_mates_are_answered(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor)
+    first = await hold(batcher, gated)
+    tasks = {i: submit(batcher, feed(i, rows=2)) for i in (1, 2, 3)}
+    await until(lambda: batcher.waiting == 3, "three requests in line")
+    tasks[2].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[2]
+    assert batcher.waiting == 2
+
+    gated.release(2)
+    await first
+    for i in (1, 3):
+        assert_answer(await tasks[i], feed(i, rows=2), OUTPUTS)
+    assert [run.request_ids for run in gated.runs] == [(0,), (1, 3)]
+    assert batcher.stats == BatcherStats(batches=2, rows=5, requests=3)
+
+
+async def test_cancelling_the_queue_delay_head_lets_the_next_request_lead(
+    executor: ThreadPoolExecutor,
+) -> None:
+    runner = ArithRunner()
+    batcher = make(runner, executor, max_batch_size=2, delay_s=30.0)
+    head = submit(batcher, feed(1))
+    await until(lambda: batcher.waiting == 1, "the head in line")
+    head.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await head
+    assert batcher.waiting == 0
+    answers = await asyncio.wait_for(
+        asyncio.gather(submit(batcher, feed(2)), submit(batcher, feed(3))), WAIT_S
+    )
+    assert_answer(answers[0], feed(2), OUTPUTS)
+    assert_answer(answers[1], feed(3), OUTPUTS)
+    assert [run.request_ids for run in runner.runs] == [(2, 3)]
+
+
+async def test_cancelling_a_caller_whose_batch_runs_does_not_affect_the_others(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor)
+    first = await hold(batcher, gated)
+    tasks = {i: submit(batcher, feed(i, rows=i)) for i in (1, 2, 3)}
+    await until(lambda: batcher.waiting == 3, "three requests in line")
+    gated.release(1)
+    await first
+    assert (await gated.next_start()).request_ids == (1, 2, 3)
+    tasks[2].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[2]
+    assert batcher.running == 1  # the slot stays taken until the execution really ends
+
+    gated.release(1)
+    for i in (1, 3):
+        assert_answer(await tasks[i], feed(i, rows=i), OUTPUTS)
+    await asyncio.wait_for(batcher.wait_idle(), WAIT_S)
+    gated.release(1)
+    assert_answer(await submit(batcher, feed(4)), feed(4), OUTPUTS)
+    assert batcher.stats == BatcherStats(batches=3, rows=1 + 6 + 1, requests=5)
+
+
+async def test_a_full_line_refuses_at_once(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor, max_queue_size=2)
+    first = await hold(batcher, gated)  # running, so not in line
+    tasks = [submit(batcher, feed(i)) for i in (1, 2)]
+    await until(lambda: batcher.waiting == 2, "two requests in line")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(OverloadedError, match="at capacity") as raised:
+        await batcher.infer(feed(3), list(OUTPUTS), 1, None)
+    assert loop.time() - started < 0.1
+    assert raised.value.retry_after_s > 0
+    assert batcher.stats.refused == 1 and batcher.waiting == 2
+
+    gated.release(100)
+    await first
+    for i, task in zip((1, 2), tasks, strict=True):
+        assert_answer(await task, feed(i), OUTPUTS)
+    assert_answer(await submit(batcher, feed(4)), feed(4), OUTPUTS)  # room again
+    assert 3 not in gated.seen()
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("marker", "error", "message"),
+    [
+        pytest.param(BAD_INPUT, InvalidInputError, "value the model rejects", id="gateway-error"),
+        pytest.param(CRASH, InternalError, "model 'm:1'", id="plain-exception"),
+    ],
+)
+async def test_a_runner_error_fails_exactly_that_batch(
+    executor: ThreadPoolExecutor,
+    failing: GatedRunner,
+    marker: int,
+    error: type[GatewayError],
+    message: str,
+) -> None:
+    batcher = make(failing, executor, max_batch_size=2)
+    first = await hold(batcher, failing)
+    order = [marker, 1, 2, 3]  # batches [marker, 1] and [2, 3]
+    tasks = {i: submit(batcher, feed(i)) for i in order}
+    await until(lambda: batcher.waiting == 4, "four requests in line")
+    failing.release(100)
+    assert_answer(await first, feed(0), OUTPUTS)
+    raised = []
+    for i in (marker, 1):
+        with pytest.raises(error, match=message) as caught:
+            await tasks[i]
+        raised.append(caught.value)
+    assert raised[0] is not raised[1]  # each caller gets its own exception
+    for i in (2, 3):
+        assert_answer(await tasks[i], feed(i), OUTPUTS)
+    assert [run.request_ids for run in failing.runs] == [(0,), (marker, 1), (2, 3)]
+    assert_answer(await submit(batcher, feed(4)), feed(4), OUTPUTS)
+
+
+async def test_an_unexpected_runner_exception_is_logged_and_answered_generically(
+    executor: ThreadPoolExecutor, failing: GatedRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DESIGN.md section 8: anything unexpected is a 500 with generic text; STYLE.md: messages
+    safe to show a client, tracebacks only in the log."""
+    batcher = make(failing, executor)
+    failing.release(100)
+    with caplog.at_level(logging.ERROR), pytest.raises(InternalError) as raised:
+        await batcher.infer(feed(CRASH), list(OUTPUTS), 1, None)
+    assert "boom" not in raised.value.message, "the runner's own text reaches the client"
+    assert any(r.levelno >= logging.ERROR and r.exc_info for r in caplog.records), (
+        "no traceback was logged for an unexpected runner exception"
+    )
+
+
+async def test_a_wrong_first_dimension_fails_the_batch_with_internal_error(
+    executor: ThreadPoolExecutor, wrong_rows: GatedRunner
+) -> None:
+    batcher = make(wrong_rows, executor)
+    first = await hold(batcher, wrong_rows)
+    tasks = {i: submit(batcher, feed(i, rows=i)) for i in (1, 2)}
+    await until(lambda: batcher.waiting == 2, "two requests in line")
+    wrong_rows.release(100)
+    await first
+    for task in tasks.values():
+        with pytest.raises(InternalError, match="3 rows"):
+            await task
+    assert_answer(await submit(batcher, feed(3)), feed(3), OUTPUTS)  # the batcher goes on
+    assert batcher.running == 0 and batcher.waiting == 0
+
+
+# -- concurrency, idleness, shutdown ------------------------------------------------------------
+
+
+async def test_concurrency_two_runs_two_batches_at_once_and_no_more(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor, max_batch_size=1, concurrency=2)
+    tasks = {i: submit(batcher, feed(i)) for i in range(5)}
+    first, second = await gated.next_start(), await gated.next_start()
+    assert {first.request_ids, second.request_ids} == {(0,), (1,)}
+    await until(lambda: batcher.waiting == 3, "three requests in line")
+    assert batcher.running == 2
+
+    gated.release(1)
+    assert (await gated.next_start()).request_ids == (2,)
+    assert batcher.running == 2 and batcher.waiting == 2
+    gated.release(100)
+    for i, task in tasks.items():
+        assert_answer(await task, feed(i), OUTPUTS)
+    assert gated.max_active == 2
+    assert batcher.stats == BatcherStats(batches=5, rows=5, requests=5)
+
+
+async def test_wait_idle_returns_when_everything_is_done(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor)
+    await asyncio.wait_for(batcher.wait_idle(), WAIT_S)  # nothing yet
+    first = await hold(batcher, gated)
+    tasks = [submit(batcher, feed(i)) for i in (1, 2)]
+    await until(lambda: batcher.waiting == 2, "two requests in line")
+    idle = asyncio.create_task(batcher.wait_idle())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not idle.done()
+
+    gated.release(1)
+    await first
+    assert not idle.done()  # the next batch is running
+    gated.release(1)
+    await asyncio.wait_for(idle, WAIT_S)
+    assert batcher.running == 0 and batcher.waiting == 0
+    for i, task in zip((1, 2), tasks, strict=True):
+        assert_answer(await task, feed(i), OUTPUTS)
+
+
+async def test_wait_idle_returns_when_the_line_empties_by_cancellation(
+    executor: ThreadPoolExecutor,
+) -> None:
+    batcher = make(ArithRunner(), executor, delay_s=30.0)
+    task = submit(batcher, feed(1))
+    await until(lambda: batcher.waiting == 1, "the request in line")
+    idle = asyncio.create_task(batcher.wait_idle())
+    await asyncio.sleep(0)
+    assert not idle.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(idle, WAIT_S)
+
+
+async def test_a_shut_down_executor_answers_unavailable() -> None:
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    runner = ArithRunner()
+    batcher = make(runner, pool)
+    with pytest.raises(UnavailableError, match="shutting down"):
+        await batcher.infer(feed(1), list(OUTPUTS), 1, None)
+    assert runner.runs == [] and batcher.stats.batches == 0
+    await asyncio.wait_for(batcher.wait_idle(), WAIT_S)
+
+
+async def test_requests_in_line_when_the_executor_shuts_down_are_answered_unavailable() -> None:
+    pool = ThreadPoolExecutor(1)
+    gated = GatedRunner(asyncio.get_running_loop())
+    try:
+        batcher = make(gated, pool)
+        first = await hold(batcher, gated)
+        tasks = [submit(batcher, feed(i)) for i in (1, 2)]
+        await until(lambda: batcher.waiting == 2, "two requests in line")
+        pool.shutdown(wait=False)  # the running execution still finishes
+        gated.release(1)
+        assert_answer(await first, feed(0), OUTPUTS)
+        for task in tasks:
+            with pytest.raises(UnavailableError, match="shutting down"):
+                await task
+        await asyncio.wait_for(batcher.wait_idle(), WAIT_S)
+        assert gated.seen() == {0}
+    finally:
+        gated.release(1000)
+        await asyncio.to_thread(pool.shutdown, wait=True)
+
+
+async def test_a_batch_the_executor_cancels_at_shutdown_is_answered_unavailable() -> None:
+    """Gateway.stop shuts the pool down with cancel_futures=True: a batch submitted but not
+    yet started never runs, and its callers should hear that the server is shutting down."""
+    pool = ThreadPoolExecutor(1)  # one thread, two slots: the second batch waits in the pool
+    gated = GatedRunner(asyncio.get_running_loop())
+    try:
+        batcher = make(gated, pool, max_batch_size=1, concurrency=2)
+        first = await hold(batcher, gated)
+        second = submit(batcher, feed(1))
+        await until(lambda: batcher.running == 2, "the second batch submitted to the pool")
+        pool.shutdown(wait=False, cancel_futures=True)
+        with pytest.raises(UnavailableError):
+            await asyncio.wait_for(second, WAIT_S)
+        gated.release(1)
+        assert_answer(await first, feed(0), OUTPUTS)
+        await asyncio.wait_for(batcher.wait_idle(), WAIT_S)
+        assert gated.seen() == {0}
+    finally:
+        gated.release(1000)
+        await asyncio.to_thread(pool.shutdown, wait=True)
