@@ -9,8 +9,8 @@
 # INTERVAL_MS (5000), SERVER_CORE (0), CLIENT_CORE (1), TIMEOUT_S (300), PYTHON (python3.11),
 # OUT (loadtest/results). The gateway's log and perf_analyzer's CSV go to OUT/<timestamp>-pa/.
 #
-# The gateway does not implement ModelStatistics yet: perf_analyzer then silently leaves out its
-# "Server:" section (queue / compute breakdown); the client-side figures are unaffected.
+# perf_analyzer prints its "Server:" section (queue / compute breakdown) only when the gateway
+# answers ModelStatistics; without it the section is silently left out, the rest is unaffected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

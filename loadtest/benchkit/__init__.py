@@ -1,0 +1,1 @@
+"""The pieces of `loadtest/bench.py`: baselines, echo servers, load generator, report and plots."""

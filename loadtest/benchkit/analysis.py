@@ -1,0 +1,102 @@
+"""The limits (model, front end, combined) and how each gateway row compares with them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .measure import CLIENT_BOUND_PCT
+from .sweep import is_noisy
+
+SATURATED_PCT = 90
+"""Server CPU (% of its core) from which an echo server counts as saturated."""
+LATENCY_SLACK_MS = 0.2
+"""Allowed at concurrency 1: gateway p50 <= echo p50 + bare onnxruntime batch-1 p50 + this."""
+
+
+def model_limit(baseline: dict[str, Any], max_batch_size: int) -> dict[str, Any]:
+    """The best bare-onnxruntime samples/s among batch sizes the gateway accepts."""
+    servable = [s for s in baseline["sweep"] if s["batch_size"] <= max(1, max_batch_size)]
+    return max(servable, key=lambda s: s["samples_per_s"])
+
+
+def combined(model_samples_per_s: float, front_end_per_s: float) -> float:
+    """What one core can do when every request costs front-end time plus model time."""
+    return 1 / (1 / model_samples_per_s + 1 / front_end_per_s)
+
+
+def limits(
+    model: dict[str, Any], echo_runs: list[dict[str, Any]], protocols: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per protocol: the front-end limit (best echo req/s, at its concurrency), the model's
+    limit and the combined limit. None where no echo run of that protocol succeeded."""
+    result: dict[str, dict[str, Any]] = {}
+    for protocol in protocols:
+        rows = [r for r in echo_runs if r["protocol"] == protocol and r["requests"]]
+        best = max(rows, key=lambda r: r["requests_per_s"]) if rows else None
+        front = None if best is None else best["requests_per_s"]
+        result[protocol] = {
+            "model_samples_per_s": model["samples_per_s"],
+            "model_batch_size": model["batch_size"],
+            "echo_requests_per_s": front,
+            "echo_concurrency": None if best is None else best["concurrency"],
+            # Below SATURATED_PCT the load generator gave out first: the limit is a lower bound;
+            # 1e6 / CPU us per request is what the echo's core could do if fed fast enough.
+            "echo_saturated": None if best is None else best["server_cpu_pct"] >= SATURATED_PCT,
+            "echo_cpu_capacity_per_s": (
+                None
+                if best is None or not best["server_cpu_us_per_request"]
+                else 1e6 / best["server_cpu_us_per_request"]
+            ),
+            "combined_samples_per_s": (
+                None if front is None else combined(model["samples_per_s"], front)
+            ),
+        }
+    return result
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or not reference else value / reference
+
+
+def annotate(runs: list[dict[str, Any]], limit_by_protocol: dict[str, dict[str, Any]]) -> None:
+    """Add each row's ratios to the limits of its protocol, and its flags."""
+    for run in runs:
+        limit = limit_by_protocol.get(run["protocol"], {})
+        run["vs_limits"] = {
+            "combined_ratio": ratio(run["samples_per_s"], limit.get("combined_samples_per_s")),
+            "model_ratio": ratio(run["samples_per_s"], limit.get("model_samples_per_s")),
+            "echo_ratio": ratio(run["requests_per_s"], limit.get("echo_requests_per_s")),
+        }
+        run["flagged"] = bool(run["errors"] or run["warmup_errors"] or not run["requests"])
+        run["client_bound"] = run["client_cpu_pct"] >= CLIENT_BOUND_PCT
+        run["noisy"] = is_noisy(run)
+
+
+def latency_targets(
+    runs: list[dict[str, Any]], echo_runs: list[dict[str, Any]], baseline: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """At concurrency 1, per protocol: gateway p50 <= echo p50 + ORT batch-1 p50 + slack."""
+    ort_p50 = baseline["batch1"]["latency_ms"]["p50"]
+    checks = []
+    for run in runs:
+        if run["concurrency"] != 1:
+            continue
+        echo = next(
+            (e for e in echo_runs if e["protocol"] == run["protocol"] and e["concurrency"] == 1),
+            None,
+        )
+        p50 = run["latency_ms"]["p50"]
+        echo_p50 = None if echo is None else echo["latency_ms"]["p50"]
+        target = None if echo_p50 is None else echo_p50 + ort_p50 + LATENCY_SLACK_MS
+        checks.append(
+            {
+                "protocol": run["protocol"],
+                "gateway_p50_ms": p50,
+                "echo_p50_ms": echo_p50,
+                "ort_batch1_p50_ms": ort_p50,
+                "slack_ms": LATENCY_SLACK_MS,
+                "target_ms": target,
+                "met": None if target is None or p50 is None else p50 <= target,
+            }
+        )
+    return checks

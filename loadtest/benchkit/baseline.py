@@ -1,0 +1,137 @@
+"""Bare onnxruntime on the served model file, pinned to the server core: the model's limit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .measure import NOISY_PCT, CpuSample, cpu_figures, latency_ms, log, wait_for_quiet
+from .processes import run_pinned
+from .tensors import ORT_TYPES, Feeds, TensorInfo, random_feeds
+
+
+def ort_inputs(session: Any) -> list[TensorInfo]:
+    return [
+        TensorInfo(
+            i.name,
+            ORT_TYPES.get(i.type, i.type),
+            [d if isinstance(d, int) and d >= 0 else -1 for d in i.shape],
+        )
+        for i in session.get_inputs()
+    ]
+
+
+def timed_runs(session: Any, feeds: list[Feeds], seconds: float) -> tuple[list[float], float]:
+    """Run the session back to back for `seconds`: per-run latencies and the elapsed time."""
+    latencies: list[float] = []
+    start = time.perf_counter()
+    end = start + seconds
+    now = start
+    while now < end:
+        session.run(None, feeds[len(latencies) % len(feeds)])
+        done = time.perf_counter()
+        latencies.append(done - now)
+        now = done
+    return latencies, now - start
+
+
+def baseline_main(job: dict[str, Any]) -> dict[str, Any]:
+    """In the pinned subprocess: batch-1 latency and runs/s, then samples/s per batch size."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        job["model_file"], sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    inputs = ort_inputs(session)
+    batched = all(t.shape and t.shape[0] == -1 for t in inputs)
+    timed_runs(session, random_feeds(inputs, 1, batched, job["seed"]), job["warmup_s"])
+    before = CpuSample.take(None)
+    latencies, elapsed = timed_runs(
+        session, random_feeds(inputs, 1, batched, job["seed"]), job["duration_s"]
+    )
+    cpu = cpu_figures(before, CpuSample.take(None))
+    batch1 = {
+        "runs": len(latencies),
+        "seconds": elapsed,
+        "runs_per_s": len(latencies) / elapsed,
+        "latency_ms": latency_ms(latencies),
+        "cpu_pct": cpu["own_cpu_pct"],
+        "other_cpu_pct": cpu["other_cpu_pct"],
+        "steal_pct": cpu["steal_pct"],
+    }
+    sweep = [
+        {
+            "batch_size": 1,
+            "runs_per_s": batch1["runs_per_s"],
+            "samples_per_s": batch1["runs_per_s"],
+            "latency_ms": batch1["latency_ms"],
+        }
+    ]
+    for size in job["batch_sizes"] if batched else []:
+        if size == 1:
+            continue
+        feeds = random_feeds(inputs, size, batched, job["seed"])
+        timed_runs(session, feeds, min(job["warmup_s"], 0.5))
+        runs, seconds = timed_runs(session, feeds, job["sweep_s"])
+        sweep.append(
+            {
+                "batch_size": size,
+                "runs_per_s": len(runs) / seconds,
+                "samples_per_s": len(runs) * size / seconds,
+                "latency_ms": latency_ms(runs),
+            }
+        )
+    return {
+        "onnxruntime_version": ort.__version__,
+        "model_file": job["model_file"],
+        "intra_op_num_threads": 1,
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "inputs": [asdict(t) for t in inputs],
+        "batched": batched,
+        "batch1": batch1,
+        "sweep": sweep,
+    }
+
+
+def model_file(args: argparse.Namespace) -> Path:
+    """The ONNX file the gateway serves by default: the given version, or the highest one."""
+    model_dir: Path = args.model_repository / args.model
+    if args.model_version:
+        return model_dir / str(args.model_version) / "model.onnx"
+    versions = [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file()]
+    if not versions:
+        raise SystemExit(f"bench: no <version>/model.onnx under {model_dir}")
+    return max(versions, key=lambda p: int(p.name)) / "model.onnx"
+
+
+def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """Bare onnxruntime in a subprocess pinned to the server core."""
+    job = {
+        "model_file": str(model_file(args).resolve()),
+        "seed": args.seed,
+        "warmup_s": args.warmup,
+        "duration_s": args.baseline_duration,
+        "batch_sizes": args.batch_sizes,
+        "sweep_s": args.sweep_duration,
+    }
+    log(f"bare onnxruntime on core {args.server_core}: {job['model_file']}")
+    budget = (
+        args.warmup + args.baseline_duration + len(args.batch_sizes) * (args.sweep_duration + 1)
+    )
+    result = run_pinned(args.server_core, "_baseline", job, budget + 60)
+    for _ in range(args.retry_noisy):  # disturbed: wait for quiet, measure again
+        busy = result["batch1"]["other_cpu_pct"] + result["batch1"]["steal_pct"]
+        if busy < NOISY_PCT:
+            break
+        log(f"  other processes used {busy:.0f} % of a core; again")
+        if args.wait_quiet > 0:
+            wait_for_quiet(args.wait_quiet)
+        result = run_pinned(args.server_core, "_baseline", job, budget + 60)
+    return result

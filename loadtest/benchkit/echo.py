@@ -1,0 +1,202 @@
+"""Bare grpc.aio and aiohttp echo servers: the same payloads as the gateway, no model behind.
+
+Each decodes the request into numpy as the gateway does (np.frombuffer on raw bytes, or the JSON
+`data` lists), and answers the outputs the model would produce for that many rows (zeros), encoded
+as the gateway encodes them. Their requests/s is the Python front end's limit on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .clients import BINARY_HEADER
+from .processes import RunningServer, bench_command, started
+from .tensors import TensorInfo, concrete_shape, numpy_dtype
+
+KINDS = ("grpc", "http")
+READY_LINE = re.compile(r"echo (?P<kind>grpc|http) on (?P<host>\S+):(?P<port>\d+)")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""As the gateway's default --max-request-bytes."""
+
+
+class Echo:
+    """Turns a request's rows into the model's outputs (zeros) for that many rows."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.batched: bool = job["batched"]
+        self.outputs = [TensorInfo(**t) for t in job["outputs"]]
+
+    def answer(self, rows: int) -> list[tuple[TensorInfo, list[int], np.ndarray[Any, Any]]]:
+        shapes = [concrete_shape(out, rows, self.batched) for out in self.outputs]
+        return [
+            (out, shape, np.zeros(shape, numpy_dtype(out.datatype)))
+            for out, shape in zip(self.outputs, shapes, strict=True)
+        ]
+
+    def rows(self, first_input: np.ndarray[Any, Any] | None) -> int:
+        if not self.batched or first_input is None or first_input.ndim == 0:
+            return 1
+        return int(first_input.shape[0])
+
+
+async def serve_grpc(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
+    """grpc.aio with the generated servicer: ModelInfer only, the gateway's server options."""
+    import grpc
+
+    from gateway.generated import grpc_service_pb2 as pb
+    from gateway.generated import grpc_service_pb2_grpc as pb_grpc
+
+    class EchoServicer(pb_grpc.GRPCInferenceServiceServicer):
+        async def ModelInfer(self, request: Any, context: Any) -> Any:
+            arrays = [
+                np.frombuffer(raw, numpy_dtype(tensor.datatype)).reshape(tuple(tensor.shape))
+                for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=False)
+            ]
+            response = pb.ModelInferResponse(
+                model_name=request.model_name,
+                model_version=request.model_version or "1",
+                id=request.id,
+            )
+            for out, shape, data in echo.answer(echo.rows(arrays[0] if arrays else None)):
+                response.outputs.add(name=out.name, datatype=out.datatype, shape=shape)
+                response.raw_output_contents.append(data.tobytes())
+            return response
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(EchoServicer(), server)
+    port = server.add_insecure_port(f"{host}:0")
+    await server.start()
+
+    async def stop() -> None:
+        await server.stop(grace=1)
+
+    return stop, port
+
+
+async def serve_http(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
+    """aiohttp: V2 infer with the binary tensor extension or JSON, like the gateway's route."""
+    import orjson
+    from aiohttp import web
+
+    async def infer(request: web.Request) -> web.Response:
+        body = await request.read()
+        length = request.headers.get(BINARY_HEADER)
+        offset = int(length) if length is not None else len(body)
+        header = orjson.loads(body[:offset])
+        arrays = []
+        for tensor in header["inputs"]:
+            dtype = numpy_dtype(tensor["datatype"])
+            size = (tensor.get("parameters") or {}).get("binary_data_size")
+            if size is None:
+                array = np.asarray(tensor["data"], dtype)
+            else:
+                array = np.frombuffer(body, dtype, count=size // dtype.itemsize, offset=offset)
+                offset += size
+            arrays.append(array.reshape(tensor["shape"]))
+        binary = (header.get("parameters") or {}).get("binary_data_output") is True
+        outputs, chunks = [], []
+        for out, shape, data in echo.answer(echo.rows(arrays[0] if arrays else None)):
+            entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": shape}
+            if binary:
+                chunks.append(data.tobytes())
+                entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+            else:
+                entry["data"] = data.ravel()
+            outputs.append(entry)
+        name = request.match_info["model"]
+        version = request.match_info.get("version", "1")
+        head = orjson.dumps(
+            {"model_name": name, "model_version": version, "outputs": outputs},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        if not binary:
+            return web.Response(body=head, content_type="application/json")
+        return web.Response(
+            body=b"".join([head, *chunks]),
+            content_type="application/octet-stream",
+            headers={BINARY_HEADER: str(len(head))},
+        )
+
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+    app.add_routes(
+        [
+            web.post("/v2/models/{model}/infer", infer),
+            web.post("/v2/models/{model}/versions/{version}/infer", infer),
+        ]
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    return runner.cleanup, runner.addresses[0][1]
+
+
+async def serve(job: dict[str, Any]) -> None:
+    """Serve until SIGTERM/SIGINT or `lifetime_s`, whichever comes first."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    start = serve_grpc if job["kind"] == "grpc" else serve_http
+    stop, port = await start(Echo(job), job["host"])
+    print(f"echo {job['kind']} on {job['host']}:{port}", flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop_requested.wait(), job["lifetime_s"])
+    await stop()
+
+
+def echo_main(job: dict[str, Any]) -> int:
+    """In the pinned subprocess: serve on uvloop, the gateway's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(job))
+    else:
+        uvloop.run(serve(job))
+    return 0
+
+
+@contextlib.contextmanager
+def echo_server(
+    kind: str,
+    args: argparse.Namespace,
+    signature: dict[str, Any],
+    log_file: Path,
+    lifetime_s: float,
+) -> Iterator[RunningServer]:
+    """An echo server pinned to the server core, answering for the model in `signature`; it
+    exits by itself after `lifetime_s` should the bench die without stopping it."""
+    job = {
+        "kind": kind,
+        "host": "127.0.0.1",
+        "batched": signature["max_batch_size"] > 0,
+        "outputs": signature["outputs"],
+        "lifetime_s": lifetime_s,
+    }
+    command = bench_command(args.server_core, "_echo", json.dumps(job))
+    with started(command, log_file, READY_LINE, args.startup_timeout) as (process, match):
+        port = int(match["port"])
+        yield RunningServer(
+            name=f"the {kind} echo server",
+            process=process,
+            host=match["host"],
+            http_port=port if kind == "http" else 0,
+            grpc_port=port if kind == "grpc" else 0,
+            log_file=log_file,
+        )

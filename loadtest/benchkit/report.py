@@ -1,0 +1,218 @@
+"""The markdown report: limits, gateway rows, the latency target, echo rows, bare onnxruntime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .analysis import LATENCY_SLACK_MS, SATURATED_PCT
+from .measure import CLIENT_BOUND_PCT, NOISY_PCT
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table; the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def limits_section(results: dict[str, Any]) -> list[str]:
+    checks = {c["protocol"]: c for c in results["latency_targets"]}
+    rows = []
+    for protocol, limit in results["limits"].items():
+        gateway = [r for r in results["runs"] if r["protocol"] == protocol and r["requests"]]
+        best = max(gateway, key=lambda r: r["samples_per_s"]) if gateway else None
+        check = checks.get(protocol, {}).get("met")
+        rows.append(
+            [
+                protocol,
+                f"{fmt(limit['model_samples_per_s'])} (b{limit['model_batch_size']})",
+                f"{fmt(limit['echo_requests_per_s'])} (c{limit['echo_concurrency'] or '-'})"
+                + (" *" if limit["echo_saturated"] is False else ""),
+                fmt(limit["combined_samples_per_s"]),
+                "-" if best is None else f"{fmt(best['samples_per_s'])} (c{best['concurrency']})",
+                "-" if best is None else fmt(best["vs_limits"]["combined_ratio"], 2),
+                {True: "met", False: "**missed**", None: "-"}[check],
+            ]
+        )
+    header = [
+        "protocol",
+        "model limit samples/s",
+        "front-end limit req/s",
+        "combined limit",
+        "gateway best samples/s",
+        "best / combined",
+        "c=1 latency",
+    ]
+    lines = [
+        "Model limit: bare onnxruntime at its best batch size. Front-end limit: the bare echo "
+        "server's best req/s over the concurrencies. Combined: 1 / (1/model + 1/front end).",
+        "",
+        *table(header, rows),
+    ]
+    unsaturated = [
+        f"{protocol} {fmt(limit['echo_cpu_capacity_per_s'])} req/s"
+        for protocol, limit in results["limits"].items()
+        if limit["echo_saturated"] is False
+    ]
+    if unsaturated:
+        lines += [
+            "",
+            f"`*` the echo server used < {SATURATED_PCT} % of its core at its best: the load "
+            "generator gave out first, so this front-end limit and its combined limit are lower "
+            "bounds. At 100 % of its core (1e6 / its CPU us per request) the echo would do: "
+            + "; ".join(unsaturated)
+            + ".",
+        ]
+    return lines
+
+
+def flags(run: dict[str, Any]) -> str:
+    return (
+        (" !" if run["flagged"] else "")
+        + (" *" if run["client_bound"] else "")
+        + (" ~" if run["noisy"] else "")
+    )
+
+
+def load_rows(runs: list[dict[str, Any]], gateway: bool) -> list[list[str]]:
+    rows = []
+    for run in runs:
+        lat = run["latency_ms"]
+        row = [
+            run["protocol"] + flags(run),
+            str(run["concurrency"]),
+            fmt(run["samples_per_s"]),
+            fmt(lat["p50"], 3),
+            fmt(lat["p90"], 3),
+            fmt(lat["p99"], 3),
+        ]
+        if gateway:
+            row.append(fmt(run["server_stats"]["mean_batch_size"], 2))
+        row += [
+            fmt(run["server_cpu_pct"]),
+            fmt(run["server_cpu_us_per_request"]),
+            fmt(run["client_cpu_pct"]),
+            fmt(run["other_cpu_pct"] + run["steal_pct"]),
+            str(run["errors"]),
+        ]
+        if gateway:
+            row.append(fmt(run["vs_limits"]["combined_ratio"], 2))
+        rows.append(row)
+    return rows
+
+
+def load_table(runs: list[dict[str, Any]], gateway: bool) -> list[str]:
+    header = ["protocol", "conc", "samples/s", "p50 ms", "p90 ms", "p99 ms"]
+    header += ["mean batch"] if gateway else []
+    header += ["server CPU %", "server CPU us/req", "client CPU %", "other CPU %", "errors"]
+    header += ["/ combined"] if gateway else []
+    lines = table(header, load_rows(runs, gateway))
+    notes = [
+        f"- `{r['protocol']}` x {r['concurrency']}: {r['errors']} errors in the window, "
+        f"{r['warmup_errors']} in the warm-up; e.g. {r['error_samples'][:1]}"
+        for r in runs
+        if r["flagged"]
+    ]
+    if notes:
+        lines += ["", "`!` rows with errors (figures not trustworthy):", *notes]
+    if any(r["client_bound"] for r in runs):
+        lines += [
+            "",
+            f"`*` client CPU >= {CLIENT_BOUND_PCT} %: the load generator may be the "
+            "bottleneck; the row is a lower bound.",
+        ]
+    if any(r["noisy"] for r in runs):
+        lines += [
+            "",
+            f"`~` other processes (and steal) used >= {NOISY_PCT} % of a core during "
+            "the window: the machine was not quiet; rerun (`--wait-quiet S`).",
+        ]
+    unknown = sorted(
+        {r["server_stats"]["status"] for r in runs if r["server_stats"]["mean_batch_size"] is None}
+    )
+    if gateway and unknown:
+        lines += ["", f"Mean batch size unknown where `-`: statistics said {', '.join(unknown)}."]
+    return lines
+
+
+def latency_section(checks: list[dict[str, Any]]) -> list[str]:
+    header = ["protocol", "gateway p50", "echo p50", "ORT b1 p50", "target", "met"]
+    rows = [
+        [
+            c["protocol"],
+            fmt(c["gateway_p50_ms"], 3),
+            fmt(c["echo_p50_ms"], 3),
+            fmt(c["ort_batch1_p50_ms"], 3),
+            fmt(c["target_ms"], 3),
+            {True: "yes", False: "**no**", None: "-"}[c["met"]],
+        ]
+        for c in checks
+    ]
+    return [
+        f"Target: gateway p50 <= echo p50 + bare onnxruntime batch-1 p50 + {LATENCY_SLACK_MS} ms "
+        "(all in ms).",
+        "",
+        *table(header, rows),
+    ]
+
+
+def baseline_section(baseline: dict[str, Any]) -> list[str]:
+    b1 = baseline["batch1"]
+    rows = [
+        [
+            str(step["batch_size"]),
+            fmt(step["runs_per_s"]),
+            fmt(step["samples_per_s"]),
+            fmt(step["latency_ms"]["p50"], 3),
+            fmt(step["latency_ms"]["p99"], 3),
+        ]
+        for step in baseline["sweep"]
+    ]
+    return [
+        f"Batch 1: {fmt(b1['runs_per_s'])} runs/s, p50 {fmt(b1['latency_ms']['p50'], 3)} ms "
+        f"({b1['runs']:,} runs in {b1['seconds']:.1f} s; other processes used "
+        f"{fmt(b1['other_cpu_pct'])} % of a core meanwhile).",
+        "",
+        *table(["batch", "runs/s", "samples/s", "p50 ms", "p99 ms"], rows),
+    ]
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    meta, settings = results["meta"], results["settings"]
+    core = settings["server_core"]
+    window = f"{fmt(settings['warmup'], 1)} s warm-up + {fmt(settings['duration'], 1)} s per row"
+    lines = [
+        f"# Gateway load test: `{settings['model']}`, {meta['timestamp']}",
+        "",
+        f"git {meta['git']}; onnxruntime {results['baseline']['onnxruntime_version']}; "
+        f"Python {meta['python']}; {meta['cpus']} CPUs ({meta['processor']}). Servers on core "
+        f"{core}, load generator on core {settings['client_core']}; batch-1 requests, closed "
+        f"loop, {window}.",
+        "",
+        "## How close to the limit",
+        "",
+        *limits_section(results),
+        "",
+        "## Gateway",
+        "",
+        *load_table(results["runs"], gateway=True),
+        "",
+        "## Latency at concurrency 1",
+        "",
+        *latency_section(results["latency_targets"]),
+        "",
+        "## Echo servers (the front end's limit; same payloads, no model)",
+        "",
+        *load_table(results["echo_runs"], gateway=False),
+        "",
+        f"## Bare onnxruntime (same file, core {core}, intra_op_num_threads=1)",
+        "",
+        *baseline_section(results["baseline"]),
+        "",
+    ]
+    if results.get("plots"):
+        lines += ["## Plots", "", *(f"![{p}]({p})" for p in results["plots"]), ""]
+    return "\n".join(lines)

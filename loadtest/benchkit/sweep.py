@@ -1,0 +1,77 @@
+"""Rows of a run: the load generator against one server, per protocol and concurrency."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .measure import NOISY_PCT, log, wait_for_quiet
+from .processes import RunningServer, run_pinned
+
+
+def is_noisy(run: dict[str, Any]) -> bool:
+    return bool(run["other_cpu_pct"] + run["steal_pct"] >= NOISY_PCT)
+
+
+def measure_row(
+    args: argparse.Namespace, server: RunningServer, job: dict[str, Any]
+) -> dict[str, Any]:
+    """One row; while other processes disturbed it, wait for quiet and measure it again
+    (at most --retry-noisy times), keeping the quietest attempt."""
+    budget = args.warmup + args.duration + args.request_timeout + 60
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(1 + args.retry_noisy):
+        if attempt:
+            log(f"  other processes used {attempts[-1]['other_cpu_pct']:.0f} % of a core; again")
+            if args.wait_quiet > 0:
+                wait_for_quiet(args.wait_quiet)
+        attempts.append(run_pinned(args.client_core, "_load", job, budget))
+        server.check_alive()
+        if not is_noisy(attempts[-1]):
+            break
+    run = min(attempts, key=lambda r: r["other_cpu_pct"] + r["steal_pct"])
+    run["attempts"] = len(attempts)
+    return run
+
+
+def sweep(
+    args: argparse.Namespace,
+    server: RunningServer,
+    signature: dict[str, Any],
+    target: str,
+    protocols: list[str],
+    stats_path: str = "",
+) -> list[dict[str, Any]]:
+    """Every protocol x concurrency against `server`; `target` names it in the results."""
+    runs = []
+    for protocol in protocols:
+        for concurrency in args.concurrency:
+            job = {
+                "target": target,
+                "protocol": protocol,
+                "host": server.host,
+                "http_port": server.http_port,
+                "grpc_port": server.grpc_port,
+                "model": args.model,
+                "model_version": args.model_version,
+                "batched": signature["max_batch_size"] > 0,
+                "inputs": signature["inputs"],
+                "outputs": signature["outputs"],
+                "concurrency": concurrency,
+                "warmup_s": args.warmup,
+                "duration_s": args.duration,
+                "timeout_s": args.request_timeout,
+                "seed": args.seed,
+                "server_pid": server.pid,
+                "grpc_channels": args.grpc_channels,
+                "stats_path": stats_path,
+            }
+            log(f"{target} {protocol} x {concurrency}: {args.warmup:g} s + {args.duration:g} s")
+            run = measure_row(args, server, job)
+            batch = run["server_stats"]["mean_batch_size"]
+            log(
+                f"  {run['requests_per_s']:.0f} req/s, p50 {run['latency_ms']['p50'] or 0:.3f} ms"
+                f", {run['errors']} errors" + ("" if batch is None else f", mean batch {batch:.2f}")
+            )
+            runs.append(run)
+    return runs
