@@ -23,7 +23,7 @@ SERVER_NAME = "inference-gateway"
 
 
 class InferenceService:
-    """Resolves the target version, validates, runs the model off the loop, builds the answer."""
+    """Resolves the target version, validates, hands the request to its batcher, answers."""
 
     def __init__(self, registry: ModelRegistry, *, version: str) -> None:
         self.registry = registry
