@@ -36,7 +36,9 @@ class Gateway:
             settings.resolved_inference_threads(), thread_name_prefix="inference"
         )
         self.registry = ModelRegistry(
-            self._inference_pool, default_max_queue_size=settings.default_max_queue_size
+            self._inference_pool,
+            default_max_queue_size=settings.default_max_queue_size,
+            max_queue_bytes=settings.max_queue_bytes,
         )
         self._load_pool: ThreadPoolExecutor | None = None
         self._http: web.AppRunner | None = None

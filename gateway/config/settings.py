@@ -54,6 +54,12 @@ class GatewaySettings(BaseSettings):
         description="Requests that may wait for a model version at once when its config sets "
         "no dynamic_batching.default_queue_policy.max_queue_size; beyond it: 429.",
     )
+    max_queue_bytes: int = Field(
+        256 * MIB,
+        gt=0,
+        description="Input bytes that may wait for one model version; beyond it: 429. With "
+        "max_request_bytes this bounds memory (a request larger than it still runs alone).",
+    )
     exit_on_error: bool = Field(
         True, description="Exit at start-up if any model fails to load (as Triton does)."
     )

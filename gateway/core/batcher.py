@@ -58,6 +58,8 @@ class BatcherConfig:
     """Batches that may run at once (instance_group count)."""
     max_queue_size: int
     """Requests that may wait in line; beyond it new ones are refused."""
+    max_queue_bytes: int = 256 * 1024 * 1024
+    """Input bytes that may wait in line; beyond it new ones are refused (bounds memory)."""
     max_queue_delay_s: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
 
@@ -67,6 +69,7 @@ class _Request:
     feeds: Mapping[str, npt.NDArray[Any]]
     outputs: Sequence[str]
     rows: int
+    nbytes: int
     key: tuple[Any, ...]
     result: asyncio.Future[Arrays]
     enqueued_s: float
@@ -88,7 +91,11 @@ class BatcherStats:
 
 
 def batcher_config(
-    policy: ModelPolicy, signature: ModelSignature, concurrency: int, default_max_queue_size: int
+    policy: ModelPolicy,
+    signature: ModelSignature,
+    concurrency: int,
+    default_max_queue_size: int,
+    max_queue_bytes: int,
 ) -> BatcherConfig:
     """Triton's semantics: a config with dynamic_batching merges requests; a config without it
     runs them one by one. A model without config.pbtxt merges (with no delay) when it batches."""
@@ -99,6 +106,7 @@ def batcher_config(
         merge=signature.batched and (batching is not None or not policy.configured),
         concurrency=concurrency,
         max_queue_size=queue_size or default_max_queue_size,
+        max_queue_bytes=max_queue_bytes,
         max_queue_delay_s=batching.max_queue_delay_us / 1e6 if batching else 0.0,
         preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
     )
@@ -132,6 +140,7 @@ class DynamicBatcher:
         self._executor = executor
         self._output_order = tuple(output_order)
         self._line: deque[_Request] = deque()
+        self._line_bytes = 0
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
@@ -160,17 +169,22 @@ class DynamicBatcher:
         if timeout_s is not None and timeout_s <= 0:
             self.stats.expired += 1
             raise DeadlineExceededError("the request's deadline passed before it could be queued")
-        if len(self._line) >= self.config.max_queue_size:
+        nbytes = sum(array.nbytes for array in feeds.values())
+        if (
+            len(self._line) >= self.config.max_queue_size
+            or self._line_bytes + nbytes > self.config.max_queue_bytes
+        ) and self._line:
             self.stats.refused += 1
             raise OverloadedError(
                 f"model '{self.name}' is at capacity: {self._running} batch(es) running and "
-                f"{len(self._line)} request(s) waiting; retry later"
+                f"{len(self._line)} request(s) ({self._line_bytes} bytes) waiting; retry later"
             )
         loop = asyncio.get_running_loop()
         request = _Request(
             feeds=feeds,
             outputs=outputs,
             rows=max(rows, 1),
+            nbytes=nbytes,
             key=_compatibility_key(feeds, self.config.merge),
             result=loop.create_future(),
             enqueued_s=loop.time(),
@@ -179,6 +193,7 @@ class DynamicBatcher:
         if timeout_s is not None:
             request.expiry = loop.call_later(timeout_s, self._expire, request, timeout_s)
         self._line.append(request)
+        self._line_bytes += nbytes
         self._idle.clear()
         self._dispatch()
         try:
@@ -196,6 +211,7 @@ class DynamicBatcher:
             self._line.remove(request)
         except ValueError:
             return  # already running, or already answered
+        self._line_bytes -= request.nbytes
         self._update_idle()
         self._dispatch()
 
@@ -207,6 +223,7 @@ class DynamicBatcher:
             self._line.remove(request)
         except ValueError:
             return
+        self._line_bytes -= request.nbytes
         self.stats.expired += 1
         request.result.set_exception(
             DeadlineExceededError(
@@ -234,6 +251,7 @@ class DynamicBatcher:
                 chosen = {id(request) for request in batch}
                 self._line = deque(r for r in self._line if id(r) not in chosen)
             for request in batch:
+                self._line_bytes -= request.nbytes
                 if request.expiry is not None:
                     request.expiry.cancel()
                     request.expiry = None

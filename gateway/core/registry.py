@@ -63,10 +63,17 @@ class ModelEntry:
 class ModelRegistry:
     """The models the gateway knows, keyed by name then version number."""
 
-    def __init__(self, executor: Executor, *, default_max_queue_size: int = 1024) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        default_max_queue_size: int = 1024,
+        max_queue_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         self._models: dict[str, ModelEntry] = {}
         self._executor = executor
         self._default_max_queue_size = default_max_queue_size
+        self._max_queue_bytes = max_queue_bytes
 
     def entry(self, name: str) -> ModelEntry:
         found = self._models.get(name)
@@ -89,7 +96,11 @@ class ModelRegistry:
             loaded.version, ModelVersion(loaded.name, loaded.version)
         )
         config = batcher_config(
-            loaded.policy, loaded.signature, loaded.concurrency, self._default_max_queue_size
+            loaded.policy,
+            loaded.signature,
+            loaded.concurrency,
+            self._default_max_queue_size,
+            self._max_queue_bytes,
         )
         version.batcher = DynamicBatcher(
             f"{loaded.name}:{loaded.version}",

@@ -207,6 +207,7 @@ def make(
     merge: bool = True,
     concurrency: int = 1,
     max_queue_size: int = 64,
+    max_queue_bytes: int = 2**30,
     delay_s: float = 0.0,
     preferred: tuple[int, ...] = (),
 ) -> DynamicBatcher:
@@ -215,6 +216,7 @@ def make(
         merge=merge,
         concurrency=concurrency,
         max_queue_size=max_queue_size,
+        max_queue_bytes=max_queue_bytes,
         max_queue_delay_s=delay_s,
         preferred_batch_sizes=preferred,
     )
@@ -545,6 +547,26 @@ async def test_a_full_line_refuses_at_once(
         assert_answer(await task, feed(i), OUTPUTS)
     assert_answer(await submit(batcher, feed(4)), feed(4), OUTPUTS)  # room again
     assert 3 not in gated.seen()
+
+
+async def test_the_line_is_bounded_in_bytes_too(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    row_bytes = feed(0)["X"].nbytes  # 12 bytes: 3 float32
+    batcher = make(gated, executor, max_queue_bytes=3 * row_bytes)
+    first = await hold(batcher, gated)
+    waiting = submit(batcher, feed(1, rows=2))  # 24 bytes in line
+    await until(lambda: batcher.waiting == 1, "one request in line")
+    with pytest.raises(OverloadedError, match=r"\(24 bytes\) waiting"):
+        await batcher.infer(feed(2, rows=2), list(OUTPUTS), 2, None)  # 48 > 36
+    small = submit(batcher, feed(3))  # 36 bytes: fits exactly
+    await until(lambda: batcher.waiting == 2, "two requests in line")
+    gated.release(100)
+    await first
+    assert_answer(await waiting, feed(1, rows=2), OUTPUTS)
+    assert_answer(await small, feed(3), OUTPUTS)
+    # An empty line takes one request even beyond the budget: it runs alone.
+    assert_answer(await submit(batcher, feed(4, rows=4)), feed(4, rows=4), OUTPUTS)
 
 
 # -- failures ---------------------------------------------------------------------------------
