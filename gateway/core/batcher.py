@@ -17,6 +17,7 @@ affected. A full line refuses at once with OverloadedError.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import logging
@@ -255,7 +256,12 @@ class DynamicBatcher:
                 if request.expiry is not None:
                     request.expiry.cancel()
                     request.expiry = None
-            self._launch(batch, rows)
+            try:
+                self._launch(batch, rows)
+            except Exception:  # e.g. MemoryError merging inputs: answer, never strand, the batch
+                logger.exception("model %s could not launch a batch of %d rows", self.name, rows)
+                self._fail(batch, InternalError(f"model '{self.name}' failed; see the gateway log"))
+                self._update_idle()
 
     def _collect(self) -> tuple[list[_Request], int]:
         """The head of the line and the later requests that fit with it, in line order."""
@@ -321,7 +327,9 @@ class DynamicBatcher:
         # The slot is given back when the run ends, not when a caller leaves: a cancelled
         # caller must not let another batch start while this one still holds a core.
         def finished(done: Future[tuple[Arrays, int]]) -> None:  # on the worker thread
-            loop.call_soon_threadsafe(self._finish, batch, rows, outputs, input_ns, done)
+            # A closed loop means the server stopped: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._finish, batch, rows, outputs, input_ns, done)
 
         run.add_done_callback(finished)
 

@@ -82,3 +82,47 @@ def test_an_error_answers_its_request_and_the_stream_goes_on(
     messages = " | ".join(k for k in outcomes if k != "good")
     assert "input 'X': shape [1, 5]" in messages
     assert "unknown model 'nope'" in messages
+
+
+def _raw_requests(count: int, start: int = 0) -> list[Any]:
+    from gateway.generated import grpc_service_pb2 as pb
+
+    requests = []
+    for i in range(start, start + count):
+        x = np.full((1, 4), i, np.float32)
+        request = pb.ModelInferRequest(model_name="plus", id=str(i), raw_input_contents=[x.tobytes()])
+        request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
+        requests.append(request)
+    return requests
+
+
+def test_short_streams_always_end_with_every_answer(stream_server: RunningGateway) -> None:
+    import grpc
+
+    from gateway.generated import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(stream_server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for n in range(150):
+            answers = list(stub.ModelStreamInfer(iter(_raw_requests(3, 3 * n)), timeout=30))
+            assert sorted(a.infer_response.id for a in answers) == sorted(
+                str(i) for i in range(3 * n, 3 * n + 3)
+            )
+            assert not any(a.error_message for a in answers)
+
+
+def test_a_stream_longer_than_the_in_flight_bound(stream_server: RunningGateway) -> None:
+    import grpc
+
+    from gateway.adapters.grpc.server import STREAM_IN_FLIGHT
+    from gateway.generated import grpc_service_pb2_grpc as pb_grpc
+
+    count = 3 * STREAM_IN_FLIGHT
+    with grpc.insecure_channel(stream_server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answers = list(stub.ModelStreamInfer(iter(_raw_requests(count)), timeout=60))
+    assert len(answers) == count
+    by_id = {a.infer_response.id: a for a in answers}
+    assert set(by_id) == {str(i) for i in range(count)}
+    values = np.frombuffer(by_id["7"].infer_response.raw_output_contents[0], np.float32)
+    np.testing.assert_array_equal(values, np.full(4, 8, np.float32))

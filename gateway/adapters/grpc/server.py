@@ -29,6 +29,8 @@ from gateway.generated import model_config_pb2
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "GRPCInferenceService"
+STREAM_IN_FLIGHT = 64
+"""Requests of one ModelStreamInfer stream that may be in flight or unanswered at once."""
 
 GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -166,15 +168,18 @@ class InferenceServicer:
     @translated
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         infer_request = codec.decode_request(request)
-        response = await self._service.infer(infer_request, _request_context(context))
+        response = await self._service.infer(infer_request, request_context(context))
         return codec.encode_response(response)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         """Triton's bidirectional stream: requests are served concurrently (so they batch
-        together) and each is answered as it completes; an error answers that request only."""
+        together) and each is answered as it completes; an error answers that request only.
+        At most STREAM_IN_FLIGHT requests of a stream are in flight or unanswered: reading
+        waits for room, which pushes back on the client through gRPC flow control."""
         answers: asyncio.Queue[Any] = asyncio.Queue()
+        room = asyncio.Semaphore(STREAM_IN_FLIGHT)
         in_flight: set[asyncio.Task[None]] = set()
 
         async def serve(request: Any) -> None:
@@ -182,7 +187,7 @@ class InferenceServicer:
                 if isinstance(request, MalformedMessage):
                     raise InvalidInputError(request.message)
                 infer_request = codec.decode_request(request)
-                response = await self._service.infer(infer_request, _request_context(context))
+                response = await self._service.infer(infer_request, request_context(context))
                 answers.put_nowait(codec.stream_answer(request, response, None))
             except GatewayError as error:
                 answers.put_nowait(codec.stream_answer(request, None, error.message))
@@ -191,25 +196,29 @@ class InferenceServicer:
                 answers.put_nowait(codec.stream_answer(request, None, "internal error"))
 
         async def read() -> None:
-            async for request in requests:
-                task = asyncio.create_task(serve(request))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            await asyncio.gather(*in_flight)
-            answers.put_nowait(None)
+            try:
+                async for request in requests:
+                    await room.acquire()
+                    task = asyncio.create_task(serve(request))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                await asyncio.gather(*in_flight)
+            finally:
+                answers.put_nowait(None)  # even if reading failed, so the writer ends
 
         reader = asyncio.create_task(read())
         try:
             while (answer := await answers.get()) is not None:
+                room.release()
                 yield answer
-            await reader
+            await reader  # surfaces a failure to read the stream
         finally:
             reader.cancel()
             for task in list(in_flight):
                 task.cancel()
 
 
-def _request_context(context: Any) -> RequestContext:
+def request_context(context: Any) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
     return RequestContext(protocol="grpc", deadline_s=deadline)

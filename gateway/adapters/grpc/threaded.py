@@ -14,9 +14,8 @@ import functools
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -25,15 +24,16 @@ from gateway.adapters.grpc import codec
 from gateway.adapters.grpc.server import (
     GRPC_STATUS,
     SERVICE_NAME,
+    STREAM_IN_FLIGHT,
     InferenceServicer,
     MalformedMessage,
     grpc_options,
+    request_context,
     tolerant_parser,
     unimplemented,
 )
 from gateway.core.errors import GatewayError
 from gateway.core.service import InferenceService
-from gateway.core.types import RequestContext
 from gateway.generated import grpc_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,55 @@ class _LoopContext:
         raise _Aborted(code, details)
 
 
+Answer = tuple[Any, "Future[Any] | None", str]
+
+
+class _Stream:
+    """The shared state of one threaded ModelStreamInfer call."""
+
+    def __init__(self) -> None:
+        self.answers: queue.SimpleQueue[Answer | None] = queue.SimpleQueue()
+        self.room = threading.BoundedSemaphore(STREAM_IN_FLIGHT)
+        self._lock = threading.Lock()
+        self._pending: set[Future[Any]] = set()
+        self._outstanding = 0
+        self._reading = True
+
+    def started(self) -> None:
+        with self._lock:
+            self._outstanding += 1
+
+    def track(self, future: Future[Any]) -> None:
+        with self._lock:
+            if not future.done():
+                self._pending.add(future)
+
+    def answered(self, request: Any, done: Future[Any]) -> None:
+        self.answers.put((request, done, ""))  # the answer first, then maybe the end
+        with self._lock:
+            self._pending.discard(done)
+            self._outstanding -= 1
+            last = not self._reading and self._outstanding == 0
+        if last:
+            self.answers.put(None)
+
+    def answer_now(self, request: Any, error: str) -> None:
+        self.answers.put((request, None, error))
+
+    def reading_done(self) -> None:
+        with self._lock:
+            self._reading = False
+            last = self._outstanding == 0
+        if last:
+            self.answers.put(None)
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            pending = list(self._pending)
+        for future in pending:
+            future.cancel()
+
+
 class ThreadedFrontEnd:
     """Sync handlers that run on grpcio's thread pool and call into the event loop."""
 
@@ -70,8 +119,13 @@ class ThreadedFrontEnd:
         self._loop = loop
 
     def _on_loop(self, coroutine: Any, context: grpc.ServicerContext) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        context.add_callback(future.cancel)  # the client left: take it out of the line
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            coroutine.close()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        if not context.add_callback(future.cancel):  # the client left: out of the line
+            future.cancel()
         try:
             return future.result()
         except _Aborted as aborted:
@@ -84,9 +138,7 @@ class ThreadedFrontEnd:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             infer_request = codec.decode_request(request)
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
-            ctx = RequestContext(protocol="grpc", deadline_s=deadline)
+            ctx = request_context(context)
             response = self._on_loop(self._service.infer(infer_request, ctx), context)
             return codec.encode_response(response)
         except GatewayError as error:
@@ -101,44 +153,29 @@ class ThreadedFrontEnd:
         self, requests: Iterator[Any], context: grpc.ServicerContext
     ) -> Iterator[Any]:
         """Triton's bidirectional stream: a reader thread hands each request to the loop as it
-        arrives; answers are encoded here, on the worker, in the order they complete."""
-        answers: queue.SimpleQueue[tuple[Any, Future[Any] | None, str] | None] = (
-            queue.SimpleQueue()
-        )
-        submitted: list[Future[Any]] = []
-
-        def answered(request: Any, done: Future[Any]) -> None:
-            answers.put((request, done, ""))
+        arrives; answers are encoded here, on the worker, in the order they complete. At most
+        STREAM_IN_FLIGHT requests are in flight or unanswered; the end of the stream is
+        signalled once, by whichever of the reader and the last answer finishes last."""
+        stream = _Stream()
+        context.add_callback(stream.cancel_all)
 
         def read() -> None:
             try:
                 for request in requests:
-                    if isinstance(request, MalformedMessage):
-                        answers.put((request, None, request.message))
-                        continue
-                    try:
-                        infer_request = codec.decode_request(request)
-                    except GatewayError as error:
-                        answers.put((request, None, error.message))
-                        continue
-                    ctx = RequestContext(protocol="grpc")
-                    future = asyncio.run_coroutine_threadsafe(
-                        self._service.infer(infer_request, ctx), self._loop
-                    )
-                    submitted.append(future)
-                    future.add_done_callback(functools.partial(answered, request))
-                wait(submitted)
-            except Exception:  # the client went away mid-stream
-                logger.debug("stream closed while reading", exc_info=True)
-            answers.put(None)
+                    while not stream.room.acquire(timeout=1.0):
+                        if not context.is_active():
+                            return
+                    self._submit_stream_request(stream, request, context)
+            except grpc.RpcError:
+                logger.debug("stream closed by the client while reading")
+            except Exception:
+                logger.exception("failed reading a ModelStreamInfer stream")
+            finally:
+                stream.reading_done()
 
-        def cancel_all() -> None:
-            for future in submitted:
-                future.cancel()
-
-        context.add_callback(cancel_all)
         threading.Thread(target=read, name="grpc-stream-reader", daemon=True).start()
-        while (item := answers.get()) is not None:
+        while (item := stream.answers.get()) is not None:
+            stream.room.release()
             request, done, error = item
             if done is not None:
                 if done.cancelled():
@@ -147,8 +184,31 @@ class ThreadedFrontEnd:
                 if failure is None:
                     yield codec.stream_answer(request, done.result(), None)
                     continue
-                error = failure.message if isinstance(failure, GatewayError) else "internal error"
+                if isinstance(failure, GatewayError):
+                    error = failure.message
+                else:
+                    logger.error("unexpected error in ModelStreamInfer", exc_info=failure)
+                    error = "internal error"
             yield codec.stream_answer(request, None, error)
+
+    def _submit_stream_request(
+        self, stream: _Stream, request: Any, context: grpc.ServicerContext
+    ) -> None:
+        if isinstance(request, MalformedMessage):
+            stream.answer_now(request, request.message)
+            return
+        try:
+            infer_request = codec.decode_request(request)
+        except GatewayError as error:
+            stream.answer_now(request, error.message)
+            return
+        ctx = request_context(context)
+        stream.started()
+        future = asyncio.run_coroutine_threadsafe(
+            self._service.infer(infer_request, ctx), self._loop
+        )
+        stream.track(future)
+        future.add_done_callback(functools.partial(stream.answered, request))
 
     def via_loop(self, name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
         method = getattr(self._servicer, name, None) or unimplemented(name)
@@ -172,6 +232,9 @@ def start_threaded_grpc_server(
     server = grpc.server(
         ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
         options=grpc_options(max_request_bytes),
+        # Each call (and each open stream) holds a worker; beyond that, refuse at once with
+        # RESOURCE_EXHAUSTED rather than queue without bound.
+        maximum_concurrent_rpcs=workers,
     )
     descriptor = pb.DESCRIPTOR.services_by_name[SERVICE_NAME]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
