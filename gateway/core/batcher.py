@@ -77,6 +77,7 @@ class _Request:
     """On the loop's clock, for the queue delay."""
     enqueued_ns: int
     """On time.perf_counter_ns, for statistics."""
+    timeout_s: float | None = None
     expiry: asyncio.TimerHandle | None = None
 
 
@@ -190,9 +191,10 @@ class DynamicBatcher:
             result=loop.create_future(),
             enqueued_s=loop.time(),
             enqueued_ns=time.perf_counter_ns(),
+            timeout_s=timeout_s,
         )
         if timeout_s is not None:
-            request.expiry = loop.call_later(timeout_s, self._expire, request, timeout_s)
+            request.expiry = loop.call_later(timeout_s, self._expire, request)
         self._line.append(request)
         self._line_bytes += nbytes
         self._idle.clear()
@@ -216,22 +218,23 @@ class DynamicBatcher:
         self._update_idle()
         self._dispatch()
 
-    def _expire(self, request: _Request, timeout_s: float) -> None:
+    def _expire(self, request: _Request) -> None:
+        if request.expiry is not None:
+            request.expiry.cancel()
         request.expiry = None
-        if request.result.done():
-            return
         try:
             self._line.remove(request)
         except ValueError:
-            return
+            return  # already running, answered or gone
         self._line_bytes -= request.nbytes
-        self.stats.expired += 1
-        request.result.set_exception(
-            DeadlineExceededError(
-                f"the request waited {timeout_s:.3f} s in line for model '{self.name}' and its "
-                "deadline passed; it was not run"
+        if not request.result.done():  # a caller that already left needs no answer
+            self.stats.expired += 1
+            request.result.set_exception(
+                DeadlineExceededError(
+                    f"the request waited {request.timeout_s:.3f} s in line for model "
+                    f"'{self.name}' and its deadline passed; it was not run"
+                )
             )
-        )
         self._update_idle()
         self._dispatch()
 
@@ -241,7 +244,12 @@ class DynamicBatcher:
 
     # -- forming and launching batches ------------------------------------------------------
     def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._running < self.config.concurrency and self._line:
+            head = self._line[0]
+            if head.timeout_s is not None and loop.time() >= head.enqueued_s + head.timeout_s:
+                self._expire(head)  # due, its timer not run yet (the loop lagged): never run it
+                continue
             batch, rows = self._collect()
             if self._should_wait(rows):
                 self._arm_timer()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -567,6 +568,22 @@ async def test_the_line_is_bounded_in_bytes_too(
     assert_answer(await small, feed(3), OUTPUTS)
     # An empty line takes one request even beyond the budget: it runs alone.
     assert_answer(await submit(batcher, feed(4, rows=4)), feed(4, rows=4), OUTPUTS)
+
+
+async def test_a_request_past_its_deadline_is_never_launched_even_if_its_timer_is_late(
+    executor: ThreadPoolExecutor, gated: GatedRunner
+) -> None:
+    batcher = make(gated, executor)
+    first = await hold(batcher, gated)
+    late = submit(batcher, feed(1), timeout_s=0.02)
+    await until(lambda: batcher.waiting == 1, "one request in line")
+    time.sleep(0.05)  # noqa: ASYNC251 -- block the loop: the deadline passes, its timer waits
+    gated.release(100)
+    await first  # this completion dispatches the line before the expiry timer fires
+    with pytest.raises(DeadlineExceededError, match=r"waited 0\.020 s"):
+        await late
+    assert 1 not in gated.seen()
+    assert batcher.stats.expired == 1
 
 
 # -- failures ---------------------------------------------------------------------------------
