@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.core.model import DeviceKind, LoadedVersion, TensorSpec
-from gateway.core.service import SERVER_NAME
+from gateway.core.registry import VersionState
+from gateway.core.service import SERVER_NAME, IndexEntry
 from gateway.core.statistics import Duration, VersionStatistics
 
 EXECUTION_PROVIDERS_KEY = "execution_providers"
@@ -143,3 +144,26 @@ def statistics_dict(entries: list[tuple[str, int, VersionStatistics]]) -> dict[s
             }
         )
     return {"model_stats": model_stats}
+
+
+# Triton's model states, as tritonclient and its users read them.
+TRITON_STATE: dict[VersionState, str] = {
+    VersionState.LOADING: "LOADING",
+    VersionState.READY: "READY",
+    VersionState.DRAINING: "UNLOADING",
+    VersionState.UNLOADED: "UNAVAILABLE",
+    VersionState.FAILED: "UNAVAILABLE",
+}
+
+
+def repository_index_list(entries: list[IndexEntry]) -> list[dict[str, str]]:
+    """Triton's repository index: name, version, state and (when not ready) reason."""
+    index = []
+    for entry in entries:
+        item = {"name": entry.name, "state": TRITON_STATE[entry.state]}
+        if entry.version is not None:
+            item["version"] = str(entry.version)
+        if entry.reason:
+            item["reason"] = entry.reason
+        index.append(item)
+    return index

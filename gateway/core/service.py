@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy.typing as npt
@@ -14,12 +15,22 @@ from gateway.core.errors import (
     UnavailableError,
 )
 from gateway.core.model import LoadedVersion
-from gateway.core.registry import ModelRegistry, ModelVersion
+from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
 from gateway.core.statistics import VersionStatistics
 from gateway.core.types import InferRequest, InferResponse, RequestContext, Tensor
 from gateway.core.validation import validate_request
 
 SERVER_NAME = "inference-gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One line of the repository index."""
+
+    name: str
+    version: int | None
+    state: VersionState
+    reason: str
 
 
 class InferenceService:
@@ -69,6 +80,19 @@ class InferenceService:
             for v in entry.ready_versions()
             if v.batcher is not None
         ]
+
+    def repository_index(self, ready_only: bool) -> list[IndexEntry]:
+        """Every model and version the gateway knows, with its state and why it is not ready;
+        a model that failed before any version was known appears once, without a version."""
+        index: list[IndexEntry] = []
+        for entry in self.registry.models():
+            if entry.error and not entry.versions and not ready_only:
+                index.append(IndexEntry(entry.name, None, VersionState.FAILED, entry.error))
+            for number, version in sorted(entry.versions.items()):
+                if ready_only and not version.ready:
+                    continue
+                index.append(IndexEntry(entry.name, number, version.state, version.reason))
+        return index
 
     def ready_version_names(self, name: str) -> list[str]:
         return [str(v.version) for v in self.registry.get_model(name).ready_versions()]

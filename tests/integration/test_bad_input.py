@@ -476,7 +476,6 @@ def test_http_unknown_route(server: RunningGateway, method: str, path: str) -> N
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/v2/repository/index"),
         ("POST", "/v2/repository/models/simple/load"),
         ("POST", "/v2/repository/models/simple/unload"),
         ("GET", "/v2/systemsharedmemory/status"),
@@ -734,7 +733,7 @@ def test_grpc_message_over_limit(stub: pb_grpc.GRPCInferenceServiceStub) -> None
 @pytest.mark.parametrize(
     ("rpc", "request_message"),
     [
-        ("RepositoryIndex", pb.RepositoryIndexRequest()),
+        ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name="simple")),
         ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest()),
         ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="simple")),
         ("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest()),

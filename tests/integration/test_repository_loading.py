@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,3 +113,41 @@ def test_healthy_models_serve_while_broken_ones_report(
     with pytest.raises(InferenceServerException, match=r"no ready version.*CUDAExecutionProvider"):
         client.infer("gpu_only", inputs)
     client.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_repository_index_shows_states_and_reasons(
+    lenient: RunningGateway, protocol: str
+) -> None:
+    if protocol == "grpc":
+        client: Any = grpcclient.InferenceServerClient(lenient.grpc_url)
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+    else:
+        client = httpclient.InferenceServerClient(lenient.http_url)
+        index = client.get_model_repository_index()
+    by_key = {(m["name"], m.get("version", "")): m for m in index}
+    assert by_key[("healthy", "1")]["state"] == "READY"
+    assert by_key[("corrupt", "1")]["state"] == "READY"
+    assert by_key[("corrupt", "2")]["state"] == "UNAVAILABLE"
+    assert "cannot load" in by_key[("corrupt", "2")]["reason"]
+    assert "CUDAExecutionProvider" in by_key[("gpu_only", "1")]["reason"]
+    assert "config.pbtxt:3" in by_key[("bad_config", "")]["reason"]
+    assert "no version directory" in by_key[("empty", "")]["reason"]
+    assert "reason" not in by_key[("healthy", "1")]
+    client.close()
+
+
+def test_repository_index_ready_only_over_http(lenient: RunningGateway) -> None:
+    import http.client
+
+    import orjson
+
+    host, port = lenient.http_url.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", "/v2/repository/index", b'{"ready": true}')
+    response = connection.getresponse()
+    index = orjson.loads(response.read())
+    connection.close()
+    assert response.status == 200
+    assert {(m["name"], m["version"]) for m in index} == {("healthy", "1"), ("corrupt", "1")}
+    assert all(m["state"] == "READY" for m in index)

@@ -17,6 +17,7 @@ from gateway.adapters.grpc import codec
 from gateway.adapters.metadata import (
     model_config_dict,
     model_metadata_dict,
+    repository_index_list,
     server_metadata_dict,
     statistics_dict,
 )
@@ -164,6 +165,11 @@ class InferenceServicer:
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         entries = self._service.statistics(request.name, request.version)
         return json_format.ParseDict(statistics_dict(entries), pb.ModelStatisticsResponse())
+
+    @translated
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        entries = repository_index_list(self._service.repository_index(request.ready))
+        return json_format.ParseDict({"models": entries}, pb.RepositoryIndexResponse())
 
     @translated
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -14,6 +14,7 @@ from gateway.adapters.http.errors import error_middleware
 from gateway.adapters.metadata import (
     model_config_dict,
     model_metadata_dict,
+    repository_index_list,
     server_metadata_dict,
     statistics_dict,
 )
@@ -73,6 +74,20 @@ async def model_statistics(request: web.Request) -> web.Response:
     return _json(statistics_dict(request.app[SERVICE].statistics(name, version)))
 
 
+async def repository_index(request: web.Request) -> web.Response:
+    body = await request.read()
+    ready_only = False
+    if body.strip():
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(document, dict) or not isinstance(document.get("ready", False), bool):
+            raise InvalidInputError('expected a JSON object like {"ready": true}')
+        ready_only = document.get("ready", False)
+    return _json(repository_index_list(request.app[SERVICE].repository_index(ready_only)))
+
+
 async def infer(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     limit = request.app[MAX_REQUEST_BYTES]
@@ -116,7 +131,6 @@ async def not_implemented(request: web.Request) -> web.Response:
 # Triton extension routes a client may call that this server does not implement yet: they
 # answer 501, as their gRPC counterparts answer UNIMPLEMENTED, rather than 404.
 NOT_IMPLEMENTED = [
-    web.post("/v2/repository/index", not_implemented),
     web.post("/v2/repository/models/{model}/load", not_implemented),
     web.post("/v2/repository/models/{model}/unload", not_implemented),
     web.route("*", "/v2/systemsharedmemory{tail:.*}", not_implemented),
@@ -139,6 +153,7 @@ ROUTES = [
     web.get("/v2/models/{model}/versions/{version}/config", model_config),
     web.get("/v2/models/{model}/stats", model_statistics),
     web.get("/v2/models/{model}/versions/{version}/stats", model_statistics),
+    web.post("/v2/repository/index", repository_index),
     web.post("/v2/models/{model}/infer", infer),
     web.post("/v2/models/{model}/versions/{version}/infer", infer),
 ]
