@@ -206,27 +206,30 @@ class DynamicBatcher:
             raise
 
     # -- the line ---------------------------------------------------------------------------
-    def _leave(self, request: _Request) -> None:
-        """Take a request that will never be answered out of the line, if it is still there."""
+    def _take_out(self, request: _Request) -> bool:
+        """Remove a waiting request from the line; False if it is not there (running, gone)."""
         if request.expiry is not None:
             request.expiry.cancel()
+            request.expiry = None
         try:
             self._line.remove(request)
         except ValueError:
-            return  # already running, or already answered
+            return False
         self._line_bytes -= request.nbytes
-        self._update_idle()
-        self._dispatch()
+        return True
+
+    def _leave(self, request: _Request) -> None:
+        """A caller that will never read its answer leaves the line."""
+        if self._take_out(request):
+            self._dispatch()
 
     def _expire(self, request: _Request) -> None:
-        if request.expiry is not None:
-            request.expiry.cancel()
-        request.expiry = None
-        try:
-            self._line.remove(request)
-        except ValueError:
-            return  # already running, answered or gone
-        self._line_bytes -= request.nbytes
+        """The request's deadline passed while it waited: answer it, never run it."""
+        if self._take_out(request):
+            self._answer_expired(request)
+            self._dispatch()
+
+    def _answer_expired(self, request: _Request) -> None:
         if not request.result.done():  # a caller that already left needs no answer
             self.stats.expired += 1
             request.result.set_exception(
@@ -235,20 +238,16 @@ class DynamicBatcher:
                     f"'{self.name}' and its deadline passed; it was not run"
                 )
             )
-        self._update_idle()
-        self._dispatch()
-
-    def _update_idle(self) -> None:
-        if not self._line and not self._running:
-            self._idle.set()
 
     # -- forming and launching batches ------------------------------------------------------
     def _dispatch(self) -> None:
+        """Launch every batch the free slots allow; then note whether the batcher is idle."""
         loop = asyncio.get_running_loop()
         while self._running < self.config.concurrency and self._line:
             head = self._line[0]
             if head.timeout_s is not None and loop.time() >= head.enqueued_s + head.timeout_s:
-                self._expire(head)  # due, its timer not run yet (the loop lagged): never run it
+                self._take_out(head)  # due, its timer not run yet (the loop lagged)
+                self._answer_expired(head)
                 continue
             batch, rows = self._collect()
             if self._should_wait(rows):
@@ -269,7 +268,8 @@ class DynamicBatcher:
             except Exception:  # e.g. MemoryError merging inputs: answer, never strand, the batch
                 logger.exception("model %s could not launch a batch of %d rows", self.name, rows)
                 self._fail(batch, InternalError(f"model '{self.name}' failed; see the gateway log"))
-                self._update_idle()
+        if not self._line and not self._running:
+            self._idle.set()
 
     def _collect(self) -> tuple[list[_Request], int]:
         """The head of the line and the later requests that fit with it, in line order."""
@@ -325,7 +325,6 @@ class DynamicBatcher:
             run = self._executor.submit(self._timed_run, feeds, outputs)
         except RuntimeError:  # the pool is shut down: the server is stopping
             self._fail(batch, UnavailableError("the server is shutting down"))
-            self._update_idle()
             return
         self._running += 1
         self.stats.batches += 1
@@ -374,7 +373,6 @@ class DynamicBatcher:
             for request, part in zip(batch, parts, strict=True):
                 if not request.result.done():
                     request.result.set_result(part)
-        self._update_idle()
         self._dispatch()
 
     def _split(
@@ -385,14 +383,15 @@ class DynamicBatcher:
                 f"model '{self.name}' returned {len(arrays)} outputs for {len(outputs)} requested"
             )
         by_name = dict(zip(outputs, arrays, strict=True))
+        if self.config.max_batch_size > 0:  # every output has the batch's rows, merged or not
+            for name, array in by_name.items():
+                if array.ndim == 0 or array.shape[0] != rows:
+                    raise InternalError(
+                        f"model '{self.name}' returned output '{name}' with shape "
+                        f"{list(array.shape)} for a batch of {rows} rows"
+                    )
         if len(batch) == 1:
             return [[by_name[name] for name in batch[0].outputs]]
-        for name, array in by_name.items():
-            if array.ndim == 0 or array.shape[0] != rows:
-                raise InternalError(
-                    f"model '{self.name}' returned output '{name}' with shape "
-                    f"{list(array.shape)} for a batch of {rows} rows"
-                )
         parts: list[Arrays] = []
         offset = 0
         for request in batch:

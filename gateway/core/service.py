@@ -10,7 +10,6 @@ import numpy.typing as npt
 
 from gateway.core.errors import (
     GatewayError,
-    InternalError,
     InvalidInputError,
     UnavailableError,
 )
@@ -115,7 +114,7 @@ class InferenceService:
             arrays = await batcher.infer(
                 feeds, output_names, batch_size, _wait_limit_s(request, ctx, loaded)
             )
-            outputs = _build_outputs(target, output_names, arrays, batch_size)
+            outputs = _build_outputs(target, output_names, arrays)
         except GatewayError:
             batcher.statistics.record_request(False, 0, time.perf_counter_ns() - started_ns)
             raise
@@ -154,25 +153,11 @@ def _wait_limit_s(
 
 
 def _build_outputs(
-    target: ModelVersion,
-    names: list[str],
-    arrays: list[npt.NDArray[Any]],
-    batch_size: int,
+    target: ModelVersion, names: list[str], arrays: list[npt.NDArray[Any]]
 ) -> list[Tensor]:
+    """Name and type the arrays the batcher returned (it checked their count and rows)."""
     assert target.loaded is not None
-    signature = target.loaded.signature
-    if len(arrays) != len(names):
-        raise InternalError(
-            f"model '{target.name}' version {target.version} returned {len(arrays)} outputs "
-            f"for {len(names)} requested"
-        )
-    outputs: list[Tensor] = []
-    for name, array in zip(names, arrays, strict=True):
-        spec = signature.outputs_by_name[name]
-        if batch_size and (array.ndim == 0 or array.shape[0] != batch_size):
-            raise InternalError(
-                f"model '{target.name}' version {target.version} returned output '{name}' "
-                f"with shape {list(array.shape)} for a batch of {batch_size}"
-            )
-        outputs.append(Tensor(name, spec.datatype, array))
-    return outputs
+    specs = target.loaded.signature.outputs_by_name
+    return [
+        Tensor(name, specs[name].datatype, array) for name, array in zip(names, arrays, strict=True)
+    ]

@@ -67,10 +67,11 @@ def tolerant_parser(message_class: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-def register_service(server: grpc.aio.Server, servicer: InferenceServicer) -> None:
-    """Register every RPC of the service, like the generated add_..._to_server does, but with
-    deserializers that hand malformed bytes to the handler (-> INVALID_ARGUMENT) instead of
-    failing inside grpc with UNKNOWN."""
+def register_service(server: Any, handler_for: Callable[[str], Any]) -> None:
+    """Register every RPC of the service on an asyncio or a threaded server, like the generated
+    add_..._to_server does, but with deserializers that hand malformed bytes to the handler
+    (-> INVALID_ARGUMENT) instead of failing inside grpc with UNKNOWN. `handler_for(name)`
+    gives each RPC's handler; None answers UNIMPLEMENTED (asyncio servers only)."""
     service = pb.DESCRIPTOR.services_by_name[SERVICE_NAME]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
@@ -81,9 +82,8 @@ def register_service(server: grpc.aio.Server, servicer: InferenceServicer) -> No
             if method.client_streaming
             else grpc.unary_unary_rpc_method_handler
         )
-        handler = getattr(servicer, method.name, None) or unimplemented(method.name)
         handlers[method.name] = make(
-            handler,
+            handler_for(method.name) or unimplemented(method.name),
             request_deserializer=tolerant_parser(request_class),
             response_serializer=response_class.SerializeToString,
         )
@@ -242,8 +242,14 @@ def grpc_options(max_request_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def bind(server: Any, host: str, port: int) -> int:
+    """Listen on host:port (0 = a free port) and return the port; OSError if it cannot."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound: int = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+    return bound
 
 
 async def start_grpc_server(
@@ -251,10 +257,8 @@ async def start_grpc_server(
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving on host:port (0 = pick a free port); returns the server and its port."""
     server = grpc.aio.server(options=grpc_options(max_request_bytes))
-    register_service(server, InferenceServicer(service))
-    try:
-        bound = server.add_insecure_port(_address(host, port))
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen for gRPC on {_address(host, port)}: {exc}") from exc
+    servicer = InferenceServicer(service)
+    register_service(server, lambda name: getattr(servicer, name, None))
+    bound = bind(server, host, port)
     await server.start()
     return server, bound

@@ -23,18 +23,17 @@ import grpc
 from gateway.adapters.grpc import codec
 from gateway.adapters.grpc.server import (
     GRPC_STATUS,
-    SERVICE_NAME,
     STREAM_IN_FLIGHT,
     InferenceServicer,
     MalformedMessage,
+    bind,
     grpc_options,
+    register_service,
     request_context,
-    tolerant_parser,
     unimplemented,
 )
 from gateway.core.errors import GatewayError
 from gateway.core.service import InferenceService
-from gateway.generated import grpc_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +209,14 @@ class ThreadedFrontEnd:
         stream.track(future)
         future.add_done_callback(functools.partial(stream.answered, request))
 
+    def handler_for(self, name: str) -> Callable[..., Any]:
+        """Inference runs here, on the worker; every other RPC runs the asyncio servicer's."""
+        if name == "ModelInfer":
+            return self.model_infer
+        if name == "ModelStreamInfer":
+            return self.model_stream_infer
+        return self.via_loop(name)
+
     def via_loop(self, name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
         method = getattr(self._servicer, name, None) or unimplemented(name)
 
@@ -236,30 +243,7 @@ def start_threaded_grpc_server(
         # RESOURCE_EXHAUSTED rather than queue without bound.
         maximum_concurrent_rpcs=workers,
     )
-    descriptor = pb.DESCRIPTOR.services_by_name[SERVICE_NAME]
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in descriptor.methods:
-        request_class = getattr(pb, method.input_type.name)
-        response_class = getattr(pb, method.output_type.name)
-        parse, serialize = tolerant_parser(request_class), response_class.SerializeToString
-        if method.name == "ModelStreamInfer":
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                front.model_stream_infer,
-                request_deserializer=parse,
-                response_serializer=serialize,
-            )
-            continue
-        handler = front.model_infer if method.name == "ModelInfer" else front.via_loop(method.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            handler, request_deserializer=parse, response_serializer=serialize
-        )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
-    )
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+    register_service(server, front.handler_for)
+    bound = bind(server, host, port)
     server.start()
     return server, bound
