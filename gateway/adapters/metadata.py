@@ -15,7 +15,12 @@ from gateway.core.statistics import Duration, VersionStatistics
 
 EXECUTION_PROVIDERS_KEY = "execution_providers"
 
-EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "model_configuration", "statistics")
+EXTENSIONS: tuple[str, ...] = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+)
 """Triton/KServe protocol extensions this server implements, listed in server metadata."""
 
 

@@ -3,28 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from aiohttp import web
 
 from gateway import __version__
-from gateway.adapters.grpc.server import start_grpc_server
+from gateway.adapters.grpc.server import create_grpc_server
 from gateway.adapters.grpc.threaded import start_threaded_grpc_server
 from gateway.adapters.http.app import create_app
 from gateway.config.settings import GatewaySettings
+from gateway.core.admin import AdminAuthorizer, read_token_file
+from gateway.core.lifecycle import LoadFailure, ModelLifecycle
 from gateway.core.registry import ModelRegistry
 from gateway.core.service import InferenceService
 from gateway.runtime.onnx_runner import installation_problem
-from gateway.runtime.repository import LoadFailure, ModelRepository
+from gateway.runtime.repository import FileRepository
 
 logger = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
     """The gateway cannot start; the message says why."""
+
+
+def _lower_priority(nice: int) -> None:
+    """Thread initializer of the load pool: loads and warm-ups yield the CPU to serving.
+    Linux keeps niceness per thread; threads onnxruntime starts from here inherit it."""
+    if nice:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
+def admin_tokens(settings: GatewaySettings) -> dict[str, str]:
+    """token -> who, from --admin-token and --admin-token-file."""
+    tokens: dict[str, str] = {}
+    if settings.admin_token:
+        tokens[settings.admin_token] = "admin"
+    if settings.admin_token_file is not None:
+        try:
+            tokens.update(read_token_file(settings.admin_token_file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise StartupError(f"admin token file {settings.admin_token_file}: {exc}") from exc
+    return tokens
 
 
 class Gateway:
@@ -42,11 +68,16 @@ class Gateway:
         )
         self._load_pool: ThreadPoolExecutor | None = None
         self._http: web.AppRunner | None = None
-        self._grpc: grpc.aio.Server | None = None
-        self._threaded_grpc: grpc.Server | None = None
+        self._grpc_servers: list[grpc.aio.Server] = []
+        self._threaded_grpc_servers: list[grpc.Server] = []
+        self._http_runners: list[web.AppRunner] = []
         self.service: InferenceService | None = None
+        self.lifecycle: ModelLifecycle | None = None
+        self._poller: asyncio.Task[None] | None = None
         self.http_port = 0
         self.grpc_port = 0
+        self.admin_http_port: int | None = None
+        self.admin_grpc_port: int | None = None
         self.load_failures: list[LoadFailure] = []
 
     async def start(self) -> None:
@@ -54,30 +85,80 @@ class Gateway:
         problem = installation_problem()
         if problem:
             logger.warning("%s", problem)
-        self._load_pool = ThreadPoolExecutor(settings.load_threads, thread_name_prefix="load")
-        self.service = InferenceService(self.registry, version=__version__)
-        repository = ModelRepository(
+        authorizer = AdminAuthorizer(admin_tokens(settings))
+        self._load_pool = ThreadPoolExecutor(
+            settings.load_threads,
+            thread_name_prefix="load",
+            initializer=_lower_priority,
+            initargs=(settings.load_nice,),
+        )
+        repository = FileRepository(
             settings.model_repository,
             default_max_batch_size=settings.default_max_batch_size,
             default_intra_op_threads=settings.resolved_intra_op_threads(),
             default_concurrency=settings.resolved_inference_threads(),
         )
+        self.lifecycle = ModelLifecycle(self.registry, repository, self._load_pool)
+        self.service = InferenceService(
+            self.registry, version=__version__, lifecycle=self.lifecycle, authorizer=authorizer
+        )
         try:
-            self.load_failures = await repository.load_all(self.registry, self._load_pool)
+            self.load_failures = await self.lifecycle.load_all(self._startup_models())
         except FileNotFoundError as exc:
             raise StartupError(str(exc)) from exc
         if self.load_failures and settings.exit_on_error:
-            lines = "\n".join(f"  - {f.reason}" for f in self.load_failures)
+            lines = "\n".join(f"  - {f.model}: {f.reason}" for f in self.load_failures)
             raise StartupError(
                 f"{len(self.load_failures)} model load failure(s) "
                 f"(--no-exit-on-error serves the rest):\n{lines}"
             )
+        separate_admin = (
+            settings.admin_http_port is not None or settings.admin_grpc_port is not None
+        )
+        self.http_port = await self._start_http(settings.http_port, not separate_admin)
+        self.grpc_port = self._start_grpc(settings.grpc_port, not separate_admin)
+        if settings.admin_http_port is not None:
+            self.admin_http_port = await self._start_http(settings.admin_http_port, True)
+        if settings.admin_grpc_port is not None:
+            self.admin_grpc_port = self._start_grpc(settings.admin_grpc_port, True)
+        await asyncio.gather(*(server.start() for server in self._grpc_servers))
+        if settings.model_control_mode == "poll":
+            self._poller = asyncio.create_task(self._poll(settings.repository_poll_secs))
+        self.service.start_accepting()
+        admin = (
+            f"; admin calls on HTTP {self.admin_http_port} / gRPC {self.admin_grpc_port}"
+            if separate_admin
+            else ""
+        )
+        logger.info(
+            "serving %d model(s) from %s: HTTP on %s:%d, gRPC on %s:%d%s%s",
+            len(self.registry.models()),
+            settings.model_repository,
+            settings.host,
+            self.http_port,
+            settings.host,
+            self.grpc_port,
+            admin,
+            "; admin token required" if authorizer.required else "",
+        )
+
+    def _startup_models(self) -> list[str] | None:
+        """The models to load at start: all of them, or in explicit mode the named ones."""
+        settings = self.settings
+        if settings.model_control_mode != "explicit" or "*" in settings.load_model:
+            return None
+        return list(dict.fromkeys(settings.load_model))
+
+    async def _start_http(self, port: int, admin_here: bool) -> int:
+        assert self.service is not None
+        settings = self.settings
         app = create_app(
             self.service,
             max_request_bytes=settings.max_request_bytes,
             compress_responses=settings.http_compress_responses,
+            admin_here=admin_here,
         )
-        self._http = web.AppRunner(
+        runner = web.AppRunner(
             app,
             access_log=None,
             handle_signals=False,
@@ -85,43 +166,52 @@ class Gateway:
             # A client that disconnects cancels its handler, so it leaves the batcher's line.
             handler_cancellation=True,
         )
-        await self._http.setup()
-        site = web.TCPSite(self._http, settings.host, settings.http_port)
+        await runner.setup()
+        self._http_runners.append(runner)
+        site = web.TCPSite(runner, settings.host, port)
         try:
             await site.start()
         except OSError as exc:
-            raise StartupError(
-                f"cannot listen for HTTP on {settings.host}:{settings.http_port}: {exc}"
-            ) from exc
-        self.http_port = self._http.addresses[0][1]
+            raise StartupError(f"cannot listen for HTTP on {settings.host}:{port}: {exc}") from exc
+        bound: int = runner.addresses[-1][1]
+        return bound
+
+    def _start_grpc(self, port: int, admin_here: bool) -> int:
+        """Create and bind a gRPC server (asyncio servers start later, together)."""
+        assert self.service is not None
+        settings = self.settings
         try:
             if settings.grpc_server == "threaded":
-                self._threaded_grpc, self.grpc_port = start_threaded_grpc_server(
+                server, bound = start_threaded_grpc_server(
                     self.service,
                     host=settings.host,
-                    port=settings.grpc_port,
+                    port=port,
                     max_request_bytes=settings.max_request_bytes,
                     workers=settings.grpc_threads,
+                    admin_here=admin_here,
                 )
-            else:
-                self._grpc, self.grpc_port = await start_grpc_server(
-                    self.service,
-                    host=settings.host,
-                    port=settings.grpc_port,
-                    max_request_bytes=settings.max_request_bytes,
-                )
+                self._threaded_grpc_servers.append(server)
+                return bound
+            aio_server, bound = create_grpc_server(
+                self.service,
+                host=settings.host,
+                port=port,
+                max_request_bytes=settings.max_request_bytes,
+                admin_here=admin_here,
+            )
+            self._grpc_servers.append(aio_server)
+            return bound
         except OSError as exc:
             raise StartupError(str(exc)) from exc
-        self.service.start_accepting()
-        logger.info(
-            "serving %d model(s) from %s: HTTP on %s:%d, gRPC on %s:%d",
-            len(self.registry.models()),
-            settings.model_repository,
-            settings.host,
-            self.http_port,
-            settings.host,
-            self.grpc_port,
-        )
+
+    async def _poll(self, interval_s: float) -> None:
+        assert self.lifecycle is not None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.lifecycle.poll_once()
+            except Exception:  # the poller must outlive a bad scan (a vanished directory...)
+                logger.exception("repository poll failed")
 
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish within the grace period, release.
@@ -131,21 +221,22 @@ class Gateway:
         grace = self.settings.shutdown_grace_s
         if self.service is not None:
             self.service.stop_accepting()
-        drains = []
-        if self._grpc is not None:
-            drains.append(self._grpc.stop(grace))
-        if self._threaded_grpc is not None:
-            stopped = self._threaded_grpc.stop(grace)
-            drains.append(asyncio.to_thread(stopped.wait))
-            self._threaded_grpc = None
-        if self._http is not None:
-            drains.append(self._http.cleanup())
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
+        drains = [server.stop(grace) for server in self._grpc_servers]
+        for threaded in self._threaded_grpc_servers:
+            drains.append(asyncio.to_thread(threaded.stop(grace).wait))
+        drains += [runner.cleanup() for runner in self._http_runners]
         await asyncio.gather(*drains)
-        self._grpc = self._http = None
+        self._grpc_servers, self._threaded_grpc_servers, self._http_runners = [], [], []
         for pool in (self._inference_pool, self._load_pool):
             if pool is not None:
                 await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
         self._load_pool = None
+        if self.lifecycle is not None:
+            await self.lifecycle.close()
         for version in self.registry.all_versions():
             if version.runner is not None:
                 version.runner.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 
 from gateway.core.model import (
     BatchingPolicy,
@@ -20,7 +20,10 @@ from gateway.core.model import (
     QueuePolicy,
     TensorSpec,
     VersionPolicy,
+    WarmupInput,
+    WarmupSample,
 )
+from gateway.core.ports import SourceError
 from gateway.generated import model_config_pb2 as pb
 
 CONFIG_FILENAME = "config.pbtxt"
@@ -43,7 +46,7 @@ KNOWN_PARAMETERS: dict[str, str] = {
 }
 
 
-class ModelConfigError(Exception):
+class ModelConfigError(SourceError):
     """A config.pbtxt that cannot be served; the message names the file and the field."""
 
 
@@ -192,6 +195,41 @@ def _parameters(path: Path, config: Any) -> dict[str, str]:
     return parameters
 
 
+def _warmup(path: Path, config: Any) -> tuple[WarmupSample, ...]:
+    samples: list[WarmupSample] = []
+    for index, sample in enumerate(config.model_warmup):
+        where = f"model_warmup[{index}]"
+        if not sample.name:
+            raise ModelConfigError(f"{path}: {where}: name is missing")
+        where = f"model_warmup '{sample.name}'"
+        if not sample.inputs:
+            raise ModelConfigError(f"{path}: {where}: inputs are missing")
+        inputs: list[WarmupInput] = []
+        for name, spec in sorted(sample.inputs.items()):
+            at = f"{where} input '{name}'"
+            datatype = _v2_datatype(path, at, spec.data_type)
+            if any(d < 1 for d in spec.dims):
+                raise ModelConfigError(f"{path}: {at}: dims must be concrete sizes >= 1")
+            source = spec.WhichOneof("input_data_type")
+            if source is None:
+                raise ModelConfigError(
+                    f"{path}: {at}: set one of zero_data, random_data or input_data_file"
+                )
+            file = spec.input_data_file
+            if source == "input_data_file" and (
+                not file or "/" in file or "\\" in file or file.startswith(".")
+            ):
+                raise ModelConfigError(
+                    f"{path}: {at}: input_data_file must name a file in the model's warmup/ "
+                    f"directory, got {file!r}"
+                )
+            kind = {"zero_data": "zero", "random_data": "random"}.get(source, "file")
+            inputs.append(WarmupInput(name, datatype, tuple(spec.dims), kind, file))
+        count = sample.count or 1
+        samples.append(WarmupSample(sample.name, sample.batch_size, tuple(inputs), count))
+    return tuple(samples)
+
+
 def parse_model_config(path: Path, text: str, directory_name: str) -> ModelPolicy:
     """Parse config.pbtxt text; `path` is only used in error messages."""
     try:
@@ -200,6 +238,20 @@ def parse_model_config(path: Path, text: str, directory_name: str) -> ModelPolic
         line = exc.GetLine()
         where = f"{path}:{line}" if line else str(path)
         raise ModelConfigError(f"{where}: {exc}") from exc
+    return _policy(path, config, directory_name)
+
+
+def parse_model_config_json(text: str, directory_name: str) -> ModelPolicy:
+    """Parse the JSON form of a model config, as Triton's load API takes it in `config`."""
+    where = Path(f"{directory_name} (config override)")
+    try:
+        config = json_format.Parse(text, pb.ModelConfig())
+    except json_format.ParseError as exc:
+        raise ModelConfigError(f"{where}: {exc}") from exc
+    return _policy(where, config, directory_name)
+
+
+def _policy(path: Path, config: Any, directory_name: str) -> ModelPolicy:
     if config.name and config.name != directory_name:
         raise ModelConfigError(
             f"{path}: name '{config.name}' does not match the model directory '{directory_name}'"
@@ -215,8 +267,6 @@ def parse_model_config(path: Path, text: str, directory_name: str) -> ModelPolic
         )
     if config.max_batch_size < 0:
         raise ModelConfigError(f"{path}: max_batch_size must be >= 0")
-    if config.model_warmup:
-        raise ModelConfigError(f"{path}: model_warmup is not supported yet")
     inputs = tuple(_tensor(path, "input", t, True) for t in config.input)
     outputs = tuple(_tensor(path, "output", t, False) for t in config.output)
     for kind, specs in (("input", inputs), ("output", outputs)):
@@ -235,6 +285,7 @@ def parse_model_config(path: Path, text: str, directory_name: str) -> ModelPolic
         placement=_placement(path, config, parameters),
         parameters=parameters,
         default_model_filename=config.default_model_filename or "model.onnx",
+        warmup=_warmup(path, config),
         configured=True,
     )
 

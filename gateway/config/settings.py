@@ -23,6 +23,52 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all).")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
+        "none",
+        description="Triton's model control modes: 'none' loads every model at start; "
+        "'explicit' loads only --load-model names at start; 'poll' loads every model and then "
+        "applies repository changes by itself. The load/unload API works in every mode.",
+    )
+    load_model: list[str] = Field(
+        default_factory=list,
+        description="A model to load at start in explicit mode (repeatable; '*' = all).",
+    )
+    repository_poll_secs: float = Field(
+        15.0,
+        gt=0,
+        description="Poll mode: seconds between scans. A changed model is applied once its "
+        "files stayed the same for a whole interval (see README: hot swap).",
+    )
+    admin_token: str | None = Field(
+        None,
+        description="Bearer token that load, unload and label calls must carry (prefer the "
+        "environment variable or --admin-token-file to keep it out of the process list).",
+    )
+    admin_token_file: Path | None = Field(
+        None,
+        description="File of admin tokens, one per line: 'token' or 'name token' (the name "
+        "is written to the audit log).",
+    )
+    admin_http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve admin calls (load, unload, labels) only on this HTTP port, not on "
+        "--http-port; 0 picks a free one.",
+    )
+    admin_grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve admin calls only on this gRPC port, not on --grpc-port.",
+    )
+    load_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of the threads that load and warm models, so a swap never takes "
+        "CPU from requests being served (0 = same priority).",
+    )
     grpc_server: Literal["threaded", "asyncio"] = Field(
         "threaded",
         description="gRPC front end: grpc.aio on the event loop, or grpcio's thread-pool server "

@@ -68,6 +68,29 @@ class PlacementPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class WarmupInput:
+    """One input of a warmup sample: zeros, random values, or raw data from a file."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    source: str
+    """'zero', 'random' or 'file'."""
+    file: str = ""
+    """For 'file': a file name in the model's `warmup/` directory (Triton's layout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupSample:
+    """Triton's model_warmup entry: run `count` times before the version takes traffic."""
+
+    name: str
+    batch_size: int
+    inputs: tuple[WarmupInput, ...]
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class ModelPolicy:
     """A model's configuration as read from config.pbtxt (every field optional there).
 
@@ -83,6 +106,7 @@ class ModelPolicy:
     placement: PlacementPolicy = PlacementPolicy()
     parameters: Mapping[str, str] = field(default_factory=dict)
     default_model_filename: str = "model.onnx"
+    warmup: tuple[WarmupSample, ...] = ()
     configured: bool = False
     """True when the model has a config.pbtxt (defaults differ, as in Triton)."""
 

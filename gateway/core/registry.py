@@ -1,16 +1,25 @@
-"""Models, their versions' lifecycle states, and leases that keep a version alive while used."""
+"""Models, their versions' lifecycle states, labels, and leases that keep a version alive while
+requests use it.
+
+Every method runs on the event loop, so each change is atomic: a request resolves either the
+version before a swap or the one after, never a half-installed one.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import re
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from gateway.core.batcher import DynamicBatcher, batcher_config
-from gateway.core.errors import NotFoundError, UnavailableError
+from gateway.core.errors import InvalidInputError, NotFoundError, UnavailableError
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner
+
+LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 
 
 class VersionState(enum.Enum):
@@ -21,9 +30,12 @@ class VersionState(enum.Enum):
     FAILED = "FAILED"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class ModelVersion:
-    """One version of a model and where it is in its lifecycle."""
+    """One version of a model and where it is in its lifecycle.
+
+    A request holds a lease from resolving the version until it is answered; a version leaving
+    service waits for its leases to end before its session is released."""
 
     name: str
     version: int
@@ -32,10 +44,29 @@ class ModelVersion:
     loaded: LoadedVersion | None = None
     runner: ModelRunner | None = None
     batcher: DynamicBatcher | None = None
+    fingerprint: str = ""
+    leases: int = 0
+    _released: asyncio.Event | None = None
 
     @property
     def ready(self) -> bool:
         return self.state is VersionState.READY
+
+    def acquire(self) -> None:
+        self.leases += 1
+
+    def release(self) -> None:
+        self.leases -= 1
+        if self.leases == 0 and self._released is not None:
+            self._released.set()
+
+    async def wait_released(self) -> None:
+        """Return once no request holds a lease and nothing waits or runs in its batcher."""
+        while self.leases:
+            self._released = asyncio.Event()
+            await self._released.wait()
+        if self.batcher is not None:
+            await self.batcher.wait_idle()
 
 
 @dataclass(slots=True)
@@ -45,6 +76,10 @@ class ModelEntry:
     name: str
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     error: str = ""
+    labels: dict[str, int] = field(default_factory=dict)
+    unloaded: bool = False
+    """Unloaded on request: the model does not count against the server's readiness."""
+    load_failures: int = 0
 
     def ready_versions(self) -> list[ModelVersion]:
         return [v for _, v in sorted(self.versions.items()) if v.ready]
@@ -90,11 +125,19 @@ class ModelRegistry:
             raise NotFoundError(f"unknown model '{name}'")
         return found
 
-    def set_ready(self, loaded: LoadedVersion, runner: ModelRunner) -> ModelVersion:
+    def set_loading(self, name: str, version: int) -> None:
+        """Show a version as LOADING, unless an older copy of it still serves (a reload)."""
+        entry = self.entry(name)
+        current = entry.versions.get(version)
+        if current is None or not current.ready:
+            entry.versions[version] = ModelVersion(name, version)
+
+    def install(
+        self, loaded: LoadedVersion, runner: ModelRunner, fingerprint: str = ""
+    ) -> ModelVersion | None:
+        """Make a loaded version READY, atomically; returns the copy it replaces, if one was
+        serving (the caller drains it)."""
         entry = self.entry(loaded.name)
-        version = entry.versions.setdefault(
-            loaded.version, ModelVersion(loaded.name, loaded.version)
-        )
         config = batcher_config(
             loaded.policy,
             loaded.signature,
@@ -102,28 +145,85 @@ class ModelRegistry:
             self._default_max_queue_size,
             self._max_queue_bytes,
         )
-        version.batcher = DynamicBatcher(
+        batcher = DynamicBatcher(
             f"{loaded.name}:{loaded.version}",
             runner,
             self._executor,
             config,
             loaded.signature.output_names,
         )
-        version.loaded, version.runner = loaded, runner
-        version.state, version.reason = VersionState.READY, ""
-        entry.error = ""
-        return version
+        fresh = ModelVersion(
+            loaded.name,
+            loaded.version,
+            VersionState.READY,
+            loaded=loaded,
+            runner=runner,
+            batcher=batcher,
+            fingerprint=fingerprint,
+        )
+        previous = entry.versions.get(loaded.version)
+        entry.versions[loaded.version] = fresh
+        entry.error, entry.unloaded = "", False
+        return previous if previous is not None and previous.ready else None
+
+    def set_ready(self, loaded: LoadedVersion, runner: ModelRunner) -> ModelVersion:
+        """Install a version that nothing served before (start-up and tests)."""
+        self.install(loaded, runner)
+        return self.entry(loaded.name).versions[loaded.version]
 
     def set_failed(self, name: str, version: int | None, reason: str) -> None:
+        """Record a failed load; a copy of the version that still serves keeps serving."""
         entry = self.entry(name)
+        entry.load_failures += 1
         if version is None:
             entry.error = reason
             return
-        record = entry.versions.setdefault(version, ModelVersion(name, version))
-        record.state, record.reason = VersionState.FAILED, reason
+        current = entry.versions.get(version)
+        if current is not None and current.ready:
+            current.reason = f"reload failed, still serving the previous copy: {reason}"
+            return
+        entry.versions[version] = ModelVersion(name, version, VersionState.FAILED, reason)
 
+    def begin_drain(self, version: ModelVersion) -> None:
+        """Stop routing new requests to `version`; its leases and queue still finish."""
+        version.state, version.reason = VersionState.DRAINING, "unloading"
+        entry = self._models.get(version.name)
+        if entry is not None and entry.versions.get(version.version) is version:
+            entry.labels = {k: v for k, v in entry.labels.items() if v != version.version}
+
+    def finish_drain(self, version: ModelVersion) -> None:
+        version.state, version.reason = VersionState.UNLOADED, "unloaded"
+        version.loaded = version.runner = version.batcher = None
+
+    # -- labels -------------------------------------------------------------------------
+    def set_label(self, name: str, label: str, version: str) -> None:
+        """Point `label` at a READY version (atomic; the label may already exist)."""
+        if not LABEL.match(label):
+            raise InvalidInputError(
+                f"invalid label '{label}': expected a letter then up to 63 letters, digits, "
+                "'_', '.' or '-'"
+            )
+        entry = self.get_model(name)
+        if not (version.isascii() and version.isdigit()):
+            raise InvalidInputError(f"a label points at a version number, not '{version}'")
+        target = entry.versions.get(int(version))
+        if target is None:
+            raise NotFoundError(f"unknown version '{version}' of model '{name}'")
+        if not target.ready:
+            raise InvalidInputError(
+                f"version {version} of model '{name}' is {target.state.name}; a label can only "
+                "point at a READY version"
+            )
+        entry.labels[label] = target.version
+
+    def delete_label(self, name: str, label: str) -> None:
+        entry = self.get_model(name)
+        if entry.labels.pop(label, None) is None:
+            raise NotFoundError(f"model '{name}' has no label '{label}'")
+
+    # -- requests -----------------------------------------------------------------------
     def resolve(self, name: str, version: str) -> ModelVersion:
-        """The READY version a request names ('' = the latest READY one)."""
+        """The READY version a request names: a number, a label, or '' for the latest."""
         entry = self.get_model(name)
         if not version:
             ready = entry.ready_versions()
@@ -132,9 +232,13 @@ class ModelRegistry:
                     f"model '{name}' has no ready version{entry.why_not_ready()}"
                 )
             return ready[-1]
-        if not (version.isascii() and version.isdigit()):
-            raise NotFoundError(f"unknown version '{version}' of model '{name}'")
-        found = entry.versions.get(int(version))
+        if version.isascii() and version.isdigit():
+            number = int(version)
+        elif version in entry.labels:
+            number = entry.labels[version]
+        else:
+            raise NotFoundError(f"unknown version or label '{version}' of model '{name}'")
+        found = entry.versions.get(number)
         if found is None:
             raise NotFoundError(f"unknown version '{version}' of model '{name}'")
         if not found.ready:

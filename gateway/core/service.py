@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy.typing as npt
 
+from gateway.core.admin import AdminAuthorizer, AdminCall, audit
 from gateway.core.errors import (
     GatewayError,
     InvalidInputError,
     UnavailableError,
+    UnimplementedError,
 )
+from gateway.core.lifecycle import LoadResult, ModelLifecycle
 from gateway.core.model import LoadedVersion
 from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
 from gateway.core.statistics import VersionStatistics
@@ -20,6 +24,8 @@ from gateway.core.types import InferRequest, InferResponse, RequestContext, Tens
 from gateway.core.validation import validate_request
 
 SERVER_NAME = "inference-gateway"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +41,18 @@ class IndexEntry:
 class InferenceService:
     """Resolves the target version, validates, hands the request to its batcher, answers."""
 
-    def __init__(self, registry: ModelRegistry, *, version: str) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        version: str,
+        lifecycle: ModelLifecycle | None = None,
+        authorizer: AdminAuthorizer | None = None,
+    ) -> None:
         self.registry = registry
         self.version = version
+        self.lifecycle = lifecycle
+        self.authorizer = authorizer or AdminAuthorizer()
         self._accepting = False
 
     # -- health -------------------------------------------------------------------------
@@ -53,9 +68,10 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        """Ready when accepting requests and every model has at least one READY version."""
+        """Ready when accepting requests and every model that was not unloaded on request has
+        at least one READY version."""
         models = self.registry.models()
-        return self._accepting and all(entry.ready_versions() for entry in models)
+        return self._accepting and all(e.ready_versions() for e in models if not e.unloaded)
 
     def model_ready(self, name: str, version: str) -> bool:
         try:
@@ -80,18 +96,103 @@ class InferenceService:
             if v.batcher is not None
         ]
 
-    def repository_index(self, ready_only: bool) -> list[IndexEntry]:
-        """Every model and version the gateway knows, with its state and why it is not ready;
-        a model that failed before any version was known appears once, without a version."""
+    async def repository_index(self, ready_only: bool) -> list[IndexEntry]:
+        """Every model of the repository and every version the gateway knows, with its state
+        and why it is not ready; a model that failed before any version was known, or that
+        was never loaded, appears once, without a version."""
         index: list[IndexEntry] = []
+        known = set()
         for entry in self.registry.models():
+            known.add(entry.name)
             if entry.error and not entry.versions and not ready_only:
                 index.append(IndexEntry(entry.name, None, VersionState.FAILED, entry.error))
             for number, version in sorted(entry.versions.items()):
                 if ready_only and not version.ready:
                     continue
                 index.append(IndexEntry(entry.name, number, version.state, version.reason))
+        if self.lifecycle is not None and not ready_only:
+            for name in await self.lifecycle.model_names():
+                if name not in known:
+                    index.append(IndexEntry(name, None, VersionState.UNLOADED, "not loaded"))
+            index.sort(key=lambda item: (item.name, item.version or 0))
         return index
+
+    # -- admin --------------------------------------------------------------------------
+    async def _admin(
+        self, call: AdminCall, action: str, target: str, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Authorize, run and audit one admin action."""
+        try:
+            who = self.authorizer.authorize(call)
+        except GatewayError as error:
+            audit("?", call.peer, action, target, f"refused: {error.message}")
+            raise
+        if self.lifecycle is None:
+            raise UnimplementedError("this server has no model repository to manage")
+        try:
+            result = await work()
+        except GatewayError as error:
+            audit(who, call.peer, action, target, f"failed: {error.message}")
+            raise
+        audit(who, call.peer, action, target, f"ok {_summary(result)}".rstrip())
+        return result
+
+    async def load_model(
+        self, call: AdminCall, name: str, parameters: Mapping[str, Any]
+    ) -> LoadResult:
+        """Triton's repository load: parameters `config` (a JSON model config that replaces
+        config.pbtxt for this load) and `reload` (ours: reload versions even if unchanged)."""
+        config = parameters.get("config")
+        if config is not None and not isinstance(config, str):
+            raise InvalidInputError("parameter 'config' must be a string holding JSON")
+        files = sorted(key for key in parameters if key.startswith("file:"))
+        if files:
+            raise UnimplementedError(
+                f"load parameters {', '.join(files)}: file overrides are not supported; put the "
+                "files in the model repository"
+            )
+        reload = parameters.get("reload", False)
+        if not isinstance(reload, bool):
+            raise InvalidInputError("parameter 'reload' must be true or false")
+
+        async def work() -> LoadResult:
+            assert self.lifecycle is not None
+            result = await self.lifecycle.load(name, config or None, reload)
+            if result.failures:
+                reasons = "; ".join(
+                    f"version {f.version}: {f.reason}" if f.version else f.reason
+                    for f in result.failures
+                )
+                raise InvalidInputError(f"failed to load '{name}': {reasons}")
+            return result
+
+        return await self._admin(call, "load", name, work)
+
+    async def unload_model(self, call: AdminCall, name: str) -> LoadResult:
+        async def work() -> LoadResult:
+            assert self.lifecycle is not None
+            return await self.lifecycle.unload(name)
+
+        return await self._admin(call, "unload", name, work)
+
+    def labels(self, name: str) -> dict[str, int]:
+        return dict(sorted(self.registry.get_model(name).labels.items()))
+
+    async def set_label(
+        self, call: AdminCall, name: str, label: str, version: str
+    ) -> dict[str, int]:
+        async def work() -> dict[str, int]:
+            assert self.lifecycle is not None
+            return await self.lifecycle.set_label(name, label, version)
+
+        return await self._admin(call, "label", f"{name}/{label}={version}", work)
+
+    async def delete_label(self, call: AdminCall, name: str, label: str) -> dict[str, int]:
+        async def work() -> dict[str, int]:
+            assert self.lifecycle is not None
+            return await self.lifecycle.delete_label(name, label)
+
+        return await self._admin(call, "unlabel", f"{name}/{label}", work)
 
     def ready_version_names(self, name: str) -> list[str]:
         return [str(v.version) for v in self.registry.get_model(name).ready_versions()]
@@ -109,6 +210,7 @@ class InferenceService:
         loaded, batcher = target.loaded, target.batcher
         assert loaded is not None and batcher is not None
         started_ns = time.perf_counter_ns()
+        target.acquire()  # an unload or swap waits for this request
         try:
             feeds, output_names, batch_size = validate_request(request, loaded.signature)
             arrays = await batcher.infer(
@@ -118,6 +220,8 @@ class InferenceService:
         except GatewayError:
             batcher.statistics.record_request(False, 0, time.perf_counter_ns() - started_ns)
             raise
+        finally:
+            target.release()
         batcher.statistics.record_request(
             True, max(batch_size, 1), time.perf_counter_ns() - started_ns
         )
@@ -127,6 +231,21 @@ class InferenceService:
             outputs=outputs,
             id=request.id,
         )
+
+
+def _summary(result: object) -> str:
+    if isinstance(result, LoadResult):
+        parts = [
+            f"{what}={list(numbers)}"
+            for what, numbers in (
+                ("loaded", result.loaded),
+                ("unloaded", result.unloaded),
+                ("unchanged", result.unchanged),
+            )
+            if numbers
+        ]
+        return " ".join(parts)
+    return ""
 
 
 def _wait_limit_s(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy.typing as npt
@@ -9,6 +10,22 @@ import numpy.typing as npt
 from gateway.core.errors import InvalidInputError
 from gateway.core.model import ModelSignature
 from gateway.core.types import InferRequest
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def is_valid_model_name(name: str) -> bool:
+    """Model names never contain path separators or '..', so nothing outside the repository
+    is ever read for a name taken from a request."""
+    return bool(MODEL_NAME.match(name)) and ".." not in name
+
+
+def check_model_name(name: str) -> None:
+    if not is_valid_model_name(name):
+        raise InvalidInputError(
+            f"invalid model name {name!r}: expected up to 128 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
 
 
 def validate_request(

@@ -28,6 +28,7 @@ from gateway.core.model import (
     PlacementPolicy,
     TensorSpec,
 )
+from gateway.core.ports import SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ _GRAPH_LEVELS = {
 }
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(SourceError):
     """A model version that cannot be served; the message says why and what to change."""
 
 

@@ -1,41 +1,43 @@
-"""Scans a Triton-layout model repository and loads the versions each model's policy selects.
+"""A Triton-layout model repository on the file system, as the lifecycle's ModelSource.
 
-Layout: `<repo>/<model>/config.pbtxt` (optional) and `<repo>/<model>/<N>/model.onnx`.
+Layout: `<repo>/<model>/config.pbtxt` (optional), `<repo>/<model>/<N>/model.onnx`, and the
+gateway's own `<repo>/<model>/labels.json`. Entries whose names start with '.' are never read,
+so a version copied into `.3.tmp` and renamed to `3` appears in one step.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import logging
-import re
-from concurrent.futures import Executor
-from dataclasses import dataclass
+import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-from gateway.config.model_config import ModelConfigError, read_model_policy
-from gateway.core.model import ModelPolicy
-from gateway.core.registry import ModelRegistry
-from gateway.runtime.onnx_runner import ModelLoadError, load_version
+import orjson
+
+from gateway.config.model_config import (
+    CONFIG_FILENAME,
+    ModelConfigError,
+    parse_model_config_json,
+    read_model_policy,
+)
+from gateway.core.errors import NotFoundError
+from gateway.core.model import LoadedVersion
+from gateway.core.ports import ModelRunner, ModelSnapshot, SourceError
+from gateway.core.registry import LABEL
+from gateway.core.validation import check_model_name, is_valid_model_name
+from gateway.runtime.onnx_runner import load_version
+from gateway.runtime.warmup import warm_up
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+LABELS_FILENAME = "labels.json"
+WARMUP_DIRECTORY = "warmup"
 
 
-def is_valid_model_name(name: str) -> bool:
-    """Model names never contain path separators or '..', so nothing outside the repo is read."""
-    return bool(MODEL_NAME.match(name)) and ".." not in name
-
-
-@dataclass(frozen=True, slots=True)
-class LoadFailure:
-    model: str
-    version: int | None
-    reason: str
-
-
-class ModelRepository:
-    """Loads models from one repository directory into a registry."""
+class FileRepository:
+    """Reads models from one repository directory; every method blocks (load pool only)."""
 
     def __init__(
         self,
@@ -59,69 +61,123 @@ class ModelRepository:
             if p.is_dir() and not p.name.startswith(".") and is_valid_model_name(p.name)
         )
 
-    def available_versions(self, policy: ModelPolicy) -> list[int]:
-        model_dir = self.root / policy.name
-        return sorted(
-            int(p.name)
-            for p in model_dir.iterdir()
-            if p.is_dir()
-            and p.name.isdigit()
-            and int(p.name) > 0
-            and (p / policy.default_model_filename).is_file()
-        )
+    def _model_dir(self, name: str) -> Path:
+        check_model_name(name)  # never a path outside the repository
+        return self.root / name
 
-    async def load_all(self, registry: ModelRegistry, pool: Executor) -> list[LoadFailure]:
-        """Load every model; failures are recorded in the registry and returned, never raised."""
-        names = self.model_names()
-        results = await asyncio.gather(*(self.load_model(n, registry, pool) for n in names))
-        return [failure for failures in results for failure in failures]
-
-    async def load_model(
-        self, name: str, registry: ModelRegistry, pool: Executor
-    ) -> list[LoadFailure]:
-        registry.entry(name)
-        try:
-            policy = read_model_policy(self.root / name)
-        except ModelConfigError as exc:
-            registry.set_failed(name, None, str(exc))
-            logger.error("model %s: %s", name, exc)
-            return [LoadFailure(name, None, str(exc))]
-        versions = policy.versions.select(self.available_versions(policy))
-        if not versions:
-            reason = (
-                f"{self.root / name}: no version directory <N>/{policy.default_model_filename} "
-                "matches the version policy"
-            )
-            registry.set_failed(name, None, reason)
-            logger.error("model %s: %s", name, reason)
-            return [LoadFailure(name, None, reason)]
-        loop = asyncio.get_running_loop()
-        failures: list[LoadFailure] = []
-        for version in versions:
-            path = self.root / name / str(version) / policy.default_model_filename
-            try:
-                loaded, runner = await loop.run_in_executor(
-                    pool,
-                    lambda p=path, v=version: load_version(  # type: ignore[misc]
-                        p,
-                        policy,
-                        v,
-                        default_max_batch_size=self._default_max_batch_size,
-                        default_intra_op_threads=self._default_intra_op_threads,
-                        default_concurrency=self._default_concurrency,
-                    ),
-                )
-            except ModelLoadError as exc:
-                registry.set_failed(name, version, str(exc))
-                logger.error("model %s version %d failed to load: %s", name, version, exc)
-                failures.append(LoadFailure(name, version, str(exc)))
+    def fingerprint(self, name: str) -> str | None:
+        """A digest of every file's path, size and modification time under the model's
+        directory (hidden entries and labels.json excepted); None if the model is gone."""
+        model_dir = self._model_dir(name)
+        if not model_dir.is_dir():
+            return None
+        digest = hashlib.sha256()
+        for path, stat in _walk(model_dir):
+            if path == LABELS_FILENAME:
                 continue
-            registry.set_ready(loaded, runner)
-            logger.info(
-                "model %s version %d ready on %s (max_batch_size %d)",
-                name,
-                version,
-                ", ".join(loaded.providers),
-                loaded.signature.max_batch_size,
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    def read(self, name: str, config_json: str | None) -> ModelSnapshot:
+        model_dir = self._model_dir(name)
+        if not model_dir.is_dir():
+            raise NotFoundError(f"model '{name}' is not in the model repository")
+        if config_json is None:
+            policy = read_model_policy(model_dir)
+            config_text = _read_bytes(model_dir / CONFIG_FILENAME)
+        else:
+            policy = parse_model_config_json(config_json, name)
+            config_text = config_json.encode()
+        versions: dict[int, str] = {}
+        for entry in model_dir.iterdir():
+            if not (entry.name.isascii() and entry.name.isdigit() and entry.is_dir()):
+                continue
+            number = int(entry.name)
+            if number < 1 or not (entry / policy.default_model_filename).is_file():
+                continue
+            digest = hashlib.sha256(config_text)
+            for path, stat in _walk(entry):
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            for path, stat in _walk(model_dir / WARMUP_DIRECTORY):
+                digest.update(f"w/{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            versions[number] = digest.hexdigest()
+        return ModelSnapshot(name, policy, versions, self._read_labels(model_dir))
+
+    def load(self, snapshot: ModelSnapshot, version: int) -> tuple[LoadedVersion, ModelRunner]:
+        policy = snapshot.policy
+        model_dir = self._model_dir(snapshot.name)
+        path = model_dir / str(version) / policy.default_model_filename
+        loaded, runner = load_version(
+            path,
+            policy,
+            version,
+            default_max_batch_size=self._default_max_batch_size,
+            default_intra_op_threads=self._default_intra_op_threads,
+            default_concurrency=self._default_concurrency,
+        )
+        try:
+            warm_up(loaded, runner, model_dir / WARMUP_DIRECTORY)
+        except BaseException:
+            runner.close()
+            raise
+        return loaded, runner
+
+    def save_labels(self, name: str, labels: Mapping[str, int]) -> None:
+        """Write labels.json atomically (a temporary file renamed over it)."""
+        model_dir = self._model_dir(name)
+        document = orjson.dumps(dict(sorted(labels.items())), option=orjson.OPT_INDENT_2)
+        handle, temporary = tempfile.mkstemp(prefix=".labels.", dir=model_dir)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(document + b"\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, model_dir / LABELS_FILENAME)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _read_labels(model_dir: Path) -> dict[str, int]:
+        path = model_dir / LABELS_FILENAME
+        if not path.is_file():
+            return {}
+        try:
+            document = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ModelConfigError(f"{path}: cannot be read: {exc}") from exc
+        valid = isinstance(document, dict) and all(
+            isinstance(k, str) and LABEL.match(k) and type(v) is int and v > 0
+            for k, v in document.items()
+        )
+        if not valid:
+            raise ModelConfigError(
+                f'{path}: expected a JSON object of label to version number, like {{"stable": 1}}'
             )
-        return failures
+        return dict(document)
+
+
+def _walk(directory: Path) -> list[tuple[str, os.stat_result]]:
+    """Every regular file under `directory` (relative path, stat), hidden entries skipped."""
+    found: list[tuple[str, os.stat_result]] = []
+    if not directory.is_dir():
+        return found
+    for parent, directories, files in os.walk(directory):
+        directories[:] = sorted(d for d in directories if not d.startswith("."))
+        for file in sorted(f for f in files if not f.startswith(".")):
+            path = Path(parent) / file
+            try:
+                stat = path.stat()
+            except OSError:
+                continue  # removed while we looked: the next poll sees the change
+            found.append((str(path.relative_to(directory)), stat))
+    return found
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot be read: {exc}") from exc

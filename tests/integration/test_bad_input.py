@@ -476,8 +476,7 @@ def test_http_unknown_route(server: RunningGateway, method: str, path: str) -> N
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/v2/repository/models/simple/load"),
-        ("POST", "/v2/repository/models/simple/unload"),
+        ("POST", "/v2/systemsharedmemory/region/r/unregister"),
         ("GET", "/v2/systemsharedmemory/status"),
         ("POST", "/v2/cudasharedmemory/region/r/register"),
         ("GET", "/v2/trace/setting"),
@@ -733,9 +732,9 @@ def test_grpc_message_over_limit(stub: pb_grpc.GRPCInferenceServiceStub) -> None
 @pytest.mark.parametrize(
     ("rpc", "request_message"),
     [
-        ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name="simple")),
+        ("TraceSetting", pb.TraceSettingRequest()),
         ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest()),
-        ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="simple")),
+        ("LogSettings", pb.LogSettingsRequest()),
         ("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest()),
     ],
 )

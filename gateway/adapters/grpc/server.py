@@ -21,15 +21,20 @@ from gateway.adapters.metadata import (
     server_metadata_dict,
     statistics_dict,
 )
+from gateway.core.admin import AdminCall
 from gateway.core.errors import ErrorCode, GatewayError, InvalidInputError
+from gateway.core.lifecycle import labels_document
 from gateway.core.service import InferenceService
 from gateway.core.types import RequestContext
+from gateway.generated import gateway_service_pb2 as gateway_pb
 from gateway.generated import grpc_service_pb2 as pb
 from gateway.generated import model_config_pb2
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "GRPCInferenceService"
+SERVICES = ((pb, SERVICE_NAME), (gateway_pb, "GatewayService"))
+"""The services every gRPC front end serves: Triton's, and the gateway's own (gateway.v1)."""
 STREAM_IN_FLIGHT = 64
 """Requests of one ModelStreamInfer stream that may be in flight or unanswered at once."""
 
@@ -68,29 +73,31 @@ def tolerant_parser(message_class: Any) -> Callable[[bytes], Any]:
 
 
 def register_service(server: Any, handler_for: Callable[[str], Any]) -> None:
-    """Register every RPC of the service on an asyncio or a threaded server, like the generated
+    """Register every RPC of SERVICES on an asyncio or a threaded server, like the generated
     add_..._to_server does, but with deserializers that hand malformed bytes to the handler
     (-> INVALID_ARGUMENT) instead of failing inside grpc with UNKNOWN. `handler_for(name)`
-    gives each RPC's handler; None answers UNIMPLEMENTED (asyncio servers only)."""
-    service = pb.DESCRIPTOR.services_by_name[SERVICE_NAME]
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in service.methods:
-        request_class = getattr(pb, method.input_type.name)
-        response_class = getattr(pb, method.output_type.name)
-        make = (
-            grpc.stream_stream_rpc_method_handler
-            if method.client_streaming
-            else grpc.unary_unary_rpc_method_handler
+    gives each RPC's handler (RPC names are unique across the services); None answers
+    UNIMPLEMENTED (asyncio servers only)."""
+    for module, service_name in SERVICES:
+        service = module.DESCRIPTOR.services_by_name[service_name]
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for method in service.methods:
+            request_class = getattr(module, method.input_type.name)
+            response_class = getattr(module, method.output_type.name)
+            make = (
+                grpc.stream_stream_rpc_method_handler
+                if method.client_streaming
+                else grpc.unary_unary_rpc_method_handler
+            )
+            handlers[method.name] = make(
+                handler_for(method.name) or unimplemented(method.name),
+                request_deserializer=tolerant_parser(request_class),
+                response_serializer=response_class.SerializeToString,
+            )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service.full_name, handlers),)
         )
-        handlers[method.name] = make(
-            handler_for(method.name) or unimplemented(method.name),
-            request_deserializer=tolerant_parser(request_class),
-            response_serializer=response_class.SerializeToString,
-        )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
-    )
-    server.add_registered_method_handlers(service.full_name, handlers)
+        server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def translated(method: Method[Response]) -> Method[Response]:
@@ -126,8 +133,13 @@ def unimplemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaita
 class InferenceServicer:
     """The RPCs this server implements; register_service answers the others UNIMPLEMENTED."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, *, admin_here: bool = True) -> None:
         self._service = service
+        self._admin_here = admin_here
+
+    def _admin_call(self, context: Any) -> AdminCall:
+        metadata = dict(context.invocation_metadata() or ())
+        return AdminCall(metadata.get("authorization"), context.peer(), self._admin_here)
 
     @translated
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -168,8 +180,40 @@ class InferenceServicer:
 
     @translated
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        entries = repository_index_list(self._service.repository_index(request.ready))
+        entries = repository_index_list(await self._service.repository_index(request.ready))
         return json_format.ParseDict({"models": entries}, pb.RepositoryIndexResponse())
+
+    @translated
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        parameters = {
+            key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in request.parameters.items()
+        }
+        await self._service.load_model(self._admin_call(context), request.model_name, parameters)
+        return pb.RepositoryModelLoadResponse()
+
+    @translated
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._service.unload_model(self._admin_call(context), request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @translated
+    async def GetLabels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return _labels_response(request.model, self._service.labels(request.model))
+
+    @translated
+    async def SetLabel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        labels = await self._service.set_label(
+            self._admin_call(context), request.model, request.label, request.version
+        )
+        return _labels_response(request.model, labels)
+
+    @translated
+    async def DeleteLabel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        labels = await self._service.delete_label(
+            self._admin_call(context), request.model, request.label
+        )
+        return _labels_response(request.model, labels)
 
     @translated
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -224,6 +268,10 @@ class InferenceServicer:
                 task.cancel()
 
 
+def _labels_response(model: str, labels: dict[str, int]) -> Any:
+    return gateway_pb.LabelsResponse(model=model, labels=labels_document(labels))
+
+
 def request_context(context: Any) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
@@ -252,13 +300,17 @@ def bind(server: Any, host: str, port: int) -> int:
     return bound
 
 
-async def start_grpc_server(
-    service: InferenceService, *, host: str, port: int, max_request_bytes: int
+def create_grpc_server(
+    service: InferenceService,
+    *,
+    host: str,
+    port: int,
+    max_request_bytes: int,
+    admin_here: bool = True,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start serving on host:port (0 = pick a free port); returns the server and its port."""
+    """A grpc.aio server bound to host:port (0 = a free port), not started yet; and its port.
+    `admin_here` False refuses admin calls (they are served on a separate admin address)."""
     server = grpc.aio.server(options=grpc_options(max_request_bytes))
-    servicer = InferenceServicer(service)
+    servicer = InferenceServicer(service, admin_here=admin_here)
     register_service(server, lambda name: getattr(servicer, name, None))
-    bound = bind(server, host, port)
-    await server.start()
-    return server, bound
+    return server, bind(server, host, port)

@@ -56,6 +56,13 @@ class _LoopContext:
         remaining: float | None = self._context.time_remaining()
         return remaining
 
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+    def peer(self) -> str:
+        peer: str = self._context.peer()
+        return peer
+
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise _Aborted(code, details)
 
@@ -112,9 +119,11 @@ class _Stream:
 class ThreadedFrontEnd:
     """Sync handlers that run on grpcio's thread pool and call into the event loop."""
 
-    def __init__(self, service: InferenceService, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, service: InferenceService, loop: asyncio.AbstractEventLoop, admin_here: bool
+    ) -> None:
         self._service = service
-        self._servicer = InferenceServicer(service)
+        self._servicer = InferenceServicer(service, admin_here=admin_here)
         self._loop = loop
 
     def _on_loop(self, coroutine: Any, context: grpc.ServicerContext) -> Any:
@@ -233,9 +242,10 @@ def start_threaded_grpc_server(
     port: int,
     max_request_bytes: int,
     workers: int,
+    admin_here: bool = True,
 ) -> tuple[grpc.Server, int]:
     """Start the threaded server (call from the event loop it feeds)."""
-    front = ThreadedFrontEnd(service, asyncio.get_running_loop())
+    front = ThreadedFrontEnd(service, asyncio.get_running_loop(), admin_here)
     server = grpc.server(
         ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
         options=grpc_options(max_request_bytes),

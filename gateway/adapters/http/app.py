@@ -18,7 +18,9 @@ from gateway.adapters.metadata import (
     server_metadata_dict,
     statistics_dict,
 )
+from gateway.core.admin import AdminCall
 from gateway.core.errors import InvalidInputError, PayloadTooLargeError, UnimplementedError
+from gateway.core.lifecycle import LoadResult, labels_document
 from gateway.core.service import InferenceService
 from gateway.core.types import RequestContext
 
@@ -26,6 +28,8 @@ SERVICE = web.AppKey("service", InferenceService)
 MIN_COMPRESSED_BYTES = 1024
 COMPRESS_RESPONSES = web.AppKey("compress_responses", bool)
 MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
+ADMIN_HERE = web.AppKey("admin_here", bool)
+MAX_ADMIN_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _json(document: Any, status: int = 200) -> web.Response:
@@ -74,18 +78,101 @@ async def model_statistics(request: web.Request) -> web.Response:
     return _json(statistics_dict(request.app[SERVICE].statistics(name, version)))
 
 
-async def repository_index(request: web.Request) -> web.Response:
+async def _json_body(request: web.Request, expected: str) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty); 400 naming what was expected."""
+    if request.content_length is not None and request.content_length > MAX_ADMIN_BODY_BYTES:
+        raise PayloadTooLargeError(
+            f"request body of {request.content_length} bytes exceeds the limit of "
+            f"{MAX_ADMIN_BODY_BYTES} bytes"
+        )
     body = await request.read()
-    ready_only = False
-    if body.strip():
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(document, dict) or not isinstance(document.get("ready", False), bool):
-            raise InvalidInputError('expected a JSON object like {"ready": true}')
-        ready_only = document.get("ready", False)
-    return _json(repository_index_list(request.app[SERVICE].repository_index(ready_only)))
+    if not body.strip():
+        return {}
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidInputError(f"expected a JSON object like {expected}")
+    return document
+
+
+def _parameters(document: dict[str, Any], expected: str) -> dict[str, Any]:
+    parameters = document.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInputError(f"'parameters' must be a JSON object, like {expected}")
+    return parameters
+
+
+def _admin_call(request: web.Request) -> AdminCall:
+    return AdminCall(
+        request.headers.get("Authorization"),
+        f"http:{request.remote or '?'}",
+        request.app[ADMIN_HERE],
+    )
+
+
+def _load_result(result: LoadResult) -> dict[str, Any]:
+    return {
+        "model": result.model,
+        "loaded": list(result.loaded),
+        "unloaded": list(result.unloaded),
+        "unchanged": list(result.unchanged),
+    }
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    document = await _json_body(request, '{"ready": true}')
+    ready_only = document.get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise InvalidInputError('"ready" must be true or false, as in {"ready": true}')
+    index = await request.app[SERVICE].repository_index(ready_only)
+    return _json(repository_index_list(index))
+
+
+async def repository_load(request: web.Request) -> web.Response:
+    expected = '{"parameters": {"config": "<JSON model config>", "reload": true}}'
+    parameters = _parameters(await _json_body(request, expected), expected)
+    result = await request.app[SERVICE].load_model(
+        _admin_call(request), request.match_info["model"], parameters
+    )
+    return _json(_load_result(result))
+
+
+async def repository_unload(request: web.Request) -> web.Response:
+    expected = '{"parameters": {"unload_dependents": false}}'
+    _parameters(await _json_body(request, expected), expected)  # nothing depends on a model
+    result = await request.app[SERVICE].unload_model(
+        _admin_call(request), request.match_info["model"]
+    )
+    return _json({"model": result.model, "unloaded": list(result.unloaded)})
+
+
+def _labels(model: str, labels: dict[str, int]) -> web.Response:
+    return _json({"model": model, "labels": labels_document(labels)})
+
+
+async def get_labels(request: web.Request) -> web.Response:
+    model = request.match_info["model"]
+    return _labels(model, request.app[SERVICE].labels(model))
+
+
+async def set_label(request: web.Request) -> web.Response:
+    model, label = request.match_info["model"], request.match_info["label"]
+    document = await _json_body(request, '{"version": "2"}')
+    version = document.get("version")
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str) or not version:
+        raise InvalidInputError('expected a JSON object naming the version, like {"version": "2"}')
+    labels = await request.app[SERVICE].set_label(_admin_call(request), model, label, version)
+    return _labels(model, labels)
+
+
+async def delete_label(request: web.Request) -> web.Response:
+    model, label = request.match_info["model"], request.match_info["label"]
+    labels = await request.app[SERVICE].delete_label(_admin_call(request), model, label)
+    return _labels(model, labels)
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -131,8 +218,6 @@ async def not_implemented(request: web.Request) -> web.Response:
 # Triton extension routes a client may call that this server does not implement yet: they
 # answer 501, as their gRPC counterparts answer UNIMPLEMENTED, rather than 404.
 NOT_IMPLEMENTED = [
-    web.post("/v2/repository/models/{model}/load", not_implemented),
-    web.post("/v2/repository/models/{model}/unload", not_implemented),
     web.route("*", "/v2/systemsharedmemory{tail:.*}", not_implemented),
     web.route("*", "/v2/cudasharedmemory{tail:.*}", not_implemented),
     web.route("*", "/v2/trace/setting", not_implemented),
@@ -154,18 +239,30 @@ ROUTES = [
     web.get("/v2/models/{model}/stats", model_statistics),
     web.get("/v2/models/{model}/versions/{version}/stats", model_statistics),
     web.post("/v2/repository/index", repository_index),
+    web.post("/v2/repository/models/{model}/load", repository_load),
+    web.post("/v2/repository/models/{model}/unload", repository_unload),
+    web.get("/v2/models/{model}/labels", get_labels),
+    web.put("/v2/models/{model}/labels/{label}", set_label),
+    web.delete("/v2/models/{model}/labels/{label}", delete_label),
     web.post("/v2/models/{model}/infer", infer),
     web.post("/v2/models/{model}/versions/{version}/infer", infer),
 ]
 
 
 def create_app(
-    service: InferenceService, *, max_request_bytes: int, compress_responses: bool = False
+    service: InferenceService,
+    *,
+    max_request_bytes: int,
+    compress_responses: bool = False,
+    admin_here: bool = True,
 ) -> web.Application:
+    """The REST application; `admin_here` False refuses admin calls (they are served on a
+    separate admin address)."""
     app = web.Application(client_max_size=max_request_bytes, middlewares=[error_middleware])
     app[SERVICE] = service
     app[MAX_REQUEST_BYTES] = max_request_bytes
     app[COMPRESS_RESPONSES] = compress_responses
+    app[ADMIN_HERE] = admin_here
     app.add_routes(ROUTES)
     app.add_routes(NOT_IMPLEMENTED)
     return app

@@ -1,0 +1,315 @@
+"""Loads, swaps and retires model versions while requests keep flowing.
+
+The order of a swap: the new copy is loaded and warmed on the load pool (never the inference
+pool) while the old one serves; it is installed in the registry in one step on the event loop;
+only then does the old copy stop taking requests, finish the ones it holds, and release its
+session. A load that fails changes nothing that serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from gateway.core.errors import GatewayError, InvalidInputError, NotFoundError
+from gateway.core.model import LoadedVersion
+from gateway.core.ports import ModelRunner, ModelSnapshot, ModelSource, SourceError
+from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
+from gateway.core.validation import check_model_name
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    model: str
+    version: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What one load or unload changed."""
+
+    model: str
+    loaded: tuple[int, ...] = ()
+    unloaded: tuple[int, ...] = ()
+    unchanged: tuple[int, ...] = ()
+    failures: tuple[LoadFailure, ...] = ()
+
+
+class ModelLifecycle:
+    """Applies a model's repository state to the registry: one change per model at a time."""
+
+    def __init__(self, registry: ModelRegistry, source: ModelSource, pool: Executor) -> None:
+        self.registry = registry
+        self._source = source
+        self._pool = pool
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._draining: set[ModelVersion] = set()
+        self._drains: set[asyncio.Task[None]] = set()
+        self._labels_restored: set[str] = set()
+        self._seen: dict[str, str | None] = {}
+        self._applied: dict[str, str | None] = {}
+
+    async def _blocking(self, function: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(function, *args))
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def model_names(self) -> list[str]:
+        """The models in the repository, loaded or not."""
+        return await self._blocking(self._source.model_names)
+
+    # -- load ---------------------------------------------------------------------------
+    async def load_all(self, names: Sequence[str] | None = None) -> list[LoadFailure]:
+        """Load every model (or `names`); failures are recorded and returned, never raised."""
+        if names is None:
+            names = await self.model_names()
+        results = await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
+        failures: list[LoadFailure] = []
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, LoadResult):
+                failures.extend(result.failures)
+            elif isinstance(result, GatewayError):
+                failures.append(LoadFailure(name, None, result.message))
+            elif isinstance(result, BaseException):
+                raise result
+        return failures
+
+    async def load(
+        self, name: str, config_json: str | None = None, reload: bool = False
+    ) -> LoadResult:
+        """Bring the model in line with its directory (and `config_json`, Triton's override):
+        versions new to the policy load, changed ones reload, ones that left it drain. Failures
+        are in the result; the versions that served before keep serving."""
+        check_model_name(name)
+        async with self._lock(name):
+            return await self._apply(name, config_json, reload)
+
+    async def _apply(self, name: str, config_json: str | None, reload: bool) -> LoadResult:
+        fingerprint = await self._blocking(self._source.fingerprint, name)
+        if fingerprint is None:
+            raise NotFoundError(f"model '{name}' is not in the model repository")
+        self._seen[name] = self._applied[name] = fingerprint
+        try:
+            snapshot = await self._blocking(self._source.read, name, config_json)
+        except SourceError as exc:
+            return self._model_failed(name, str(exc))
+        entry = self.registry.entry(name)
+        first = name not in self._labels_restored
+        labelled = set(entry.labels.values())
+        if first:
+            labelled |= set(snapshot.labels.values())
+        on_disk = sorted(snapshot.versions)
+        wanted = set(snapshot.policy.versions.select(on_disk)) | (labelled & set(on_disk))
+        serving = {number: v for number, v in entry.versions.items() if v.ready}
+        kept = labelled & serving.keys()  # a label keeps its version serving
+        if not wanted and not kept:
+            return self._model_failed(
+                name,
+                f"no version directory <N>/{snapshot.policy.default_model_filename} matches "
+                "the version policy",
+            )
+        to_load = sorted(
+            number
+            for number in wanted
+            if reload
+            or number not in serving
+            or serving[number].fingerprint != snapshot.versions[number]
+        )
+        for number in to_load:
+            self.registry.set_loading(name, number)
+        outcomes = await asyncio.gather(
+            *(self._load_version(snapshot, number) for number in to_load)
+        )
+        loaded: list[int] = []
+        failures: list[LoadFailure] = []
+        for number, outcome in zip(to_load, outcomes, strict=True):
+            if isinstance(outcome, LoadFailure):
+                self.registry.set_failed(name, number, outcome.reason)
+                failures.append(outcome)
+                continue
+            fresh, runner = outcome
+            replaced = self.registry.install(fresh, runner, snapshot.versions[number])
+            loaded.append(number)
+            logger.info(
+                "model %s version %d ready on %s (max_batch_size %d)%s",
+                name,
+                number,
+                ", ".join(fresh.providers),
+                fresh.signature.max_batch_size,
+                ": swapped in for the previous copy" if replaced is not None else "",
+            )
+            if replaced is not None:
+                self._retire(replaced)
+        # Nothing leaves service while part of the change failed: the model keeps serving.
+        leaving = [] if failures else sorted(serving.keys() - wanted - kept)
+        for number in leaving:
+            self._retire(entry.versions[number])
+        for number, version in list(entry.versions.items()):
+            if version.state is VersionState.FAILED and number not in wanted:
+                del entry.versions[number]  # a failed version that left the policy
+        if first:
+            self._restore_labels(name, snapshot)
+        return LoadResult(
+            name,
+            loaded=tuple(loaded),
+            unloaded=tuple(leaving),
+            unchanged=tuple(sorted(wanted - set(to_load))),
+            failures=tuple(failures),
+        )
+
+    async def _load_version(
+        self, snapshot: ModelSnapshot, number: int
+    ) -> tuple[LoadedVersion, ModelRunner] | LoadFailure:
+        try:
+            return await self._blocking(self._source.load, snapshot, number)
+        except SourceError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a bug must not stop the other versions and models
+            logger.exception("unexpected error loading %s version %d", snapshot.name, number)
+            reason = f"unexpected error: {exc}"
+        logger.error("model %s version %d failed to load: %s", snapshot.name, number, reason)
+        return LoadFailure(snapshot.name, number, reason)
+
+    def _model_failed(self, name: str, reason: str) -> LoadResult:
+        """The model as a whole cannot be read: what serves keeps serving, and says why."""
+        logger.error("model %s: %s", name, reason)
+        entry = self.registry.entry(name)
+        serving = entry.ready_versions()
+        if serving:
+            entry.load_failures += 1
+            for version in serving:
+                version.reason = f"reload failed, still serving the previous copy: {reason}"
+        else:
+            self.registry.set_failed(name, None, reason)
+        return LoadResult(name, failures=(LoadFailure(name, None, reason),))
+
+    def _restore_labels(self, name: str, snapshot: ModelSnapshot) -> None:
+        self._labels_restored.add(name)
+        entry = self.registry.entry(name)
+        for label, number in snapshot.labels.items():
+            version = entry.versions.get(number)
+            if version is not None and version.ready:
+                entry.labels.setdefault(label, number)
+            else:
+                logger.warning(
+                    "model %s: label '%s' points at version %d, which is not ready: ignored",
+                    name,
+                    label,
+                    number,
+                )
+
+    # -- unload -------------------------------------------------------------------------
+    async def unload(self, name: str) -> LoadResult:
+        """Stop routing to every version of the model; they finish in-flight requests, then
+        their sessions are released. Returns once they stopped taking requests."""
+        check_model_name(name)
+        async with self._lock(name):
+            entry = self.registry.get_model(name)
+            leaving = [v for _, v in sorted(entry.versions.items()) if v.ready]
+            entry.unloaded = True
+            entry.labels.clear()
+            self._labels_restored.discard(name)
+            for version in leaving:
+                self._retire(version)
+            return LoadResult(name, unloaded=tuple(v.version for v in leaving))
+
+    def _retire(self, version: ModelVersion) -> None:
+        self.registry.begin_drain(version)
+        self._draining.add(version)
+        task = asyncio.create_task(self._drain(version))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _drain(self, version: ModelVersion) -> None:
+        await version.wait_released()
+        runner = version.runner
+        self.registry.finish_drain(version)
+        self._draining.discard(version)
+        if runner is not None:
+            await self._blocking(runner.close)
+        logger.info("model %s version %d unloaded", version.name, version.version)
+
+    async def wait_drained(self) -> None:
+        """Return once every version that left service has released its session."""
+        while self._drains:
+            await asyncio.gather(*list(self._drains))
+
+    # -- labels -------------------------------------------------------------------------
+    async def set_label(self, name: str, label: str, version: str) -> dict[str, int]:
+        async with self._lock(name):
+            self.registry.set_label(name, label, version)
+            return await self._save_labels(name)
+
+    async def delete_label(self, name: str, label: str) -> dict[str, int]:
+        async with self._lock(name):
+            self.registry.delete_label(name, label)
+            return await self._save_labels(name)
+
+    async def _save_labels(self, name: str) -> dict[str, int]:
+        labels = dict(self.registry.get_model(name).labels)
+        try:
+            await self._blocking(self._source.save_labels, name, labels)
+        except OSError as exc:  # a read-only repository: labels hold until the next restart
+            logger.warning("model %s: labels are not persisted: %s", name, exc)
+        return labels
+
+    # -- poll mode ----------------------------------------------------------------------
+    async def poll_once(self) -> list[LoadResult]:
+        """Apply every model whose files changed and then stayed the same for a whole poll
+        interval (so a version still being copied is never loaded); unload removed models."""
+        names = set(await self.model_names())
+        known = {e.name for e in self.registry.models() if not e.unloaded}
+        results: list[LoadResult] = []
+        for name in sorted(names | known | self._seen.keys()):
+            fingerprint = await self._blocking(self._source.fingerprint, name)
+            previous = self._seen.get(name, "")
+            self._seen[name] = fingerprint
+            if fingerprint != previous or fingerprint == self._applied.get(name, ""):
+                continue  # still changing, or nothing new
+            try:
+                if fingerprint is None:
+                    self._applied[name] = None
+                    if name in known:
+                        logger.info("model %s left the repository: unloading", name)
+                        results.append(await self.unload(name))
+                    continue
+                logger.info("model %s changed in the repository: applying", name)
+                results.append(await self.load(name))
+            except GatewayError as exc:
+                logger.error("model %s: %s", name, exc.message)
+        return results
+
+    # -- shutdown -----------------------------------------------------------------------
+    async def close(self) -> None:
+        """Release every session (after the front ends drained)."""
+        for task in list(self._drains):
+            task.cancel()
+        await asyncio.gather(*list(self._drains), return_exceptions=True)
+        versions = list(self.registry.all_versions()) + list(self._draining)
+        for version in versions:
+            if version.runner is not None:
+                version.runner.close()
+                version.runner = None
+
+
+def labels_document(labels: Mapping[str, int]) -> dict[str, str]:
+    return {label: str(number) for label, number in sorted(labels.items())}
+
+
+def require_bool(parameters: Mapping[str, object], key: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"parameter '{key}' must be true or false")
+    return value
