@@ -113,6 +113,7 @@ def test_health_and_server_metadata(server: RunningGateway, protocol: str) -> No
     assert set(metadata["extensions"]) == {
         "binary_tensor_data",
         "model_configuration",
+        "model_repository",
         "statistics",
     }
     client.close()
