@@ -345,12 +345,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         )
         print(f"gateway: invalid settings: {problems}", file=sys.stderr)
         return 2
-    except SettingsError as exc:  # e.g. a list field's variable that is not a JSON list
-        print(
-            f"gateway: invalid settings: {exc} (a list in the environment is JSON, "
-            """e.g. GATEWAY_LOAD_MODEL='["a", "b"]')""",
-            file=sys.stderr,
-        )
+    except SettingsError as exc:  # an environment variable that cannot be parsed
+        print(f"gateway: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:

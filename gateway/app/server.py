@@ -112,24 +112,22 @@ class Gateway:
                 f"{len(self.load_failures)} model load failure(s) "
                 f"(--no-exit-on-error serves the rest):\n{lines}"
             )
-        separate_admin = (
-            settings.admin_http_port is not None or settings.admin_grpc_port is not None
-        )
-        self.http_port = await self._start_http(settings.http_port, not separate_admin)
-        self.grpc_port = self._start_grpc(settings.grpc_port, not separate_admin)
+        # Admin listeners first, so the main ones can say where admin calls go. A protocol
+        # without an admin port keeps its admin calls on its main port.
+        http_admin = grpc_admin = ""
         if settings.admin_http_port is not None:
-            self.admin_http_port = await self._start_http(settings.admin_http_port, True)
+            self.admin_http_port = await self._start_http(settings.admin_http_port, "")
+            http_admin = f"HTTP port {self.admin_http_port}"
         if settings.admin_grpc_port is not None:
-            self.admin_grpc_port = self._start_grpc(settings.admin_grpc_port, True)
+            self.admin_grpc_port = self._start_grpc(settings.admin_grpc_port, "")
+            grpc_admin = f"gRPC port {self.admin_grpc_port}"
+        self.http_port = await self._start_http(settings.http_port, http_admin)
+        self.grpc_port = self._start_grpc(settings.grpc_port, grpc_admin)
         await asyncio.gather(*(server.start() for server in self._grpc_servers))
         if settings.model_control_mode == "poll":
             self._poller = asyncio.create_task(self._poll(settings.repository_poll_secs))
         self.service.start_accepting()
-        admin = (
-            f"; admin calls on HTTP {self.admin_http_port} / gRPC {self.admin_grpc_port}"
-            if separate_admin
-            else ""
-        )
+        admin = "".join(f"; admin calls on {where}" for where in (http_admin, grpc_admin) if where)
         logger.info(
             "serving %d model(s) from %s: HTTP on %s:%d, gRPC on %s:%d%s%s",
             len(self.registry.models()),
@@ -149,14 +147,14 @@ class Gateway:
             return None
         return list(dict.fromkeys(settings.load_model))
 
-    async def _start_http(self, port: int, admin_here: bool) -> int:
+    async def _start_http(self, port: int, admin_elsewhere: str) -> int:
         assert self.service is not None
         settings = self.settings
         app = create_app(
             self.service,
             max_request_bytes=settings.max_request_bytes,
             compress_responses=settings.http_compress_responses,
-            admin_here=admin_here,
+            admin_elsewhere=admin_elsewhere,
         )
         runner = web.AppRunner(
             app,
@@ -176,7 +174,7 @@ class Gateway:
         bound: int = runner.addresses[-1][1]
         return bound
 
-    def _start_grpc(self, port: int, admin_here: bool) -> int:
+    def _start_grpc(self, port: int, admin_elsewhere: str) -> int:
         """Create and bind a gRPC server (asyncio servers start later, together)."""
         assert self.service is not None
         settings = self.settings
@@ -188,7 +186,7 @@ class Gateway:
                     port=port,
                     max_request_bytes=settings.max_request_bytes,
                     workers=settings.grpc_threads,
-                    admin_here=admin_here,
+                    admin_elsewhere=admin_elsewhere,
                 )
                 self._threaded_grpc_servers.append(server)
                 return bound
@@ -197,7 +195,7 @@ class Gateway:
                 host=settings.host,
                 port=port,
                 max_request_bytes=settings.max_request_bytes,
-                admin_here=admin_here,
+                admin_elsewhere=admin_elsewhere,
             )
             self._grpc_servers.append(aio_server)
             return bound

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
 
@@ -29,9 +29,10 @@ class GatewaySettings(BaseSettings):
         "'explicit' loads only --load-model names at start; 'poll' loads every model and then "
         "applies repository changes by itself. The load/unload API works in every mode.",
     )
-    load_model: list[str] = Field(
+    load_model: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="A model to load at start in explicit mode (repeatable; '*' = all).",
+        description="A model to load at start in explicit mode (repeatable; '*' = all; the "
+        "environment variable takes a comma-separated list).",
     )
     repository_poll_secs: float = Field(
         15.0,
@@ -41,6 +42,7 @@ class GatewaySettings(BaseSettings):
     )
     admin_token: str | None = Field(
         None,
+        min_length=16,
         description="Bearer token that load, unload and label calls must carry (prefer the "
         "environment variable or --admin-token-file to keep it out of the process list).",
     )
@@ -132,6 +134,13 @@ class GatewaySettings(BaseSettings):
         "INFO", description="Log level."
     )
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+    @field_validator("load_model", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     def resolved_inference_threads(self) -> int:
         return self.inference_threads or usable_cores()

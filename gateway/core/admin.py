@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,8 +21,16 @@ class AdminCall:
 
     authorization: str | None
     peer: str
-    admin_here: bool = True
-    """False on a front end whose admin calls are served on a separate admin address."""
+    admin_elsewhere: str = ""
+    """On a front end whose admin calls are served on a separate admin address: where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """An admin call that passed the token check: who made it, and from where."""
+
+    who: str
+    peer: str
 
 
 class AdminAuthorizer:
@@ -37,12 +46,22 @@ class AdminAuthorizer:
     def required(self) -> bool:
         return bool(self._tokens)
 
+    def admit(self, call: AdminCall, action: str, target: str) -> Admitted:
+        """Check the call's credentials before anything else is read; a refusal is audited."""
+        try:
+            who = self.authorize(call)
+        except (UnauthenticatedError, PermissionDeniedError) as error:
+            audit("?", call.peer, action, target, f"refused: {error.message}")
+            raise
+        return Admitted(who, call.peer)
+
     def authorize(self, call: AdminCall) -> str:
         """Who is calling, from the Authorization header or metadata; raises when refused."""
         authorization = call.authorization
-        if not call.admin_here:
+        if call.admin_elsewhere:
             raise PermissionDeniedError(
-                "admin calls are served on the gateway's admin address only"
+                f"admin calls are served on the gateway's admin address only "
+                f"({call.admin_elsewhere})"
             )
         if not self._tokens:
             return "anonymous"
@@ -65,8 +84,15 @@ class AdminAuthorizer:
 
 def audit(who: str, peer: str, action: str, target: str, result: str) -> None:
     """One line per admin call: who, from where, what, on what, and how it ended."""
+    # Names and messages come from clients: JSON-quoted (logfmt style), so no control
+    # character reaches the log and no line can forge another.
     audit_logger.info(
-        "audit who=%s peer=%s action=%s target=%s result=%s", who, peer, action, target, result
+        "audit who=%s peer=%s action=%s target=%s result=%s",
+        who,
+        peer,
+        action,
+        json.dumps(target),
+        json.dumps(result),
     )
 
 

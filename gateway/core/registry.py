@@ -198,7 +198,7 @@ class ModelRegistry:
     # -- labels -------------------------------------------------------------------------
     def set_label(self, name: str, label: str, version: str) -> None:
         """Point `label` at a READY version (atomic; the label may already exist)."""
-        if not LABEL.match(label):
+        if not LABEL.fullmatch(label):
             raise InvalidInputError(
                 f"invalid label '{label}': expected a letter then up to 63 letters, digits, "
                 "'_', '.' or '-'"

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import numpy.typing as npt
 
-from gateway.core.admin import AdminAuthorizer, AdminCall, audit
+from gateway.core.admin import AdminAuthorizer, AdminCall, Admitted, audit
 from gateway.core.errors import (
     GatewayError,
     InvalidInputError,
@@ -118,45 +118,44 @@ class InferenceService:
         return index
 
     # -- admin --------------------------------------------------------------------------
+    def admit(self, call: AdminCall, action: str, target: str) -> Admitted:
+        """The first step of every admin call, before its body is even read: the token."""
+        return self.authorizer.admit(call, action, target)
+
     async def _admin(
-        self, call: AdminCall, action: str, target: str, work: Callable[[], Awaitable[T]]
+        self, caller: Admitted, action: str, target: str, work: Callable[[], Awaitable[T]]
     ) -> T:
-        """Authorize, run and audit one admin action."""
+        """Run and audit one admitted admin action."""
         try:
-            who = self.authorizer.authorize(call)
-        except GatewayError as error:
-            audit("?", call.peer, action, target, f"refused: {error.message}")
-            raise
-        if self.lifecycle is None:
-            raise UnimplementedError("this server has no model repository to manage")
-        try:
+            if self.lifecycle is None:
+                raise UnimplementedError("this server has no model repository to manage")
             result = await work()
         except GatewayError as error:
-            audit(who, call.peer, action, target, f"failed: {error.message}")
+            audit(caller.who, caller.peer, action, target, f"failed: {error.message}")
             raise
-        audit(who, call.peer, action, target, f"ok {_summary(result)}".rstrip())
+        audit(caller.who, caller.peer, action, target, f"ok {_summary(result)}".rstrip())
         return result
 
     async def load_model(
-        self, call: AdminCall, name: str, parameters: Mapping[str, Any]
+        self, caller: Admitted, name: str, parameters: Mapping[str, Any]
     ) -> LoadResult:
         """Triton's repository load: parameters `config` (a JSON model config that replaces
         config.pbtxt for this load) and `reload` (ours: reload versions even if unchanged)."""
-        config = parameters.get("config")
-        if config is not None and not isinstance(config, str):
-            raise InvalidInputError("parameter 'config' must be a string holding JSON")
-        files = sorted(key for key in parameters if key.startswith("file:"))
-        if files:
-            raise UnimplementedError(
-                f"load parameters {', '.join(files)}: file overrides are not supported; put the "
-                "files in the model repository"
-            )
-        reload = parameters.get("reload", False)
-        if not isinstance(reload, bool):
-            raise InvalidInputError("parameter 'reload' must be true or false")
 
         async def work() -> LoadResult:
             assert self.lifecycle is not None
+            config = parameters.get("config")
+            if config is not None and not isinstance(config, str):
+                raise InvalidInputError("parameter 'config' must be a string holding JSON")
+            files = sorted(key for key in parameters if key.startswith("file:"))
+            if files:
+                raise UnimplementedError(
+                    f"load parameters {', '.join(files)}: file overrides are not supported; "
+                    "put the files in the model repository"
+                )
+            reload = parameters.get("reload", False)
+            if not isinstance(reload, bool):
+                raise InvalidInputError("parameter 'reload' must be true or false")
             result = await self.lifecycle.load(name, config or None, reload)
             if result.failures:
                 reasons = "; ".join(
@@ -166,33 +165,33 @@ class InferenceService:
                 raise InvalidInputError(f"failed to load '{name}': {reasons}")
             return result
 
-        return await self._admin(call, "load", name, work)
+        return await self._admin(caller, "load", name, work)
 
-    async def unload_model(self, call: AdminCall, name: str) -> LoadResult:
+    async def unload_model(self, caller: Admitted, name: str) -> LoadResult:
         async def work() -> LoadResult:
             assert self.lifecycle is not None
             return await self.lifecycle.unload(name)
 
-        return await self._admin(call, "unload", name, work)
+        return await self._admin(caller, "unload", name, work)
 
     def labels(self, name: str) -> dict[str, int]:
         return dict(sorted(self.registry.get_model(name).labels.items()))
 
     async def set_label(
-        self, call: AdminCall, name: str, label: str, version: str
+        self, caller: Admitted, name: str, label: str, version: str
     ) -> dict[str, int]:
         async def work() -> dict[str, int]:
             assert self.lifecycle is not None
             return await self.lifecycle.set_label(name, label, version)
 
-        return await self._admin(call, "label", f"{name}/{label}={version}", work)
+        return await self._admin(caller, "label", f"{name}/{label}={version}", work)
 
-    async def delete_label(self, call: AdminCall, name: str, label: str) -> dict[str, int]:
+    async def delete_label(self, caller: Admitted, name: str, label: str) -> dict[str, int]:
         async def work() -> dict[str, int]:
             assert self.lifecycle is not None
             return await self.lifecycle.delete_label(name, label)
 
-        return await self._admin(call, "unlabel", f"{name}/{label}", work)
+        return await self._admin(caller, "unlabel", f"{name}/{label}", work)
 
     def ready_version_names(self, name: str) -> list[str]:
         return [str(v.version) for v in self.registry.get_model(name).ready_versions()]

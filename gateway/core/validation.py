@@ -17,7 +17,7 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 def is_valid_model_name(name: str) -> bool:
     """Model names never contain path separators or '..', so nothing outside the repository
     is ever read for a name taken from a request."""
-    return bool(MODEL_NAME.match(name)) and ".." not in name
+    return bool(MODEL_NAME.fullmatch(name)) and ".." not in name
 
 
 def check_model_name(name: str) -> None:

@@ -147,7 +147,7 @@ class FileRepository:
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ModelConfigError(f"{path}: cannot be read: {exc}") from exc
         valid = isinstance(document, dict) and all(
-            isinstance(k, str) and LABEL.match(k) and type(v) is int and v > 0
+            isinstance(k, str) and LABEL.fullmatch(k) and type(v) is int and v > 0
             for k, v in document.items()
         )
         if not valid:

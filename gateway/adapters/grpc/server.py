@@ -21,7 +21,7 @@ from gateway.adapters.metadata import (
     server_metadata_dict,
     statistics_dict,
 )
-from gateway.core.admin import AdminCall
+from gateway.core.admin import AdminCall, Admitted
 from gateway.core.errors import ErrorCode, GatewayError, InvalidInputError
 from gateway.core.lifecycle import labels_document
 from gateway.core.service import InferenceService
@@ -133,13 +133,14 @@ def unimplemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaita
 class InferenceServicer:
     """The RPCs this server implements; register_service answers the others UNIMPLEMENTED."""
 
-    def __init__(self, service: InferenceService, *, admin_here: bool = True) -> None:
+    def __init__(self, service: InferenceService, *, admin_elsewhere: str = "") -> None:
         self._service = service
-        self._admin_here = admin_here
+        self._admin_elsewhere = admin_elsewhere
 
-    def _admin_call(self, context: Any) -> AdminCall:
+    def _admit(self, context: Any, action: str, target: str) -> Admitted:
         metadata = dict(context.invocation_metadata() or ())
-        return AdminCall(metadata.get("authorization"), context.peer(), self._admin_here)
+        call = AdminCall(metadata.get("authorization"), context.peer(), self._admin_elsewhere)
+        return self._service.admit(call, action, target)
 
     @translated
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -185,16 +186,18 @@ class InferenceServicer:
 
     @translated
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = self._admit(context, "load", request.model_name)
         parameters = {
             key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
             for key, value in request.parameters.items()
         }
-        await self._service.load_model(self._admin_call(context), request.model_name, parameters)
+        await self._service.load_model(caller, request.model_name, parameters)
         return pb.RepositoryModelLoadResponse()
 
     @translated
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await self._service.unload_model(self._admin_call(context), request.model_name)
+        caller = self._admit(context, "unload", request.model_name)
+        await self._service.unload_model(caller, request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @translated
@@ -203,16 +206,16 @@ class InferenceServicer:
 
     @translated
     async def SetLabel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = self._admit(context, "label", f"{request.model}/{request.label}")
         labels = await self._service.set_label(
-            self._admin_call(context), request.model, request.label, request.version
+            caller, request.model, request.label, request.version
         )
         return _labels_response(request.model, labels)
 
     @translated
     async def DeleteLabel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        labels = await self._service.delete_label(
-            self._admin_call(context), request.model, request.label
-        )
+        caller = self._admit(context, "unlabel", f"{request.model}/{request.label}")
+        labels = await self._service.delete_label(caller, request.model, request.label)
         return _labels_response(request.model, labels)
 
     @translated
@@ -306,11 +309,11 @@ def create_grpc_server(
     host: str,
     port: int,
     max_request_bytes: int,
-    admin_here: bool = True,
+    admin_elsewhere: str = "",
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to host:port (0 = a free port), not started yet; and its port.
-    `admin_here` False refuses admin calls (they are served on a separate admin address)."""
+    `admin_elsewhere` (the admin address) refuses admin calls here."""
     server = grpc.aio.server(options=grpc_options(max_request_bytes))
-    servicer = InferenceServicer(service, admin_here=admin_here)
+    servicer = InferenceServicer(service, admin_elsewhere=admin_elsewhere)
     register_service(server, lambda name: getattr(servicer, name, None))
     return server, bind(server, host, port)

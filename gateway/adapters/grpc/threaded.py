@@ -120,10 +120,10 @@ class ThreadedFrontEnd:
     """Sync handlers that run on grpcio's thread pool and call into the event loop."""
 
     def __init__(
-        self, service: InferenceService, loop: asyncio.AbstractEventLoop, admin_here: bool
+        self, service: InferenceService, loop: asyncio.AbstractEventLoop, admin_elsewhere: str
     ) -> None:
         self._service = service
-        self._servicer = InferenceServicer(service, admin_here=admin_here)
+        self._servicer = InferenceServicer(service, admin_elsewhere=admin_elsewhere)
         self._loop = loop
 
     def _on_loop(self, coroutine: Any, context: grpc.ServicerContext) -> Any:
@@ -242,10 +242,10 @@ def start_threaded_grpc_server(
     port: int,
     max_request_bytes: int,
     workers: int,
-    admin_here: bool = True,
+    admin_elsewhere: str = "",
 ) -> tuple[grpc.Server, int]:
     """Start the threaded server (call from the event loop it feeds)."""
-    front = ThreadedFrontEnd(service, asyncio.get_running_loop(), admin_here)
+    front = ThreadedFrontEnd(service, asyncio.get_running_loop(), admin_elsewhere)
     server = grpc.server(
         ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
         options=grpc_options(max_request_bytes),

@@ -18,7 +18,7 @@ from gateway.adapters.metadata import (
     server_metadata_dict,
     statistics_dict,
 )
-from gateway.core.admin import AdminCall
+from gateway.core.admin import AdminCall, Admitted
 from gateway.core.errors import InvalidInputError, PayloadTooLargeError, UnimplementedError
 from gateway.core.lifecycle import LoadResult, labels_document
 from gateway.core.service import InferenceService
@@ -28,7 +28,7 @@ SERVICE = web.AppKey("service", InferenceService)
 MIN_COMPRESSED_BYTES = 1024
 COMPRESS_RESPONSES = web.AppKey("compress_responses", bool)
 MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
-ADMIN_HERE = web.AppKey("admin_here", bool)
+ADMIN_ELSEWHERE = web.AppKey("admin_elsewhere", str)
 MAX_ADMIN_BODY_BYTES = 16 * 1024 * 1024
 
 
@@ -104,12 +104,14 @@ def _parameters(document: dict[str, Any], expected: str) -> dict[str, Any]:
     return parameters
 
 
-def _admin_call(request: web.Request) -> AdminCall:
-    return AdminCall(
+def _admit(request: web.Request, action: str, target: str) -> Admitted:
+    """The token check, before the body is read."""
+    call = AdminCall(
         request.headers.get("Authorization"),
         f"http:{request.remote or '?'}",
-        request.app[ADMIN_HERE],
+        request.app[ADMIN_ELSEWHERE],
     )
+    return request.app[SERVICE].admit(call, action, target)
 
 
 def _load_result(result: LoadResult) -> dict[str, Any]:
@@ -131,20 +133,18 @@ async def repository_index(request: web.Request) -> web.Response:
 
 
 async def repository_load(request: web.Request) -> web.Response:
+    caller = _admit(request, "load", request.match_info["model"])
     expected = '{"parameters": {"config": "<JSON model config>", "reload": true}}'
     parameters = _parameters(await _json_body(request, expected), expected)
-    result = await request.app[SERVICE].load_model(
-        _admin_call(request), request.match_info["model"], parameters
-    )
+    result = await request.app[SERVICE].load_model(caller, request.match_info["model"], parameters)
     return _json(_load_result(result))
 
 
 async def repository_unload(request: web.Request) -> web.Response:
+    caller = _admit(request, "unload", request.match_info["model"])
     expected = '{"parameters": {"unload_dependents": false}}'
     _parameters(await _json_body(request, expected), expected)  # nothing depends on a model
-    result = await request.app[SERVICE].unload_model(
-        _admin_call(request), request.match_info["model"]
-    )
+    result = await request.app[SERVICE].unload_model(caller, request.match_info["model"])
     return _json({"model": result.model, "unloaded": list(result.unloaded)})
 
 
@@ -159,19 +159,21 @@ async def get_labels(request: web.Request) -> web.Response:
 
 async def set_label(request: web.Request) -> web.Response:
     model, label = request.match_info["model"], request.match_info["label"]
+    caller = _admit(request, "label", f"{model}/{label}")
     document = await _json_body(request, '{"version": "2"}')
     version = document.get("version")
     if isinstance(version, int) and not isinstance(version, bool):
         version = str(version)
     if not isinstance(version, str) or not version:
         raise InvalidInputError('expected a JSON object naming the version, like {"version": "2"}')
-    labels = await request.app[SERVICE].set_label(_admin_call(request), model, label, version)
+    labels = await request.app[SERVICE].set_label(caller, model, label, version)
     return _labels(model, labels)
 
 
 async def delete_label(request: web.Request) -> web.Response:
     model, label = request.match_info["model"], request.match_info["label"]
-    labels = await request.app[SERVICE].delete_label(_admin_call(request), model, label)
+    caller = _admit(request, "unlabel", f"{model}/{label}")
+    labels = await request.app[SERVICE].delete_label(caller, model, label)
     return _labels(model, labels)
 
 
@@ -254,15 +256,15 @@ def create_app(
     *,
     max_request_bytes: int,
     compress_responses: bool = False,
-    admin_here: bool = True,
+    admin_elsewhere: str = "",
 ) -> web.Application:
-    """The REST application; `admin_here` False refuses admin calls (they are served on a
-    separate admin address)."""
+    """The REST application; `admin_elsewhere` (the admin address, when admin calls are served
+    on a separate one) refuses admin calls here."""
     app = web.Application(client_max_size=max_request_bytes, middlewares=[error_middleware])
     app[SERVICE] = service
     app[MAX_REQUEST_BYTES] = max_request_bytes
     app[COMPRESS_RESPONSES] = compress_responses
-    app[ADMIN_HERE] = admin_here
+    app[ADMIN_ELSEWHERE] = admin_elsewhere
     app.add_routes(ROUTES)
     app.add_routes(NOT_IMPLEMENTED)
     return app
