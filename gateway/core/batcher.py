@@ -41,6 +41,7 @@ from gateway.core.errors import (
 from gateway.core.model import ModelPolicy, ModelSignature
 from gateway.core.ports import ModelRunner
 from gateway.core.statistics import VersionStatistics
+from gateway.core.telemetry import BatchEvent, RequestTiming, RequestTrace, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class _Request:
     """On time.perf_counter_ns, for statistics."""
     timeout_s: float | None = None
     expiry: asyncio.TimerHandle | None = None
+    timing: RequestTiming | None = None
+    trace: RequestTrace | None = None
 
 
 @dataclass(slots=True)
@@ -131,10 +134,13 @@ class DynamicBatcher:
         config: BatcherConfig,
         output_order: Sequence[str],
         statistics: VersionStatistics | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if config.concurrency < 1 or config.max_queue_size < 1:
             raise ValueError("concurrency and max_queue_size must be >= 1")
         self.name = name
+        self.model, _, self.version = name.rpartition(":")
+        self._telemetry = telemetry
         self.config = config
         self.stats = BatcherStats()
         self.statistics = statistics if statistics is not None else VersionStatistics()
@@ -166,8 +172,12 @@ class DynamicBatcher:
         outputs: Sequence[str],
         rows: int,
         timeout_s: float | None,
+        timing: RequestTiming | None = None,
+        trace: RequestTrace | None = None,
     ) -> Arrays:
-        """Run `feeds` (already validated) in some batch; return `outputs` for its rows only."""
+        """Run `feeds` (already validated) in some batch; return `outputs` for its rows only.
+        `timing`, if given, is filled with the request's queue and compute time; `trace` is
+        linked from the span of the batch that runs it."""
         if timeout_s is not None and timeout_s <= 0:
             self.stats.expired += 1
             raise DeadlineExceededError("the request's deadline passed before it could be queued")
@@ -192,6 +202,8 @@ class DynamicBatcher:
             enqueued_s=loop.time(),
             enqueued_ns=time.perf_counter_ns(),
             timeout_s=timeout_s,
+            timing=timing,
+            trace=trace,
         )
         if timeout_s is not None:
             request.expiry = loop.call_later(timeout_s, self._expire, request)
@@ -319,7 +331,11 @@ class DynamicBatcher:
             }
         input_ns = time.perf_counter_ns() - started_ns
         for request in batch:
-            self.statistics.queue.add(started_ns - request.enqueued_ns)
+            queue_ns = started_ns - request.enqueued_ns
+            self.statistics.queue.add(queue_ns)
+            if request.timing is not None:
+                request.timing.queue_ns = queue_ns
+                request.timing.launched_ns = started_ns
         loop = asyncio.get_running_loop()
         try:
             run = self._executor.submit(self._timed_run, feeds, outputs)
@@ -336,7 +352,9 @@ class DynamicBatcher:
         def finished(done: Future[tuple[Arrays, int]]) -> None:  # on the worker thread
             # A closed loop means the server stopped: nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._finish, batch, rows, outputs, input_ns, done)
+                loop.call_soon_threadsafe(
+                    self._finish, batch, rows, outputs, started_ns, input_ns, done
+                )
 
         run.add_done_callback(finished)
 
@@ -352,27 +370,43 @@ class DynamicBatcher:
         batch: list[_Request],
         rows: int,
         outputs: list[str],
+        started_ns: int,
         input_ns: int,
         done: Future[tuple[Arrays, int]],
     ) -> None:
         self._running -= 1
+        error = ""
         try:
             arrays, infer_ns = done.result()
             split_started_ns = time.perf_counter_ns()
             parts = self._split(batch, rows, outputs, arrays)
             output_ns = time.perf_counter_ns() - split_started_ns
             self.statistics.record_batch(rows, len(batch), input_ns, infer_ns, output_ns)
-        except GatewayError as error:
-            self._fail(batch, error)
+        except GatewayError as failure:
+            error = failure.message
+            self._fail(batch, failure)
         except CancelledError:  # the pool was shut down before this batch started
-            self._fail(batch, UnavailableError("the server is shutting down"))
+            error = "the server is shutting down"
+            self._fail(batch, UnavailableError(error))
         except Exception:  # the runner maps its errors; anything else is a bug
             logger.exception("model %s failed on a batch of %d rows", self.name, rows)
-            self._fail(batch, InternalError(f"model '{self.name}' failed; see the gateway log"))
+            error = f"model '{self.name}' failed; see the gateway log"
+            self._fail(batch, InternalError(error))
         else:
             for request, part in zip(batch, parts, strict=True):
                 if not request.result.done():
                     request.result.set_result(part)
+        ended_ns = time.perf_counter_ns()
+        for request in batch:
+            if request.timing is not None:
+                request.timing.compute_ns = ended_ns - started_ns
+                request.timing.batch_rows = rows
+        if self._telemetry is not None:
+            traces = [r.trace for r in batch if r.trace is not None]
+            event = BatchEvent(
+                self.model, self.version, rows, len(batch), started_ns, ended_ns, traces, error
+            )
+            self._telemetry.batch_finished(event)
         self._dispatch()
 
     def _split(

@@ -18,6 +18,7 @@ from gateway.core.batcher import DynamicBatcher, batcher_config
 from gateway.core.errors import InvalidInputError, NotFoundError, UnavailableError
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner
+from gateway.core.telemetry import Telemetry
 
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 
@@ -104,8 +105,10 @@ class ModelRegistry:
         *,
         default_max_queue_size: int = 1024,
         max_queue_bytes: int = 256 * 1024 * 1024,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._models: dict[str, ModelEntry] = {}
+        self.telemetry = telemetry or Telemetry()
         self._executor = executor
         self._default_max_queue_size = default_max_queue_size
         self._max_queue_bytes = max_queue_bytes
@@ -151,6 +154,7 @@ class ModelRegistry:
             self._executor,
             config,
             loaded.signature.output_names,
+            telemetry=self.telemetry,
         )
         fresh = ModelVersion(
             loaded.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from gateway.core.lifecycle import LoadResult, ModelLifecycle
 from gateway.core.model import LoadedVersion
 from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
 from gateway.core.statistics import VersionStatistics
+from gateway.core.telemetry import OK, RequestEvent, RequestTiming
 from gateway.core.types import InferRequest, InferResponse, RequestContext, Tensor
 from gateway.core.validation import validate_request
 
@@ -209,21 +211,55 @@ class InferenceService:
         loaded, batcher = target.loaded, target.batcher
         assert loaded is not None and batcher is not None
         started_ns = time.perf_counter_ns()
+        telemetry = self.registry.telemetry
+        tracing = telemetry.tracing
+        trace = (
+            tracing.begin(ctx.traceparent, ctx.tracestate, request.model_name, "primary")
+            if tracing is not None
+            else None
+        )
+        timing = RequestTiming()
+        rows = 0
+        code, error = OK, ""
         target.acquire()  # an unload or swap waits for this request
         try:
             feeds, output_names, batch_size = validate_request(request, loaded.signature)
+            rows = max(batch_size, 1)
             arrays = await batcher.infer(
-                feeds, output_names, batch_size, _wait_limit_s(request, ctx, loaded)
+                feeds,
+                output_names,
+                batch_size,
+                _wait_limit_s(request, ctx, loaded),
+                timing,
+                trace,
             )
             outputs = _build_outputs(target, output_names, arrays)
-        except GatewayError:
-            batcher.statistics.record_request(False, 0, time.perf_counter_ns() - started_ns)
+        except GatewayError as failure:
+            code, error = failure.code.value, failure.message
+            raise
+        except BaseException as failure:  # cancelled (the caller left) or a bug
+            code = "cancelled" if isinstance(failure, asyncio.CancelledError) else "internal"
             raise
         finally:
             target.release()
-        batcher.statistics.record_request(
-            True, max(batch_size, 1), time.perf_counter_ns() - started_ns
-        )
+            ended_ns = time.perf_counter_ns()
+            batcher.statistics.record_request(code == OK, rows, ended_ns - started_ns)
+            telemetry.request_finished(
+                RequestEvent(
+                    request.model_name,
+                    str(target.version),
+                    "primary",
+                    ctx.protocol,
+                    code,
+                    started_ns,
+                    ended_ns,
+                    rows,
+                    timing,
+                    request.id,
+                    error,
+                ),
+                trace,
+            )
         return InferResponse(
             model_name=request.model_name,
             model_version=str(target.version),

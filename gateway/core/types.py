@@ -45,3 +45,6 @@ class RequestContext:
     protocol: str
     deadline_s: float | None = None
     """Absolute time on the service clock after which the request is not worth answering."""
+    traceparent: str | None = None
+    """The caller's W3C trace context (HTTP headers or gRPC metadata), if it sent one."""
+    tracestate: str | None = None

@@ -278,7 +278,15 @@ def _labels_response(model: str, labels: dict[str, int]) -> Any:
 def request_context(context: Any) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
-    return RequestContext(protocol="grpc", deadline_s=deadline)
+    traceparent = tracestate = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            traceparent = value
+        elif key == "tracestate":
+            tracestate = value
+    return RequestContext(
+        protocol="grpc", deadline_s=deadline, traceparent=traceparent, tracestate=tracestate
+    )
 
 
 def grpc_options(max_request_bytes: int) -> list[tuple[str, int]]:

@@ -194,7 +194,13 @@ async def infer(request: web.Request) -> web.Response:
     infer_request, encoding = codec.decode_request(
         body, request.headers.get(codec.HEADER_LENGTH), name, version
     )
-    response = await service.infer(infer_request, RequestContext(protocol="http"))
+    headers = request.headers
+    ctx = RequestContext(
+        protocol="http",
+        traceparent=headers.get("traceparent"),
+        tracestate=headers.get("tracestate"),
+    )
+    response = await service.infer(infer_request, ctx)
     payload, header_length = codec.encode_response(response, encoding)
     if header_length is None:
         answer = web.Response(body=payload, content_type=codec.JSON_CONTENT_TYPE)
