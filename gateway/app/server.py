@@ -32,12 +32,14 @@ class StartupError(Exception):
     """The gateway cannot start; the message says why."""
 
 
-def _lower_priority(nice: int) -> None:
+def _lower_priority(priority: str) -> None:
     """Thread initializer of the load pool: loads and warm-ups yield the CPU to serving.
-    Linux keeps niceness per thread; threads onnxruntime starts from here inherit it."""
-    if nice:
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    Linux keeps niceness and policy per thread; threads onnxruntime starts here inherit them."""
+    with contextlib.suppress(OSError, AttributeError):
+        if priority == "low":
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        elif priority == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def admin_tokens(settings: GatewaySettings) -> dict[str, str]:
@@ -90,7 +92,7 @@ class Gateway:
             settings.load_threads,
             thread_name_prefix="load",
             initializer=_lower_priority,
-            initargs=(settings.load_nice,),
+            initargs=(settings.load_priority,),
         )
         repository = FileRepository(
             settings.model_repository,

@@ -64,12 +64,11 @@ class GatewaySettings(BaseSettings):
         le=65535,
         description="Serve admin calls only on this gRPC port, not on --grpc-port.",
     )
-    load_nice: int = Field(
-        10,
-        ge=0,
-        le=19,
-        description="Niceness of the threads that load and warm models, so a swap never takes "
-        "CPU from requests being served (0 = same priority).",
+    load_priority: Literal["normal", "low", "idle"] = Field(
+        "low",
+        description="CPU priority of the threads that load and warm models: 'low' (nice 10) "
+        "and 'idle' (Linux SCHED_IDLE: only CPU nobody else wants) keep swaps from taking CPU "
+        "from requests being served; 'normal' loads fastest.",
     )
     grpc_server: Literal["threaded", "asyncio"] = Field(
         "threaded",
