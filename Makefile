@@ -6,7 +6,7 @@ REPO ?= models/repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: serve test install install-dev repository protos lint check-protos clean
+.PHONY: serve test install install-dev repository protos lint check-protos clean test-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,17 @@ repository: $(REPO)/.built
 serve: repository
 	$(BIN)/gateway serve --model-repository $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
+# Test-only tools from Debian, installed where apt-get can (root); their tests skip, saying
+# why, where they cannot be installed.
+test-tools:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && \
+	    apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; } || \
+	  echo "make test: could not install Debian's prometheus; its query test will skip"; }
+
 ## test: install the dev environment and run linters, type checks and the whole test suite.
-test: install-dev
+test: install-dev test-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports

@@ -17,13 +17,16 @@ from gateway import __version__
 from gateway.adapters.grpc.server import create_grpc_server
 from gateway.adapters.grpc.threaded import start_threaded_grpc_server
 from gateway.adapters.http.app import create_app
+from gateway.adapters.http.metrics import metrics_app, metrics_routes
 from gateway.config.settings import GatewaySettings
 from gateway.core.admin import AdminAuthorizer, read_token_file
 from gateway.core.lifecycle import LoadFailure, ModelLifecycle
 from gateway.core.registry import ModelRegistry
 from gateway.core.service import InferenceService
+from gateway.core.telemetry import Telemetry
 from gateway.runtime.onnx_runner import installation_problem
 from gateway.runtime.repository import FileRepository
+from gateway.telemetry.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +66,16 @@ class Gateway:
         self._inference_pool = ThreadPoolExecutor(
             settings.resolved_inference_threads(), thread_name_prefix="inference"
         )
+        self.telemetry = Telemetry()
         self.registry = ModelRegistry(
             self._inference_pool,
             default_max_queue_size=settings.default_max_queue_size,
             max_queue_bytes=settings.max_queue_bytes,
+            telemetry=self.telemetry,
         )
+        self.metrics = GatewayMetrics(self.registry)  # always on: a few microseconds a request
+        self.telemetry.add_observer(self.metrics)
+        self.metrics_port: int | None = None
         self._load_pool: ThreadPoolExecutor | None = None
         self._http: web.AppRunner | None = None
         self._grpc_servers: list[grpc.aio.Server] = []
@@ -125,6 +133,10 @@ class Gateway:
             grpc_admin = f"gRPC port {self.admin_grpc_port}"
         self.http_port = await self._start_http(settings.http_port, http_admin)
         self.grpc_port = self._start_grpc(settings.grpc_port, grpc_admin)
+        if settings.metrics_port is not None:
+            self.metrics_port = await self._serve(
+                metrics_app(self.metrics.registry), settings.metrics_port, "metrics"
+            )
         await asyncio.gather(*(server.start() for server in self._grpc_servers))
         if settings.model_control_mode == "poll":
             self._poller = asyncio.create_task(self._poll(settings.repository_poll_secs))
@@ -157,7 +169,13 @@ class Gateway:
             max_request_bytes=settings.max_request_bytes,
             compress_responses=settings.http_compress_responses,
             admin_elsewhere=admin_elsewhere,
+            extra_routes=metrics_routes(self.metrics.registry),
         )
+        return await self._serve(app, port, "HTTP")
+
+    async def _serve(self, app: web.Application, port: int, what: str) -> int:
+        """Listen with `app` on the gateway's host; returns the port."""
+        settings = self.settings
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -172,7 +190,9 @@ class Gateway:
         try:
             await site.start()
         except OSError as exc:
-            raise StartupError(f"cannot listen for HTTP on {settings.host}:{port}: {exc}") from exc
+            raise StartupError(
+                f"cannot listen for {what} on {settings.host}:{port}: {exc}"
+            ) from exc
         bound: int = runner.addresses[-1][1]
         return bound
 

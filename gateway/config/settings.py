@@ -64,6 +64,13 @@ class GatewaySettings(BaseSettings):
         le=65535,
         description="Serve admin calls only on this gRPC port, not on --grpc-port.",
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Also serve GET /metrics (Prometheus) on this port; it is always on the "
+        "HTTP port.",
+    )
     load_priority: Literal["normal", "low", "idle"] = Field(
         "low",
         description="CPU priority of the threads that load and warm models: 'low' (nice 10) "

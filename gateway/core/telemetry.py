@@ -95,6 +95,10 @@ class Telemetry:
         self.observers = tuple(observers)
         self.tracing = tracing
 
+    def add_observer(self, observer: Observer) -> None:
+        """At start-up, before requests flow."""
+        self.observers = (*self.observers, observer)
+
     def request_finished(self, event: RequestEvent, trace: RequestTrace | None) -> None:
         """Never raises: telemetry must not fail a request that was answered."""
         try:

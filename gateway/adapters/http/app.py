@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -263,6 +264,7 @@ def create_app(
     max_request_bytes: int,
     compress_responses: bool = False,
     admin_elsewhere: str = "",
+    extra_routes: Sequence[web.RouteDef] = (),
 ) -> web.Application:
     """The REST application; `admin_elsewhere` (the admin address, when admin calls are served
     on a separate one) refuses admin calls here."""
@@ -272,5 +274,6 @@ def create_app(
     app[COMPRESS_RESPONSES] = compress_responses
     app[ADMIN_ELSEWHERE] = admin_elsewhere
     app.add_routes(ROUTES)
+    app.add_routes(extra_routes)
     app.add_routes(NOT_IMPLEMENTED)
     return app

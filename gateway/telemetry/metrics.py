@@ -1,0 +1,192 @@
+"""Prometheus metrics of the gateway, on a registry it owns (never the process-global one).
+
+Per request and per batch the observer updates histograms and counters (a cached child per
+label set, so the hot path does one dict lookup per metric). Gauges that describe state (queue
+depth, model state, traffic share) are read from the model registry when Prometheus scrapes.
+
+Labels are bounded: model and version come from the repository, role from a fixed set,
+protocol from the front ends, code from ErrorCode values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.core.registry import ModelRegistry, VersionState
+from gateway.core.telemetry import OK, BatchEvent, RequestEvent
+
+# Seconds: from a tenth of a millisecond (a small model on a warm CPU) to tens of seconds.
+DURATION_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+NS = 1e-9
+
+
+class GatewayMetrics:
+    """The gateway's metrics: an Observer for the telemetry events, plus a state collector."""
+
+    def __init__(self, models: ModelRegistry) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        request_labels = ("model", "version", "role", "protocol", "code")
+        version_labels = ("model", "version", "role")
+        self._requests = Counter(
+            "gateway_requests",
+            "Inference requests answered, by outcome code ('ok' or the error code).",
+            request_labels,
+            registry=self.registry,
+        )
+        self._failures = Counter(
+            "gateway_request_failures",
+            "Inference requests that failed, by reason (the error code).",
+            ("model", "version", "role", "reason"),
+            registry=self.registry,
+        )
+        self._duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from the request reaching the service to its answer.",
+            request_labels,
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._queue = Histogram(
+            "gateway_queue_duration_seconds",
+            "Time a request waited in its version's batcher before its batch started.",
+            version_labels,
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._compute = Histogram(
+            "gateway_compute_duration_seconds",
+            "Time of the batch that ran the request: merging inputs, the model, splitting.",
+            version_labels,
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._batch_size = Histogram(
+            "gateway_batch_size",
+            "Rows of each model execution.",
+            ("model", "version"),
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+        self._batch_children: dict[tuple[str, str], Any] = {}
+        self.registry.register(_StateCollector(models))
+
+    # -- Observer -----------------------------------------------------------------------
+    def request_finished(self, event: RequestEvent) -> None:
+        key = (event.model, event.version, event.role, event.protocol, event.code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._make_children(key)
+        requests, duration, queue, compute, failures = children
+        requests.inc()
+        duration.observe((event.ended_ns - event.started_ns) * NS)
+        timing = event.timing
+        if timing.launched_ns:  # it reached a batch (not refused or expired in line)
+            queue.observe(timing.queue_ns * NS)
+            compute.observe(timing.compute_ns * NS)
+        if failures is not None:
+            failures.inc()
+
+    def _make_children(self, key: tuple[str, ...]) -> tuple[Any, ...]:
+        model, version, role, _, code = key
+        return (
+            self._requests.labels(*key),
+            self._duration.labels(*key),
+            self._queue.labels(model, version, role),
+            self._compute.labels(model, version, role),
+            None if code == OK else self._failures.labels(model, version, role, code),
+        )
+
+    def batch_finished(self, event: BatchEvent) -> None:
+        key = (event.model, event.version)
+        child = self._batch_children.get(key)
+        if child is None:
+            child = self._batch_children[key] = self._batch_size.labels(*key)
+        child.observe(event.rows)
+
+    def add_collector(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        """Another part of the gateway (feedback, shadows) contributes metrics at scrape."""
+        self.registry.register(_FunctionCollector(collect))
+
+
+class _FunctionCollector(Collector):
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._collect()
+
+
+class _StateCollector(Collector):
+    """Gauges read from the model registry at scrape time."""
+
+    def __init__(self, models: ModelRegistry) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "gateway_queue_depth",
+            "Requests waiting in the version's batcher.",
+            labels=("model", "version"),
+        )
+        running = GaugeMetricFamily(
+            "gateway_batches_running",
+            "Batches of the version executing now.",
+            labels=("model", "version"),
+        )
+        state = GaugeMetricFamily(
+            "gateway_model_state",
+            "1 for the state each known version is in (LOADING, READY, DRAINING, UNLOADED, "
+            "FAILED), 0 for the others.",
+            labels=("model", "version", "state"),
+        )
+        weight = GaugeMetricFamily(
+            "gateway_traffic_weight",
+            "Percent of the model's unversioned requests routed to the version.",
+            labels=("model", "version"),
+        )
+        load_failures = CounterMetricFamily(
+            "gateway_model_load_failures",
+            "Loads of the model (or of one of its versions) that failed.",
+            labels=("model",),
+        )
+        for entry in self._models.models():
+            load_failures.add_metric((entry.name,), entry.load_failures)
+            ready = entry.ready_versions()
+            latest = ready[-1].version if ready else None
+            for number, version in sorted(entry.versions.items()):
+                labels = (entry.name, str(number))
+                for candidate in VersionState:
+                    value = 1.0 if version.state is candidate else 0.0
+                    state.add_metric((*labels, candidate.value), value)
+                if version.ready:
+                    weight.add_metric(labels, 100.0 if number == latest else 0.0)
+                batcher = version.batcher
+                if batcher is not None:
+                    waiting.add_metric(labels, batcher.waiting)
+                    running.add_metric(labels, batcher.running)
+        yield from (waiting, running, state, weight, load_failures)
