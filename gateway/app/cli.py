@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
 from gateway import __version__
+from gateway.app import stats_view
 from gateway.app.admin_client import (
     AdminClient,
     AdminClientError,
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command.description = serve_parser.description
     _add_settings_options(serve_command)
     _add_models_commands(commands)
+    _add_stats_command(commands)
     return parser
 
 
@@ -329,6 +331,60 @@ def run_models(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def _add_stats_command(commands: Any) -> None:
+    stats = commands.add_parser(
+        "stats",
+        help="Per-version requests/s, latency, batch size, errors and accuracy of a running "
+        "gateway.",
+        description="A table per model version over the last interval, from two scrapes of the "
+        "gateway's /metrics: requests/s, p50/p99 latency of successful requests, mean batch "
+        "size, error rate, accuracy (feedback), shadow agreement and traffic weight.",
+    )
+    stats.add_argument("model", nargs="?", help="only this model")
+    stats.add_argument(
+        "--url",
+        help=f"the gateway's HTTP address [env {URL_VARIABLE}; default: {DEFAULT_URL}]",
+    )
+    stats.add_argument(
+        "--interval",
+        dest="interval_s",
+        type=_positive_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="the interval the figures cover, and the refresh period of --watch (default: 2)",
+    )
+    stats.add_argument(
+        "--watch", action="store_true", help="refresh in place like top, until Ctrl-C"
+    )
+    stats.add_argument("--json", action="store_true", help="print the rows as JSON")
+    stats.add_argument(
+        "--timeout", dest="timeout_s", type=_positive_seconds, default=10.0, metavar="SECONDS"
+    )
+
+
+def run_stats(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    url = normalize_url(args.url or environ.get(URL_VARIABLE) or DEFAULT_URL)
+
+    def show(table: list[stats_view.Row]) -> None:
+        if args.json:
+            print(json.dumps([row.__dict__ for row in table]), flush=True)
+            return
+        clear = "\x1b[H\x1b[2J" if args.watch and sys.stdout.isatty() else ""
+        heading = f"{url}  every {args.interval_s:g} s" if args.watch else ""
+        print(clear + (heading + "\n" if heading else "") + stats_view.render(table), flush=True)
+
+    try:
+        stats_view.watch(
+            url, args.model, args.interval_s, args.timeout_s, show, None if args.watch else 1
+        )
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, ValueError) as exc:
+        print(f"gateway: cannot read {url}/metrics: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -337,6 +393,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     if args.command == "models":
         return run_models(args, os.environ if environ is None else environ)
+    if args.command == "stats":
+        return run_stats(args, os.environ if environ is None else environ)
     try:
         settings = _settings(args)
     except ValidationError as exc:

@@ -226,3 +226,60 @@ def test_prometheus_answers_p99_latency_of_digits_version_2(
         prometheus, 'sum by (protocol) (gateway_requests_total{model="digits",version="2"})'
     )
     assert {r["metric"]["protocol"] for r in by_protocol} == {"grpc", "http"}  # type: ignore[index]
+
+
+# -- gateway stats -----------------------------------------------------------------------------
+def test_gateway_stats_shows_each_version_over_the_last_interval(
+    server: RunningGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    from gateway.app import cli
+
+    stop = threading.Event()
+
+    def traffic() -> None:
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            send(server, "2", 5)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        url = f"http://{server.http_url}"
+        assert cli.main(["stats", "--url", url, "--interval", "0.5", "--json"]) == 0
+        rows = {(r["model"], r["version"]): r for r in json.loads(capsys.readouterr().out)}
+        assert cli.main(["stats", "digits", "--url", url, "--interval", "0.5"]) == 0
+        table = capsys.readouterr().out
+    finally:
+        stop.set()
+        sender.join(30)
+    busy = rows[("digits", "2")]
+    assert busy["state"] == "READY" and busy["weight"] == 100
+    assert busy["requests_per_s"] > 0 and 0 < busy["p50_ms"] <= busy["p99_ms"]
+    assert busy["mean_batch"] >= 1 and busy["error_rate"] == 0
+    assert rows[("broken", "1")]["state"] == "FAILED"
+    header, *lines = table.splitlines()
+    assert header.split()[:3] == ["MODEL", "VERSION", "STATE"]
+    assert {line.split()[1] for line in lines} == {"1", "2"}  # only digits
+
+
+def test_gateway_stats_says_when_it_cannot_reach_the_gateway(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.app import cli
+
+    url = f"http://127.0.0.1:{free_port()}"
+    assert cli.main(["stats", "--url", url, "--interval", "0.1", "--timeout", "2"]) == 2
+    assert f"cannot read {url}/metrics" in capsys.readouterr().err
+
+
+def test_quantiles_follow_prometheus_histogram_quantile() -> None:
+    from gateway.app.stats_view import quantile
+
+    buckets = {0.001: 50.0, 0.01: 90.0, 0.1: 100.0, float("inf"): 100.0}
+    assert quantile(0.5, buckets) == pytest.approx(0.001)
+    assert quantile(0.7, buckets) == pytest.approx(0.001 + 0.009 * 0.5)
+    assert quantile(0.99, buckets) == pytest.approx(0.01 + 0.09 * 0.9)
+    assert quantile(0.5, {0.1: 0.0, float("inf"): 0.0}) is None
+    assert quantile(0.99, {0.1: 1.0, float("inf"): 10.0}) == 0.1  # in +Inf: highest finite
