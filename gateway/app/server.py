@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
@@ -20,19 +21,40 @@ from gateway.adapters.http.app import create_app
 from gateway.adapters.http.metrics import metrics_app, metrics_routes
 from gateway.config.settings import GatewaySettings
 from gateway.core.admin import AdminAuthorizer, read_token_file
+from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadFailure, ModelLifecycle
 from gateway.core.registry import ModelRegistry
 from gateway.core.service import InferenceService
 from gateway.core.telemetry import Telemetry
 from gateway.runtime.onnx_runner import installation_problem
 from gateway.runtime.repository import FileRepository
-from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.metrics import GatewayMetrics, feedback_metrics
+
+if TYPE_CHECKING:
+    from gateway.telemetry.tracing import OtelTracing
 
 logger = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
     """The gateway cannot start; the message says why."""
+
+
+# -- tracing (OpenTelemetry) ------------------------------------------------------------------
+def build_tracing(settings: GatewaySettings) -> OtelTracing | None:
+    """Request and batch tracing when --tracing is on, as the OTEL_* variables configure it;
+    None when off (then nothing is created per request)."""
+    if not settings.tracing:
+        return None
+    from gateway.telemetry.tracing import TracingConfigError, tracing_from_env  # OTel: only if on
+
+    try:
+        return tracing_from_env(service_version=__version__)
+    except TracingConfigError as exc:
+        raise StartupError(f"tracing: {exc}") from exc
+
+
+# -- end tracing ------------------------------------------------------------------------------
 
 
 def _lower_priority(priority: str) -> None:
@@ -66,7 +88,8 @@ class Gateway:
         self._inference_pool = ThreadPoolExecutor(
             settings.resolved_inference_threads(), thread_name_prefix="inference"
         )
-        self.telemetry = Telemetry()
+        self.tracing = build_tracing(settings)  # tracing
+        self.telemetry = Telemetry(tracing=self.tracing)
         self.registry = ModelRegistry(
             self._inference_pool,
             default_max_queue_size=settings.default_max_queue_size,
@@ -76,6 +99,12 @@ class Gateway:
         self.metrics = GatewayMetrics(self.registry)  # always on: a few microseconds a request
         self.telemetry.add_observer(self.metrics)
         self.metrics_port: int | None = None
+        self.feedback = FeedbackStore(
+            max_entries=settings.feedback_max_entries,
+            ttl_s=settings.feedback_ttl_s,
+            window=settings.accuracy_window,
+        )
+        self.metrics.add_collector(feedback_metrics(self.feedback))
         self._load_pool: ThreadPoolExecutor | None = None
         self._http: web.AppRunner | None = None
         self._grpc_servers: list[grpc.aio.Server] = []
@@ -110,7 +139,11 @@ class Gateway:
         )
         self.lifecycle = ModelLifecycle(self.registry, repository, self._load_pool)
         self.service = InferenceService(
-            self.registry, version=__version__, lifecycle=self.lifecycle, authorizer=authorizer
+            self.registry,
+            version=__version__,
+            lifecycle=self.lifecycle,
+            authorizer=authorizer,
+            feedback=self.feedback,
         )
         try:
             self.load_failures = await self.lifecycle.load_all(self._startup_models())
@@ -261,6 +294,9 @@ class Gateway:
             if version.runner is not None:
                 version.runner.close()
                 version.runner = None
+        if self.tracing is not None:  # tracing: export what is left, stop the exporter
+            await asyncio.to_thread(self.tracing.shutdown)
+            self.tracing = None
         logger.info("stopped")
 
 

@@ -43,7 +43,13 @@ KNOWN_PARAMETERS: dict[str, str] = {
     "allow_cpu_fallback": "true or false",
     "enable_mem_arena": "true or false",
     "enable_mem_pattern": "true or false",
+    "prediction_output": "the name of an output (which output holds the prediction)",
+    "prediction": "one of label, argmax, value (how the prediction is read)",
+    "class_names": "comma-separated class names, in class index order",
 }
+_PREDICTIONS = frozenset({"label", "argmax", "value"})
+_VERBATIM = frozenset({"prediction_output", "class_names"})
+"""Parameters whose value is kept as written (names), not lower-cased."""
 
 
 class ModelConfigError(SourceError):
@@ -180,12 +186,17 @@ def _parameters(path: Path, config: Any) -> dict[str, str]:
                 f"{path}: parameters: unknown key '{key}'; known keys: "
                 f"{', '.join(sorted(KNOWN_PARAMETERS))}"
             )
-        text = value.string_value.strip().lower()
+        text = value.string_value.strip()
+        text = text if key in _VERBATIM else text.lower()
+        names = [name.strip() for name in text.split(",")]
         valid = {
             "intra_op_thread_count": text.isdigit(),
             "inter_op_thread_count": text.isdigit(),
             "graph_optimization_level": text in _GRAPH_LEVELS,
             "execution_mode": text in _EXECUTION_MODES,
+            "prediction_output": bool(text),
+            "prediction": text in _PREDICTIONS,
+            "class_names": all(names) and len(set(names)) == len(names),
         }.get(key, text in _TRUE_FALSE)
         if not valid:
             raise ModelConfigError(
@@ -274,6 +285,11 @@ def _policy(path: Path, config: Any, directory_name: str) -> ModelPolicy:
         if len(set(names)) != len(names):
             raise ModelConfigError(f"{path}: {kind} names must be unique")
     parameters = _parameters(path, config)
+    wanted = parameters.get("prediction_output")
+    if wanted and outputs and wanted not in {t.name for t in outputs}:
+        raise ModelConfigError(
+            f"{path}: parameters: 'prediction_output' is '{wanted}', which is not an output"
+        )
     explicit_batch = config.max_batch_size > 0 or bool(inputs or outputs)
     return ModelPolicy(
         name=directory_name,

@@ -130,6 +130,21 @@ class GatewaySettings(BaseSettings):
         description="Default onnxruntime intra-op threads per session (a model's parameters "
         "override it); 0 = cores / inference threads, at least 1.",
     )
+    feedback_max_entries: int = Field(
+        100_000,
+        ge=0,
+        description="Request ids whose prediction is remembered for feedback (oldest "
+        "forgotten first); 0 = remember none (labels in request parameters still count).",
+    )
+    feedback_ttl_s: float = Field(
+        3600.0, gt=0, description="Seconds feedback may arrive after its request."
+    )
+    accuracy_window: int = Field(
+        1000,
+        ge=1,
+        description="Windowed accuracy and error are over each version's last this many "
+        "observations (feedback rows).",
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop implementation."
     )
@@ -140,6 +155,12 @@ class GatewaySettings(BaseSettings):
         "INFO", description="Log level."
     )
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    tracing: bool = Field(
+        False,
+        description="OpenTelemetry tracing of requests and batches, configured by the standard "
+        "OTEL_* variables (exporter, endpoint, protocol, sampler, service name; see README). "
+        "Off: nothing is created per request.",
+    )
 
     @field_validator("load_model", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from gateway.core.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadResult, ModelLifecycle
 from gateway.core.model import LoadedVersion
 from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
@@ -50,11 +51,13 @@ class InferenceService:
         version: str,
         lifecycle: ModelLifecycle | None = None,
         authorizer: AdminAuthorizer | None = None,
+        feedback: FeedbackStore | None = None,
     ) -> None:
         self.registry = registry
         self.version = version
         self.lifecycle = lifecycle
         self.authorizer = authorizer or AdminAuthorizer()
+        self.feedback = feedback if feedback is not None else FeedbackStore()
         self._accepting = False
 
     # -- health -------------------------------------------------------------------------
@@ -234,6 +237,8 @@ class InferenceService:
                 trace,
             )
             outputs = _build_outputs(target, output_names, arrays)
+            if request.id or "label" in request.parameters:  # ground truth, by request id
+                self.feedback.record(loaded, request.id, outputs, request.parameters.get("label"))
         except GatewayError as failure:
             code, error = failure.code.value, failure.message
             raise

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gateway_service.proto\x12\ngateway.v1\"!\n\x10GetLabelsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"@\n\x0fSetLabelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"2\n\x12\x44\x65leteLabelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\"\x86\x01\n\x0eLabelsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x36\n\x06labels\x18\x02 \x03(\x0b\x32&.gateway.v1.LabelsResponse.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xed\x01\n\x0eGatewayService\x12G\n\tGetLabels\x12\x1c.gateway.v1.GetLabelsRequest\x1a\x1a.gateway.v1.LabelsResponse\"\x00\x12\x45\n\x08SetLabel\x12\x1b.gateway.v1.SetLabelRequest\x1a\x1a.gateway.v1.LabelsResponse\"\x00\x12K\n\x0b\x44\x65leteLabel\x12\x1e.gateway.v1.DeleteLabelRequest\x1a\x1a.gateway.v1.LabelsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gateway_service.proto\x12\ngateway.v1\"!\n\x10GetLabelsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"@\n\x0fSetLabelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"2\n\x12\x44\x65leteLabelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\"\x86\x01\n\x0eLabelsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x36\n\x06labels\x18\x02 \x03(\x0b\x32&.gateway.v1.LabelsResponse.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\x0c\x46\x65\x65\x64\x62\x61\x63kItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rclass_indices\x18\x02 \x03(\x03\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x0e\n\x06values\x18\x04 \x03(\x01\"I\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.gateway.v1.FeedbackItem\"\xb5\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0cobservations\x18\x04 \x01(\r\x12\x14\n\x07\x63orrect\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0e\x61\x62solute_error\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05\x65rror\x18\x07 \x01(\tB\n\n\x08_correctB\x11\n\x0f_absolute_error\"N\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x07results\x18\x02 \x03(\x0b\x32\x1a.gateway.v1.FeedbackResult\"#\n\x12GetAccuracyRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xb9\x04\n\x0fVersionAccuracy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nprediction\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x10\n\x08recorded\x18\x04 \x01(\x04\x12;\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x03(\x0b\x32).gateway.v1.VersionAccuracy.FeedbackEntry\x12\x14\n\x0cobservations\x18\x06 \x01(\x04\x12\x0f\n\x07\x63orrect\x18\x07 \x01(\x04\x12\x15\n\x08\x61\x63\x63uracy\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x13window_observations\x18\t \x01(\x04\x12\x16\n\x0ewindow_correct\x18\n \x01(\x04\x12\x1c\n\x0fwindow_accuracy\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\x12value_observations\x18\x0c \x01(\x04\x12 \n\x13mean_absolute_error\x18\r \x01(\x01H\x02\x88\x01\x01\x12!\n\x19window_value_observations\x18\x0e \x01(\x04\x12\'\n\x1awindow_mean_absolute_error\x18\x0f \x01(\x01H\x03\x88\x01\x01\x1a/\n\rFeedbackEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x0b\n\t_accuracyB\x12\n\x10_window_accuracyB\x16\n\x14_mean_absolute_errorB\x1d\n\x1b_window_mean_absolute_error\"`\n\x10\x41\x63\x63uracyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\r\x12-\n\x08versions\x18\x03 \x03(\x0b\x32\x1b.gateway.v1.VersionAccuracy2\x85\x03\n\x0eGatewayService\x12G\n\tGetLabels\x12\x1c.gateway.v1.GetLabelsRequest\x1a\x1a.gateway.v1.LabelsResponse\"\x00\x12\x45\n\x08SetLabel\x12\x1b.gateway.v1.SetLabelRequest\x1a\x1a.gateway.v1.LabelsResponse\"\x00\x12K\n\x0b\x44\x65leteLabel\x12\x1e.gateway.v1.DeleteLabelRequest\x1a\x1a.gateway.v1.LabelsResponse\"\x00\x12G\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.gateway.v1.FeedbackRequest\x1a\x1c.gateway.v1.FeedbackResponse\"\x00\x12M\n\x0bGetAccuracy\x12\x1e.gateway.v1.GetAccuracyRequest\x1a\x1c.gateway.v1.AccuracyResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LABELSRESPONSE_LABELSENTRY']._loaded_options = None
   _globals['_LABELSRESPONSE_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_VERSIONACCURACY_FEEDBACKENTRY']._loaded_options = None
+  _globals['_VERSIONACCURACY_FEEDBACKENTRY']._serialized_options = b'8\001'
   _globals['_GETLABELSREQUEST']._serialized_start=37
   _globals['_GETLABELSREQUEST']._serialized_end=70
   _globals['_SETLABELREQUEST']._serialized_start=72
@@ -43,6 +45,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LABELSRESPONSE']._serialized_end=325
   _globals['_LABELSRESPONSE_LABELSENTRY']._serialized_start=280
   _globals['_LABELSRESPONSE_LABELSENTRY']._serialized_end=325
-  _globals['_GATEWAYSERVICE']._serialized_start=328
-  _globals['_GATEWAYSERVICE']._serialized_end=565
+  _globals['_FEEDBACKITEM']._serialized_start=327
+  _globals['_FEEDBACKITEM']._serialized_end=413
+  _globals['_FEEDBACKREQUEST']._serialized_start=415
+  _globals['_FEEDBACKREQUEST']._serialized_end=488
+  _globals['_FEEDBACKRESULT']._serialized_start=491
+  _globals['_FEEDBACKRESULT']._serialized_end=672
+  _globals['_FEEDBACKRESPONSE']._serialized_start=674
+  _globals['_FEEDBACKRESPONSE']._serialized_end=752
+  _globals['_GETACCURACYREQUEST']._serialized_start=754
+  _globals['_GETACCURACYREQUEST']._serialized_end=789
+  _globals['_VERSIONACCURACY']._serialized_start=792
+  _globals['_VERSIONACCURACY']._serialized_end=1361
+  _globals['_VERSIONACCURACY_FEEDBACKENTRY']._serialized_start=1226
+  _globals['_VERSIONACCURACY_FEEDBACKENTRY']._serialized_end=1273
+  _globals['_ACCURACYRESPONSE']._serialized_start=1363
+  _globals['_ACCURACYRESPONSE']._serialized_end=1459
+  _globals['_GATEWAYSERVICE']._serialized_start=1462
+  _globals['_GATEWAYSERVICE']._serialized_end=1851
 # @@protoc_insertion_point(module_scope)

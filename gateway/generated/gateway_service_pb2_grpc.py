@@ -49,6 +49,16 @@ class GatewayServiceStub:
                 request_serializer=gateway__service__pb2.DeleteLabelRequest.SerializeToString,
                 response_deserializer=gateway__service__pb2.LabelsResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/gateway.v1.GatewayService/Feedback',
+                request_serializer=gateway__service__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=gateway__service__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.GetAccuracy = channel.unary_unary(
+                '/gateway.v1.GatewayService/GetAccuracy',
+                request_serializer=gateway__service__pb2.GetAccuracyRequest.SerializeToString,
+                response_deserializer=gateway__service__pb2.AccuracyResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -75,6 +85,21 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Ground truth for earlier requests, by the request id they were answered with: one result
+        per item, in order (unknown, expired and duplicate ids are outcomes, not errors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccuracy(self, request, context):
+        """Accuracy of each version of a model from the feedback joined so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +117,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.DeleteLabel,
                     request_deserializer=gateway__service__pb2.DeleteLabelRequest.FromString,
                     response_serializer=gateway__service__pb2.LabelsResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=gateway__service__pb2.FeedbackRequest.FromString,
+                    response_serializer=gateway__service__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'GetAccuracy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccuracy,
+                    request_deserializer=gateway__service__pb2.GetAccuracyRequest.FromString,
+                    response_serializer=gateway__service__pb2.AccuracyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +210,60 @@ class GatewayService:
             '/gateway.v1.GatewayService/DeleteLabel',
             gateway__service__pb2.DeleteLabelRequest.SerializeToString,
             gateway__service__pb2.LabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/Feedback',
+            gateway__service__pb2.FeedbackRequest.SerializeToString,
+            gateway__service__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccuracy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/GetAccuracy',
+            gateway__service__pb2.GetAccuracyRequest.SerializeToString,
+            gateway__service__pb2.AccuracyResponse.FromString,
             options,
             channel_credentials,
             insecure,

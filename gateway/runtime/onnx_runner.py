@@ -29,6 +29,7 @@ from gateway.core.model import (
     TensorSpec,
 )
 from gateway.core.ports import SourceError
+from gateway.core.prediction import prediction_rule
 
 logger = logging.getLogger(__name__)
 
@@ -335,6 +336,10 @@ def load_version(
         path, policy, default_intra_op_threads=default_intra_op_threads
     )
     signature = build_signature(session, policy, path, default_max_batch_size)
+    try:  # a configured prediction output that cannot be read fails the load
+        prediction_rule(signature, policy.parameters)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: parameters: {exc}") from exc
     strings = frozenset(t.name for t in signature.inputs if t.datatype == "BYTES")
     concurrency = policy.placement.count or default_concurrency
     loaded = LoadedVersion(policy.name, version, policy, signature, providers, concurrency)

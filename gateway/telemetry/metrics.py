@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.core.feedback import FeedbackStore
 from gateway.core.registry import ModelRegistry, VersionState
 from gateway.core.telemetry import OK, BatchEvent, RequestEvent
 
@@ -190,3 +191,53 @@ class _StateCollector(Collector):
                     waiting.add_metric(labels, batcher.waiting)
                     running.add_metric(labels, batcher.running)
         yield from (waiting, running, state, weight, load_failures)
+
+
+def feedback_metrics(store: FeedbackStore) -> Callable[[], Iterable[Metric]]:
+    """Accuracy from ground truth, read from the feedback store at scrape time."""
+
+    def collect() -> Iterator[Metric]:
+        labels = ("model", "version")
+        feedback = CounterMetricFamily(
+            "gateway_feedback",
+            "Ground-truth feedback items by outcome (joined, unknown_id, expired, duplicate, "
+            "invalid); version '' for ids no version answered.",
+            labels=(*labels, "outcome"),
+        )
+        window = GaugeMetricFamily(
+            "gateway_accuracy_ratio",
+            "Share of correct predictions among the version's latest feedback (the window of "
+            "--accuracy-window observations).",
+            labels=labels,
+        )
+        total = GaugeMetricFamily(
+            "gateway_accuracy_total_ratio",
+            "Share of correct predictions among all the version's feedback since start.",
+            labels=labels,
+        )
+        observations = CounterMetricFamily(
+            "gateway_accuracy_observations",
+            "Predictions of the version judged against feedback.",
+            labels=labels,
+        )
+        error = GaugeMetricFamily(
+            "gateway_mean_absolute_error",
+            "Mean absolute error of numeric predictions over the window.",
+            labels=labels,
+        )
+        for figures in store.snapshot():
+            key = (figures.model, figures.version)
+            for outcome, count in sorted(figures.feedback.items()):
+                feedback.add_metric((*key, outcome), count)
+            if not figures.version:
+                continue
+            observations.add_metric(key, figures.observations + figures.value_observations)
+            if figures.window_accuracy is not None:
+                window.add_metric(key, figures.window_accuracy)
+            if figures.accuracy is not None:
+                total.add_metric(key, figures.accuracy)
+            if figures.window_mean_absolute_error is not None:
+                error.add_metric(key, figures.window_mean_absolute_error)
+        yield from (feedback, window, total, observations, error)
+
+    return collect

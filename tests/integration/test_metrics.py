@@ -283,3 +283,48 @@ def test_quantiles_follow_prometheus_histogram_quantile() -> None:
     assert quantile(0.99, buckets) == pytest.approx(0.01 + 0.09 * 0.9)
     assert quantile(0.5, {0.1: 0.0, float("inf"): 0.0}) is None
     assert quantile(0.99, {0.1: 1.0, float("inf"): 10.0}) == 0.1  # in +Inf: highest finite
+
+
+def test_feedback_and_accuracy_are_metrics(server: RunningGateway) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    x = httpclient.InferInput("X", [1, WIDTH], "FP32")
+    x.set_data_from_numpy(np.zeros((1, WIDTH), np.float32))  # all outputs equal: argmax 0
+    for request_id in ("m-1", "m-2"):
+        client.infer("digits", [x], model_version="1", request_id=request_id)
+    client.close()
+    for request_id, label in (("m-1", 0), ("m-2", 1), ("m-unknown", 0)):
+        request = urllib.request.Request(
+            f"http://{server.http_url}/v2/models/digits/feedback",
+            data=json.dumps({"id": request_id, "label": label}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+    samples = scrape(server.http_url)
+    key = {"model": "digits", "version": "1"}
+    assert value(samples, "gateway_feedback_total", outcome="joined", **key) == 2
+    assert value(samples, "gateway_feedback_total", outcome="unknown_id", model="digits") == 1
+    assert value(samples, "gateway_accuracy_ratio", **key) == 0.5
+    assert value(samples, "gateway_accuracy_total_ratio", **key) == 0.5
+
+
+def test_the_grafana_dashboard_only_queries_metrics_the_gateway_exports(
+    server: RunningGateway,
+) -> None:
+    import re
+
+    dashboard = json.loads(
+        (Path(__file__).parents[2] / "deploy" / "grafana" / "gateway-dashboard.json").read_text()
+    )
+    with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as response:
+        families = list(text_string_to_metric_families(response.read().decode()))
+    exported = set()
+    for family in families:
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+        }.get(family.type, ("",))
+        exported |= {family.name + suffix for suffix in suffixes}
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for e in expressions for name in re.findall(r"\bgateway_[a-z_]+", e)}
+    assert used and used <= exported, used - exported

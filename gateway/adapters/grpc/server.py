@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
+from gateway.adapters.feedback import accuracy_dict, result_dict
 from gateway.adapters.grpc import codec
 from gateway.adapters.metadata import (
     model_config_dict,
@@ -23,7 +24,9 @@ from gateway.adapters.metadata import (
 )
 from gateway.core.admin import AdminCall, Admitted
 from gateway.core.errors import ErrorCode, GatewayError, InvalidInputError
+from gateway.core.feedback import MAX_FEEDBACK_ITEMS, Feedback
 from gateway.core.lifecycle import labels_document
+from gateway.core.prediction import parse_label
 from gateway.core.service import InferenceService
 from gateway.core.types import RequestContext
 from gateway.generated import gateway_service_pb2 as gateway_pb
@@ -218,6 +221,23 @@ class InferenceServicer:
         labels = await self._service.delete_label(caller, request.model, request.label)
         return _labels_response(request.model, labels)
 
+    # -- ground-truth feedback (gateway.v1) --------------------------------------------
+    @translated
+    async def Feedback(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._service.ready_version_names(request.model)  # NOT_FOUND for an unknown model
+        if not 1 <= len(request.items) <= MAX_FEEDBACK_ITEMS:
+            raise InvalidInputError(f"items must hold 1 to {MAX_FEEDBACK_ITEMS} feedback items")
+        items = [_feedback_item(item, f"items[{i}]") for i, item in enumerate(request.items)]
+        results = self._service.feedback.submit(request.model, items, "items")
+        document = {"model": request.model, "results": [result_dict(r) for r in results]}
+        return json_format.ParseDict(document, gateway_pb.FeedbackResponse())
+
+    @translated
+    async def GetAccuracy(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self._service.ready_version_names(request.model)  # NOT_FOUND for an unknown model
+        document = accuracy_dict(request.model, self._service.feedback)
+        return json_format.ParseDict(document, gateway_pb.AccuracyResponse())
+
     @translated
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         infer_request = codec.decode_request(request)
@@ -269,6 +289,25 @@ class InferenceServicer:
             reader.cancel()
             for task in list(in_flight):
                 task.cancel()
+
+
+def _feedback_item(item: Any, where: str) -> Feedback:
+    """One FeedbackItem: an id and exactly one of its label lists."""
+    if not item.id:
+        raise InvalidInputError(f"{where}.id must be the request id the inference answered")
+    lists = [
+        (name, list(values))
+        for name, values in (
+            ("class_indices", item.class_indices),
+            ("class_names", item.class_names),
+            ("values", item.values),
+        )
+        if values
+    ]
+    if len(lists) != 1:
+        raise InvalidInputError(f"{where}: set exactly one of class_indices, class_names or values")
+    name, values = lists[0]
+    return Feedback(item.id, parse_label(values, f"{where}.{name}"))
 
 
 def _labels_response(model: str, labels: dict[str, int]) -> Any:

@@ -12,6 +12,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.adapters.http import codec
 from gateway.adapters.http.errors import error_middleware
+from gateway.adapters.http.feedback import feedback_routes
 from gateway.adapters.metadata import (
     model_config_dict,
     model_metadata_dict,
@@ -274,6 +275,7 @@ def create_app(
     app[COMPRESS_RESPONSES] = compress_responses
     app[ADMIN_ELSEWHERE] = admin_elsewhere
     app.add_routes(ROUTES)
+    app.add_routes(feedback_routes(SERVICE))
     app.add_routes(extra_routes)
     app.add_routes(NOT_IMPLEMENTED)
     return app
