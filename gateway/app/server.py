@@ -96,8 +96,9 @@ class Gateway:
             max_queue_bytes=settings.max_queue_bytes,
             telemetry=self.telemetry,
         )
-        self.metrics = GatewayMetrics(self.registry)  # always on: a few microseconds a request
-        self.telemetry.add_observer(self.metrics)
+        self.metrics = GatewayMetrics(self.registry)  # a few microseconds a request
+        if settings.metrics:
+            self.telemetry.add_observer(self.metrics)
         self.metrics_port: int | None = None
         self.feedback = FeedbackStore(
             max_entries=settings.feedback_max_entries,
@@ -166,7 +167,7 @@ class Gateway:
             grpc_admin = f"gRPC port {self.admin_grpc_port}"
         self.http_port = await self._start_http(settings.http_port, http_admin)
         self.grpc_port = self._start_grpc(settings.grpc_port, grpc_admin)
-        if settings.metrics_port is not None:
+        if settings.metrics_port is not None and settings.metrics:
             self.metrics_port = await self._serve(
                 metrics_app(self.metrics.registry), settings.metrics_port, "metrics"
             )
@@ -202,7 +203,7 @@ class Gateway:
             max_request_bytes=settings.max_request_bytes,
             compress_responses=settings.http_compress_responses,
             admin_elsewhere=admin_elsewhere,
-            extra_routes=metrics_routes(self.metrics.registry),
+            extra_routes=metrics_routes(self.metrics.registry) if settings.metrics else (),
         )
         return await self._serve(app, port, "HTTP")
 

@@ -155,6 +155,11 @@ class GatewaySettings(BaseSettings):
         "INFO", description="Log level."
     )
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    metrics: bool = Field(
+        True,
+        description="Prometheus metrics at GET /metrics (a few microseconds a request); off "
+        "only to measure what they cost.",
+    )
     tracing: bool = Field(
         False,
         description="OpenTelemetry tracing of requests and batches, configured by the standard "

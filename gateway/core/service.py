@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from gateway.core.statistics import VersionStatistics
 from gateway.core.telemetry import OK, RequestEvent, RequestTiming
 from gateway.core.types import InferRequest, InferResponse, RequestContext, Tensor
 from gateway.core.validation import validate_request
+
+logger = logging.getLogger(__name__)
 
 SERVER_NAME = "inference-gateway"
 
@@ -216,11 +219,14 @@ class InferenceService:
         started_ns = time.perf_counter_ns()
         telemetry = self.registry.telemetry
         tracing = telemetry.tracing
-        trace = (
-            tracing.begin(ctx.traceparent, ctx.tracestate, request.model_name, "primary")
-            if tracing is not None
-            else None
-        )
+        trace = None
+        if tracing is not None:
+            try:
+                trace = tracing.begin(
+                    ctx.traceparent, ctx.tracestate, request.model_name, "primary"
+                )
+            except Exception:  # tracing must never fail a request
+                logger.exception("tracing failed to start a request span")
         timing = RequestTiming()
         rows = 0
         code, error = OK, ""

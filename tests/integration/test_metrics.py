@@ -328,3 +328,15 @@ def test_the_grafana_dashboard_only_queries_metrics_the_gateway_exports(
     expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = {name for e in expressions for name in re.findall(r"\bgateway_[a-z_]+", e)}
     assert used and used <= exported, used - exported
+
+
+def test_metrics_can_be_switched_off(repository: Path) -> None:
+    running = RunningGateway(repository, exit_on_error=False, metrics=False)
+    try:
+        assert running.gateway.telemetry.observers == ()
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"http://{running.http_url}/metrics", timeout=10)
+        assert caught.value.code == 404
+        caught.value.close()
+    finally:
+        running.stop()
