@@ -6,12 +6,14 @@ computed it, and the test can check that version was serving when the request wa
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,6 +282,7 @@ def test_unload_finishes_requests_in_flight_then_refuses(tmp_path: Path) -> None
             caller.start()
         deadline = time.monotonic() + 10
         version = running.gateway.registry.resolve("slow", "1")
+        session = weakref.ref(version.runner._session)  # type: ignore[union-attr]
         while version.leases < len(callers) and time.monotonic() < deadline:
             time.sleep(0.001)  # every request holds a lease: in the line or running
         assert admin(running, "/v2/repository/models/slow/unload") == {
@@ -294,6 +297,8 @@ def test_unload_finishes_requests_in_flight_then_refuses(tmp_path: Path) -> None
         running.call(running.gateway.lifecycle.wait_drained())  # type: ignore[union-attr]
         assert index(running)[("slow", "1")]["state"] == "UNAVAILABLE"
         assert running.gateway.registry.get_model("slow").versions[1].runner is None
+        gc.collect()
+        assert session() is None  # the onnxruntime session and its memory are gone
     finally:
         running.stop()
 
