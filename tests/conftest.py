@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from onnx import TensorProto
 
 from tests.support import models
 from tests.support.server import RunningGateway
+
+BUILD_REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "build_repository.py"
 
 SIMPLE_CONFIG = """
 name: "simple"
@@ -62,6 +66,20 @@ def build_main_repository(root: Path) -> Path:
     (root / "README.txt").write_text("not a model")
     (root / "simple" / "notes.txt").write_text("not a version")
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo repository as `make serve` builds it (digits v1 and v2, mlp), built once per
+    session by models/build_repository.py; tests copy what they change."""
+    built = tmp_path_factory.mktemp("demo") / "repository"
+    subprocess.run(
+        [sys.executable, str(BUILD_REPOSITORY), "--output", str(built), "--skip-wide"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return built
 
 
 @pytest.fixture(scope="session")

@@ -25,10 +25,11 @@ from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadFailure, ModelLifecycle
 from gateway.core.registry import ModelRegistry
 from gateway.core.service import InferenceService
+from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import Telemetry
 from gateway.runtime.onnx_runner import installation_problem
 from gateway.runtime.repository import FileRepository
-from gateway.telemetry.metrics import GatewayMetrics, feedback_metrics
+from gateway.telemetry.metrics import GatewayMetrics, feedback_metrics, shadow_metrics
 
 if TYPE_CHECKING:
     from gateway.telemetry.tracing import OtelTracing
@@ -90,12 +91,20 @@ class Gateway:
         )
         self.tracing = build_tracing(settings)  # tracing
         self.telemetry = Telemetry(tracing=self.tracing)
+        self._shadow_pool = ThreadPoolExecutor(
+            settings.shadow_threads,
+            thread_name_prefix="shadow",
+            initializer=_lower_priority,
+            initargs=("idle",),
+        )
         self.registry = ModelRegistry(
             self._inference_pool,
             default_max_queue_size=settings.default_max_queue_size,
             max_queue_bytes=settings.max_queue_bytes,
             telemetry=self.telemetry,
+            shadow_executor=self._shadow_pool,
         )
+        self.shadows = ShadowDispatcher(self.telemetry)
         self.metrics = GatewayMetrics(self.registry)  # a few microseconds a request
         if settings.metrics:
             self.telemetry.add_observer(self.metrics)
@@ -106,6 +115,7 @@ class Gateway:
             window=settings.accuracy_window,
         )
         self.metrics.add_collector(feedback_metrics(self.feedback))
+        self.metrics.add_collector(shadow_metrics(self.shadows))
         self._load_pool: ThreadPoolExecutor | None = None
         self._http: web.AppRunner | None = None
         self._grpc_servers: list[grpc.aio.Server] = []
@@ -145,6 +155,7 @@ class Gateway:
             lifecycle=self.lifecycle,
             authorizer=authorizer,
             feedback=self.feedback,
+            shadows=self.shadows,
         )
         try:
             self.load_failures = await self.lifecycle.load_all(self._startup_models())
@@ -285,7 +296,8 @@ class Gateway:
         drains += [runner.cleanup() for runner in self._http_runners]
         await asyncio.gather(*drains)
         self._grpc_servers, self._threaded_grpc_servers, self._http_runners = [], [], []
-        for pool in (self._inference_pool, self._load_pool):
+        await self.shadows.close()
+        for pool in (self._inference_pool, self._shadow_pool, self._load_pool):
             if pool is not None:
                 await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
         self._load_pool = None

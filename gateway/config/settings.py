@@ -64,6 +64,12 @@ class GatewaySettings(BaseSettings):
         le=65535,
         description="Serve admin calls only on this gRPC port, not on --grpc-port.",
     )
+    shadow_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads that run shadow copies, at the lowest CPU priority (SCHED_IDLE): "
+        "shadows use only CPU that serving leaves.",
+    )
     metrics_port: int | None = Field(
         None,
         ge=0,

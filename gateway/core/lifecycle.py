@@ -14,12 +14,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.core.errors import GatewayError, InvalidInputError, NotFoundError
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner, ModelSnapshot, ModelSource, SourceError
 from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
+from gateway.core.traffic import TrafficPolicy, parse_policy
 from gateway.core.validation import check_model_name
 
 logger = logging.getLogger(__name__)
@@ -107,13 +108,16 @@ class ModelLifecycle:
             return self._model_failed(name, str(exc))
         entry = self.registry.entry(name)
         first = name not in self._labels_restored
-        labelled = set(entry.labels.values())
+        pinned = entry.pinned()  # labels and the traffic policy keep their versions serving
+        restored_traffic = _restored_traffic(snapshot) if first else None
         if first:
-            labelled |= set(snapshot.labels.values())
+            pinned |= set(snapshot.labels.values())
+            if restored_traffic is not None:
+                pinned |= restored_traffic.versions()
         on_disk = sorted(snapshot.versions)
-        wanted = set(snapshot.policy.versions.select(on_disk)) | (labelled & set(on_disk))
+        wanted = set(snapshot.policy.versions.select(on_disk)) | (pinned & set(on_disk))
         serving = {number: v for number, v in entry.versions.items() if v.ready}
-        kept = labelled & serving.keys()  # a label keeps its version serving
+        kept = pinned & serving.keys()
         if not wanted and not kept:
             return self._model_failed(
                 name,
@@ -161,6 +165,7 @@ class ModelLifecycle:
                 del entry.versions[number]  # a failed version that left the policy
         if first:
             self._restore_labels(name, snapshot)
+            self._restore_traffic(name, restored_traffic)
         return LoadResult(
             name,
             loaded=tuple(loaded),
@@ -210,6 +215,14 @@ class ModelLifecycle:
                     number,
                 )
 
+    def _restore_traffic(self, name: str, policy: TrafficPolicy | None) -> None:
+        if policy is None:
+            return
+        try:
+            self.registry.set_traffic(name, policy)
+        except GatewayError as exc:
+            logger.warning("model %s: the saved traffic policy is not restored: %s", name, exc)
+
     # -- unload -------------------------------------------------------------------------
     async def unload(self, name: str) -> LoadResult:
         """Stop routing to every version of the model; they finish in-flight requests, then
@@ -220,6 +233,7 @@ class ModelLifecycle:
             leaving = [v for _, v in sorted(entry.versions.items()) if v.ready]
             entry.unloaded = True
             entry.labels.clear()
+            entry.traffic = None
             self._labels_restored.discard(name)
             for version in leaving:
                 self._retire(version)
@@ -265,6 +279,21 @@ class ModelLifecycle:
             logger.warning("model %s: labels are not persisted: %s", name, exc)
         return labels
 
+    # -- traffic ------------------------------------------------------------------------
+    async def set_traffic(self, name: str, policy: TrafficPolicy | None) -> None:
+        """Replace (None: remove) the model's traffic policy at once, and persist it."""
+        check_model_name(name)
+        async with self._lock(name):
+            self.registry.set_traffic(name, policy)
+            await self.save_document(name, "traffic", None if policy is None else policy.document())
+
+    async def save_document(self, name: str, kind: str, document: Mapping[str, Any] | None) -> None:
+        """Persist the model's state of `kind`; a read-only repository keeps it in memory."""
+        try:
+            await self._blocking(self._source.save_document, name, kind, document)
+        except OSError as exc:
+            logger.warning("model %s: %s is not persisted: %s", name, kind, exc)
+
     # -- poll mode ----------------------------------------------------------------------
     async def poll_once(self) -> list[LoadResult]:
         """Apply every model whose files changed and then stayed the same for a whole poll
@@ -302,6 +331,17 @@ class ModelLifecycle:
             if version.runner is not None:
                 version.runner.close()
                 version.runner = None
+
+
+def _restored_traffic(snapshot: ModelSnapshot) -> TrafficPolicy | None:
+    document = snapshot.documents.get("traffic")
+    if document is None:
+        return None
+    try:
+        return parse_policy(document)
+    except GatewayError as exc:
+        logger.warning("model %s: the saved traffic policy is invalid: %s", snapshot.name, exc)
+        return None
 
 
 def labels_document(labels: Mapping[str, int]) -> dict[str, str]:

@@ -35,6 +35,8 @@ class ModelSnapshot:
     versions: Mapping[int, str]
     """Version number -> fingerprint; a changed fingerprint means the version must reload."""
     labels: Mapping[str, int] = field(default_factory=dict)
+    documents: Mapping[str, Any] = field(default_factory=dict)
+    """The gateway's own persisted state of the model by kind ('traffic', 'rollout')."""
 
 
 class ModelSource(Protocol):
@@ -58,4 +60,8 @@ class ModelSource(Protocol):
 
     def save_labels(self, name: str, labels: Mapping[str, int]) -> None:
         """Persist the model's labels atomically; raises OSError."""
+        ...
+
+    def save_document(self, name: str, kind: str, document: Mapping[str, Any] | None) -> None:
+        """Persist (None: remove) the model's state of `kind` atomically; raises OSError."""
         ...

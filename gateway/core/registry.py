@@ -8,6 +8,7 @@ version before a swap or the one after, never a half-installed one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import re
 from collections.abc import Iterator
@@ -19,6 +20,10 @@ from gateway.core.errors import InvalidInputError, NotFoundError, UnavailableErr
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner
 from gateway.core.telemetry import Telemetry
+from gateway.core.traffic import TrafficPolicy
+
+SHADOW_QUEUE_SIZE = 64
+"""Shadow copies that may wait for one version at once; more are dropped."""
 
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 
@@ -45,6 +50,8 @@ class ModelVersion:
     loaded: LoadedVersion | None = None
     runner: ModelRunner | None = None
     batcher: DynamicBatcher | None = None
+    shadow_batcher: DynamicBatcher | None = None
+    """Runs shadow copies on the low-priority pool, in a line of their own."""
     fingerprint: str = ""
     leases: int = 0
     _released: asyncio.Event | None = None
@@ -66,8 +73,9 @@ class ModelVersion:
         while self.leases:
             self._released = asyncio.Event()
             await self._released.wait()
-        if self.batcher is not None:
-            await self.batcher.wait_idle()
+        for batcher in (self.batcher, self.shadow_batcher):
+            if batcher is not None:
+                await batcher.wait_idle()
 
 
 @dataclass(slots=True)
@@ -81,6 +89,15 @@ class ModelEntry:
     unloaded: bool = False
     """Unloaded on request: the model does not count against the server's readiness."""
     load_failures: int = 0
+    traffic: TrafficPolicy | None = None
+
+    def pinned(self) -> set[int]:
+        """Versions that must keep serving whatever the version policy says: those a label
+        or the traffic policy names."""
+        named = set(self.labels.values())
+        if self.traffic is not None:
+            named |= self.traffic.versions()
+        return named
 
     def ready_versions(self) -> list[ModelVersion]:
         return [v for _, v in sorted(self.versions.items()) if v.ready]
@@ -106,8 +123,10 @@ class ModelRegistry:
         default_max_queue_size: int = 1024,
         max_queue_bytes: int = 256 * 1024 * 1024,
         telemetry: Telemetry | None = None,
+        shadow_executor: Executor | None = None,
     ) -> None:
         self._models: dict[str, ModelEntry] = {}
+        self._shadow_executor = shadow_executor
         self.telemetry = telemetry or Telemetry()
         self._executor = executor
         self._default_max_queue_size = default_max_queue_size
@@ -156,6 +175,19 @@ class ModelRegistry:
             loaded.signature.output_names,
             telemetry=self.telemetry,
         )
+        shadow_batcher = None
+        if self._shadow_executor is not None:
+            shadow_config = dataclasses.replace(
+                config, concurrency=1, max_queue_size=SHADOW_QUEUE_SIZE, max_queue_delay_s=0.0
+            )
+            shadow_batcher = DynamicBatcher(
+                f"{loaded.name}:{loaded.version}",
+                runner,
+                self._shadow_executor,
+                shadow_config,
+                loaded.signature.output_names,
+                telemetry=None,  # shadow batches are not the version's executions
+            )
         fresh = ModelVersion(
             loaded.name,
             loaded.version,
@@ -163,6 +195,7 @@ class ModelRegistry:
             loaded=loaded,
             runner=runner,
             batcher=batcher,
+            shadow_batcher=shadow_batcher,
             fingerprint=fingerprint,
         )
         previous = entry.versions.get(loaded.version)
@@ -197,7 +230,7 @@ class ModelRegistry:
 
     def finish_drain(self, version: ModelVersion) -> None:
         version.state, version.reason = VersionState.UNLOADED, "unloaded"
-        version.loaded = version.runner = version.batcher = None
+        version.loaded = version.runner = version.batcher = version.shadow_batcher = None
 
     # -- labels -------------------------------------------------------------------------
     def set_label(self, name: str, label: str, version: str) -> None:
@@ -224,6 +257,33 @@ class ModelRegistry:
         entry = self.get_model(name)
         if entry.labels.pop(label, None) is None:
             raise NotFoundError(f"model '{name}' has no label '{label}'")
+
+    # -- traffic ------------------------------------------------------------------------
+    def set_traffic(self, name: str, policy: TrafficPolicy | None) -> None:
+        """Replace the model's traffic policy at once; it may only name READY versions."""
+        entry = self.get_model(name)
+        if policy is not None:
+            for number in sorted(policy.versions()):
+                version = entry.versions.get(number)
+                if version is None or not version.ready:
+                    state = "unknown" if version is None else version.state.name
+                    raise InvalidInputError(
+                        f"version {number} of model '{name}' is {state}; a traffic policy can "
+                        "only name READY versions"
+                    )
+        entry.traffic = policy
+
+    def route(self, name: str, key: str | None) -> tuple[ModelVersion, str]:
+        """The version a request without a version goes to, and its role (primary or canary):
+        by the traffic policy, else the latest READY version."""
+        entry = self.get_model(name)
+        policy = entry.traffic
+        if policy is not None:
+            number = policy.route(key)
+            found = entry.versions.get(number)
+            if found is not None and found.ready:
+                return found, "primary" if number == policy.primary else "canary"
+        return self.resolve(name, ""), "primary"
 
     # -- requests -----------------------------------------------------------------------
     def resolve(self, name: str, version: str) -> ModelVersion:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,8 +22,10 @@ from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadResult, ModelLifecycle
 from gateway.core.model import LoadedVersion
 from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
+from gateway.core.shadow import PairStatistics, ShadowDispatcher
 from gateway.core.statistics import VersionStatistics
 from gateway.core.telemetry import OK, RequestEvent, RequestTiming
+from gateway.core.traffic import TrafficPolicy, parse_policy
 from gateway.core.types import InferRequest, InferResponse, RequestContext, Tensor
 from gateway.core.validation import validate_request
 
@@ -55,12 +57,14 @@ class InferenceService:
         lifecycle: ModelLifecycle | None = None,
         authorizer: AdminAuthorizer | None = None,
         feedback: FeedbackStore | None = None,
+        shadows: ShadowDispatcher | None = None,
     ) -> None:
         self.registry = registry
         self.version = version
         self.lifecycle = lifecycle
         self.authorizer = authorizer or AdminAuthorizer()
         self.feedback = feedback if feedback is not None else FeedbackStore()
+        self.shadows = shadows if shadows is not None else ShadowDispatcher(registry.telemetry)
         self._accepting = False
 
     # -- health -------------------------------------------------------------------------
@@ -182,6 +186,35 @@ class InferenceService:
 
         return await self._admin(caller, "unload", name, work)
 
+    def traffic(self, name: str) -> TrafficPolicy | None:
+        return self.registry.get_model(name).traffic
+
+    async def set_traffic(self, caller: Admitted, name: str, document: object) -> TrafficPolicy:
+        async def work() -> TrafficPolicy:
+            assert self.lifecycle is not None
+            policy = parse_policy(document)
+            await self.lifecycle.set_traffic(name, policy)
+            return policy
+
+        weights = document.get("weights") if isinstance(document, dict) else None
+        return await self._admin(caller, "traffic", f"{name} weights={weights}", work)
+
+    async def clear_traffic(self, caller: Admitted, name: str) -> None:
+        async def work() -> None:
+            assert self.lifecycle is not None
+            await self.lifecycle.set_traffic(name, None)
+
+        await self._admin(caller, "traffic", f"{name} cleared", work)
+
+    def shadow_figures(self, name: str) -> list[tuple[str, str, PairStatistics]]:
+        """(primary version, shadow version, figures) of the model's shadow comparisons."""
+        self.registry.get_model(name)
+        return [
+            (primary, shadow, figures)
+            for (model, primary, shadow), figures in sorted(self.shadows.pairs.items())
+            if model == name
+        ]
+
     def labels(self, name: str) -> dict[str, int]:
         return dict(sorted(self.registry.get_model(name).labels.items()))
 
@@ -213,7 +246,16 @@ class InferenceService:
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         if not self._accepting:
             raise UnavailableError("the server is shutting down")
-        target = self.registry.resolve(request.model_name, request.model_version)
+        policy = None
+        if request.model_version:  # a pinned version or label bypasses the traffic policy
+            target, role = (
+                self.registry.resolve(request.model_name, request.model_version),
+                "primary",
+            )
+        else:
+            policy = self.registry.get_model(request.model_name).traffic
+            key = _routing_key(request, ctx, policy)
+            target, role = self.registry.route(request.model_name, key)
         loaded, batcher = target.loaded, target.batcher
         assert loaded is not None and batcher is not None
         started_ns = time.perf_counter_ns()
@@ -222,18 +264,19 @@ class InferenceService:
         trace = None
         if tracing is not None:
             try:
-                trace = tracing.begin(
-                    ctx.traceparent, ctx.tracestate, request.model_name, "primary"
-                )
+                trace = tracing.begin(ctx.traceparent, ctx.tracestate, request.model_name, role)
             except Exception:  # tracing must never fail a request
                 logger.exception("tracing failed to start a request span")
         timing = RequestTiming()
         rows = 0
         code, error = OK, ""
+        answer: asyncio.Future[Sequence[Tensor] | None] | None = None
         target.acquire()  # an unload or swap waits for this request
         try:
             feeds, output_names, batch_size = validate_request(request, loaded.signature)
             rows = max(batch_size, 1)
+            if policy is not None and policy.shadows:
+                answer = self._start_shadows(request, ctx, policy, target)
             arrays = await batcher.infer(
                 feeds,
                 output_names,
@@ -243,6 +286,8 @@ class InferenceService:
                 trace,
             )
             outputs = _build_outputs(target, output_names, arrays)
+            if answer is not None:
+                answer.set_result(outputs)
             if request.id or "label" in request.parameters:  # ground truth, by request id
                 self.feedback.record(loaded, request.id, outputs, request.parameters.get("label"))
         except GatewayError as failure:
@@ -252,6 +297,8 @@ class InferenceService:
             code = "cancelled" if isinstance(failure, asyncio.CancelledError) else "internal"
             raise
         finally:
+            if answer is not None and not answer.done():
+                answer.set_result(None)  # the primary failed: its shadows compare with nothing
             target.release()
             ended_ns = time.perf_counter_ns()
             batcher.statistics.record_request(code == OK, rows, ended_ns - started_ns)
@@ -259,7 +306,7 @@ class InferenceService:
                 RequestEvent(
                     request.model_name,
                     str(target.version),
-                    "primary",
+                    role,
                     ctx.protocol,
                     code,
                     started_ns,
@@ -277,6 +324,41 @@ class InferenceService:
             outputs=outputs,
             id=request.id,
         )
+
+    def _start_shadows(
+        self,
+        request: InferRequest,
+        ctx: RequestContext,
+        policy: TrafficPolicy,
+        primary: ModelVersion,
+    ) -> asyncio.Future[Sequence[Tensor] | None] | None:
+        """Copy the request to the policy's shadows that take it; the future is the primary's
+        answer they compare with (None when the primary failed)."""
+        chosen = policy.shadows_for(_routing_key(request, ctx, policy))
+        if not chosen:
+            return None
+        entry = self.registry.get_model(request.model_name)
+        answer: asyncio.Future[Sequence[Tensor] | None] = asyncio.get_running_loop().create_future()
+        for number in chosen:
+            shadow = entry.versions.get(number)
+            if shadow is not None and shadow.ready:
+                self.shadows.submit(
+                    request, primary, shadow, answer, policy.tolerance, ctx.protocol
+                )
+        return answer
+
+
+def _routing_key(
+    request: InferRequest, ctx: RequestContext, policy: TrafficPolicy | None
+) -> str | None:
+    """What a routed request is hashed by: its sticky header or metadata value, else its id."""
+    if policy is None:
+        return None
+    if policy.sticky_key and ctx.headers is not None:
+        value = ctx.headers.get(policy.sticky_key)
+        if value:
+            return value
+    return request.id or None
 
 
 def _summary(result: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,3 +49,5 @@ class RequestContext:
     traceparent: str | None = None
     """The caller's W3C trace context (HTTP headers or gRPC metadata), if it sent one."""
     tracestate: str | None = None
+    headers: Mapping[str, str] | None = None
+    """HTTP headers (case-insensitive) or gRPC metadata (lower-case keys): the sticky key."""

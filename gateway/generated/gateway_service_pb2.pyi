@@ -147,3 +147,62 @@ class AccuracyResponse(_message.Message):
     window: int
     versions: _containers.RepeatedCompositeFieldContainer[VersionAccuracy]
     def __init__(self, model: _Optional[str] = ..., window: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionAccuracy, _Mapping]]] = ...) -> None: ...
+
+class ShadowTarget(_message.Message):
+    __slots__ = ("version", "percent")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    percent: float
+    def __init__(self, version: _Optional[str] = ..., percent: _Optional[float] = ...) -> None: ...
+
+class TrafficPolicy(_message.Message):
+    __slots__ = ("weights", "sticky_key", "shadows", "atol", "rtol")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    STICKY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SHADOWS_FIELD_NUMBER: _ClassVar[int]
+    ATOL_FIELD_NUMBER: _ClassVar[int]
+    RTOL_FIELD_NUMBER: _ClassVar[int]
+    weights: _containers.ScalarMap[str, int]
+    sticky_key: str
+    shadows: _containers.RepeatedCompositeFieldContainer[ShadowTarget]
+    atol: float
+    rtol: float
+    def __init__(self, weights: _Optional[_Mapping[str, int]] = ..., sticky_key: _Optional[str] = ..., shadows: _Optional[_Iterable[_Union[ShadowTarget, _Mapping]]] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ...) -> None: ...
+
+class GetTrafficRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class SetTrafficRequest(_message.Message):
+    __slots__ = ("model", "policy")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    policy: TrafficPolicy
+    def __init__(self, model: _Optional[str] = ..., policy: _Optional[_Union[TrafficPolicy, _Mapping]] = ...) -> None: ...
+
+class ClearTrafficRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class TrafficResponse(_message.Message):
+    __slots__ = ("model", "has_policy", "policy")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    HAS_POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    has_policy: bool
+    policy: TrafficPolicy
+    def __init__(self, model: _Optional[str] = ..., has_policy: _Optional[bool] = ..., policy: _Optional[_Union[TrafficPolicy, _Mapping]] = ...) -> None: ...

@@ -59,6 +59,21 @@ class GatewayServiceStub:
                 request_serializer=gateway__service__pb2.GetAccuracyRequest.SerializeToString,
                 response_deserializer=gateway__service__pb2.AccuracyResponse.FromString,
                 _registered_method=True)
+        self.GetTraffic = channel.unary_unary(
+                '/gateway.v1.GatewayService/GetTraffic',
+                request_serializer=gateway__service__pb2.GetTrafficRequest.SerializeToString,
+                response_deserializer=gateway__service__pb2.TrafficResponse.FromString,
+                _registered_method=True)
+        self.SetTraffic = channel.unary_unary(
+                '/gateway.v1.GatewayService/SetTraffic',
+                request_serializer=gateway__service__pb2.SetTrafficRequest.SerializeToString,
+                response_deserializer=gateway__service__pb2.TrafficResponse.FromString,
+                _registered_method=True)
+        self.ClearTraffic = channel.unary_unary(
+                '/gateway.v1.GatewayService/ClearTraffic',
+                request_serializer=gateway__service__pb2.ClearTrafficRequest.SerializeToString,
+                response_deserializer=gateway__service__pb2.TrafficResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -100,6 +115,27 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTraffic(self, request, context):
+        """The model's traffic policy (no policy: `has_policy` false, the latest version serves).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTraffic(self, request, context):
+        """Replace the model's traffic policy at once; it may only name READY versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearTraffic(self, request, context):
+        """Remove the policy: requests without a version go to the latest READY version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +163,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetAccuracy,
                     request_deserializer=gateway__service__pb2.GetAccuracyRequest.FromString,
                     response_serializer=gateway__service__pb2.AccuracyResponse.SerializeToString,
+            ),
+            'GetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTraffic,
+                    request_deserializer=gateway__service__pb2.GetTrafficRequest.FromString,
+                    response_serializer=gateway__service__pb2.TrafficResponse.SerializeToString,
+            ),
+            'SetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTraffic,
+                    request_deserializer=gateway__service__pb2.SetTrafficRequest.FromString,
+                    response_serializer=gateway__service__pb2.TrafficResponse.SerializeToString,
+            ),
+            'ClearTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearTraffic,
+                    request_deserializer=gateway__service__pb2.ClearTrafficRequest.FromString,
+                    response_serializer=gateway__service__pb2.TrafficResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +315,87 @@ class GatewayService:
             '/gateway.v1.GatewayService/GetAccuracy',
             gateway__service__pb2.GetAccuracyRequest.SerializeToString,
             gateway__service__pb2.AccuracyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/GetTraffic',
+            gateway__service__pb2.GetTrafficRequest.SerializeToString,
+            gateway__service__pb2.TrafficResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/SetTraffic',
+            gateway__service__pb2.SetTrafficRequest.SerializeToString,
+            gateway__service__pb2.TrafficResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/ClearTraffic',
+            gateway__service__pb2.ClearTrafficRequest.SerializeToString,
+            gateway__service__pb2.TrafficResponse.FromString,
             options,
             channel_credentials,
             insecure,

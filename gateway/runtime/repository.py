@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -33,6 +34,9 @@ from gateway.runtime.warmup import warm_up
 logger = logging.getLogger(__name__)
 
 LABELS_FILENAME = "labels.json"
+DOCUMENTS = {"traffic": "traffic.json", "rollout": "rollout.json"}
+"""The gateway's own state files in a model's directory, by kind (never part of a version)."""
+STATE_FILES = frozenset({LABELS_FILENAME, *DOCUMENTS.values()})
 WARMUP_DIRECTORY = "warmup"
 
 
@@ -73,7 +77,7 @@ class FileRepository:
             return None
         digest = hashlib.sha256()
         for path, stat in _walk(model_dir):
-            if path == LABELS_FILENAME:
+            if path in STATE_FILES:
                 continue
             digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()
@@ -101,7 +105,12 @@ class FileRepository:
             for path, stat in _walk(model_dir / WARMUP_DIRECTORY):
                 digest.update(f"w/{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
             versions[number] = digest.hexdigest()
-        return ModelSnapshot(name, policy, versions, self._read_labels(model_dir))
+        documents = {
+            kind: document
+            for kind, filename in DOCUMENTS.items()
+            if (document := _read_document(model_dir / filename)) is not None
+        }
+        return ModelSnapshot(name, policy, versions, self._read_labels(model_dir), documents)
 
     def load(self, snapshot: ModelSnapshot, version: int) -> tuple[LoadedVersion, ModelRunner]:
         policy = snapshot.policy
@@ -124,18 +133,14 @@ class FileRepository:
 
     def save_labels(self, name: str, labels: Mapping[str, int]) -> None:
         """Write labels.json atomically (a temporary file renamed over it)."""
-        model_dir = self._model_dir(name)
-        document = orjson.dumps(dict(sorted(labels.items())), option=orjson.OPT_INDENT_2)
-        handle, temporary = tempfile.mkstemp(prefix=".labels.", dir=model_dir)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(document + b"\n")
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, model_dir / LABELS_FILENAME)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        _write_atomically(self._model_dir(name) / LABELS_FILENAME, dict(sorted(labels.items())))
+
+    def save_document(self, name: str, kind: str, document: Mapping[str, Any] | None) -> None:
+        path = self._model_dir(name) / DOCUMENTS[kind]
+        if document is None:
+            path.unlink(missing_ok=True)
+        else:
+            _write_atomically(path, document)
 
     @staticmethod
     def _read_labels(model_dir: Path) -> dict[str, int]:
@@ -155,6 +160,31 @@ class FileRepository:
                 f'{path}: expected a JSON object of label to version number, like {{"stable": 1}}'
             )
         return dict(document)
+
+
+def _write_atomically(path: Path, document: Mapping[str, Any]) -> None:
+    """Write JSON to a temporary file in the same directory, then rename it over `path`."""
+    data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _read_document(path: Path) -> Any:
+    """A persisted JSON state file, or None if there is none; SourceError if unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ModelConfigError(f"{path}: cannot be read: {exc}") from exc
 
 
 def _walk(directory: Path) -> list[tuple[str, os.stat_result]]:

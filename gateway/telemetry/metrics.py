@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from gateway.core.feedback import FeedbackStore
 from gateway.core.registry import ModelRegistry, VersionState
+from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import OK, BatchEvent, RequestEvent
 
 # Seconds: from a tenth of a millisecond (a small model on a warm CPU) to tens of seconds.
@@ -239,5 +240,39 @@ def feedback_metrics(store: FeedbackStore) -> Callable[[], Iterable[Metric]]:
             if figures.window_mean_absolute_error is not None:
                 error.add_metric(key, figures.window_mean_absolute_error)
         yield from (feedback, window, total, observations, error)
+
+    return collect
+
+
+def shadow_metrics(shadows: ShadowDispatcher) -> Callable[[], Iterable[Metric]]:
+    """Shadow comparisons per (model, shadow version, primary version), read at scrape time."""
+
+    def collect() -> Iterator[Metric]:
+        labels = ("model", "version", "primary")
+        comparisons = CounterMetricFamily(
+            "gateway_shadow_comparisons",
+            "Shadow copies by outcome: agree, disagree (compared with the primary's answer), "
+            "error (the shadow failed).",
+            labels=(*labels, "outcome"),
+        )
+        dropped = CounterMetricFamily(
+            "gateway_shadow_dropped",
+            "Shadow copies dropped because the gateway was busy (never at a caller's cost).",
+            labels=labels,
+        )
+        agreement = GaugeMetricFamily(
+            "gateway_shadow_agreement_ratio",
+            "Share of compared shadow answers that agree with the primary's, since start.",
+            labels=labels,
+        )
+        for (model, primary, shadow), pair in sorted(shadows.pairs.items()):
+            key = (model, shadow, primary)
+            comparisons.add_metric((*key, "agree"), pair.agree)
+            comparisons.add_metric((*key, "disagree"), pair.disagree)
+            comparisons.add_metric((*key, "error"), pair.error)
+            dropped.add_metric(key, pair.dropped)
+            if pair.agreement is not None:
+                agreement.add_metric(key, pair.agreement)
+        yield from (comparisons, dropped, agreement)
 
     return collect

@@ -8,8 +8,6 @@ gateway reports are checked against what each version really answered.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,16 +36,10 @@ NAMED_CONFIG = (
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repository(tmp_path_factory: pytest.TempPathFactory, demo_repository: Path) -> Path:
     """digits (v1, v2) from the demo build, digits_named (v2 read by argmax, with class
     names) and regress (Y = X + 0.5, one value per row)."""
-    built = tmp_path_factory.mktemp("demo") / "repository"
-    subprocess.run(
-        [sys.executable, str(BUILD), "--output", str(built), "--skip-wide"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    built = demo_repository
     root = tmp_path_factory.mktemp("feedback") / "repository"
     shutil.copytree(built / "digits", root / "digits")
     (root / "digits_named" / "1").mkdir(parents=True)

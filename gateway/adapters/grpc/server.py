@@ -28,6 +28,7 @@ from gateway.core.feedback import MAX_FEEDBACK_ITEMS, Feedback
 from gateway.core.lifecycle import labels_document
 from gateway.core.prediction import parse_label
 from gateway.core.service import InferenceService
+from gateway.core.traffic import TrafficPolicy
 from gateway.core.types import RequestContext
 from gateway.generated import gateway_service_pb2 as gateway_pb
 from gateway.generated import grpc_service_pb2 as pb
@@ -204,6 +205,24 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
     @translated
+    async def GetTraffic(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return _traffic_response(request.model, self._service.traffic(request.model))
+
+    @translated
+    async def SetTraffic(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = self._admit(context, "traffic", request.model)
+        policy = await self._service.set_traffic(
+            caller, request.model, _traffic_document(request.policy)
+        )
+        return _traffic_response(request.model, policy)
+
+    @translated
+    async def ClearTraffic(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = self._admit(context, "traffic", request.model)
+        await self._service.clear_traffic(caller, request.model)
+        return _traffic_response(request.model, None)
+
+    @translated
     async def GetLabels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return _labels_response(request.model, self._service.labels(request.model))
 
@@ -310,6 +329,38 @@ def _feedback_item(item: Any, where: str) -> Feedback:
     return Feedback(item.id, parse_label(values, f"{where}.{name}"))
 
 
+def _traffic_response(model: str, policy: TrafficPolicy | None) -> Any:
+    if policy is None:
+        return gateway_pb.TrafficResponse(model=model, has_policy=False)
+    message = gateway_pb.TrafficPolicy(
+        weights={str(v): w for v, w in policy.weights.items()},
+        sticky_key=policy.sticky_key,
+        shadows=[
+            gateway_pb.ShadowTarget(version=str(s.version), percent=s.percent)
+            for s in policy.shadows
+        ],
+        atol=policy.tolerance.atol,
+        rtol=policy.tolerance.rtol,
+    )
+    return gateway_pb.TrafficResponse(model=model, has_policy=True, policy=message)
+
+
+def _traffic_document(message: Any) -> dict[str, Any]:
+    """The REST form of a gRPC TrafficPolicy, so both go through one validation."""
+    document: dict[str, Any] = {
+        "weights": dict(message.weights),
+        "sticky_key": message.sticky_key,
+        "shadows": [
+            {"version": s.version, **({"percent": s.percent} if s.HasField("percent") else {})}
+            for s in message.shadows
+        ],
+    }
+    tolerance = {k: getattr(message, k) for k in ("atol", "rtol") if message.HasField(k)}
+    if tolerance:
+        document["tolerance"] = tolerance
+    return document
+
+
 def _labels_response(model: str, labels: dict[str, int]) -> Any:
     return gateway_pb.LabelsResponse(model=model, labels=labels_document(labels))
 
@@ -317,14 +368,13 @@ def _labels_response(model: str, labels: dict[str, int]) -> Any:
 def request_context(context: Any) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
-    traceparent = tracestate = None
-    for key, value in context.invocation_metadata() or ():
-        if key == "traceparent":
-            traceparent = value
-        elif key == "tracestate":
-            tracestate = value
+    metadata = {key: value for key, value in context.invocation_metadata() or ()}
     return RequestContext(
-        protocol="grpc", deadline_s=deadline, traceparent=traceparent, tracestate=tracestate
+        protocol="grpc",
+        deadline_s=deadline,
+        traceparent=metadata.get("traceparent"),
+        tracestate=metadata.get("tracestate"),
+        headers=metadata,
     )
 
 

@@ -179,6 +179,50 @@ async def delete_label(request: web.Request) -> web.Response:
     return _labels(model, labels)
 
 
+def _traffic(request: web.Request, model: str) -> web.Response:
+    service = request.app[SERVICE]
+    policy = service.traffic(model)
+    document: dict[str, Any] = {"model": model}
+    document |= (
+        policy.document()
+        if policy is not None
+        else {"weights": {}, "sticky_key": "", "shadows": []}  # the latest READY version
+    )
+    document["comparisons"] = [
+        {
+            "primary": primary,
+            "shadow": shadow,
+            "agree": figures.agree,
+            "disagree": figures.disagree,
+            "error": figures.error,
+            "dropped": figures.dropped,
+            "agreement": figures.agreement,
+            "max_abs_diff": figures.max_abs_diff,
+        }
+        for primary, shadow, figures in service.shadow_figures(model)
+    ]
+    return _json(document)
+
+
+async def get_traffic(request: web.Request) -> web.Response:
+    return _traffic(request, request.match_info["model"])
+
+
+async def set_traffic(request: web.Request) -> web.Response:
+    model = request.match_info["model"]
+    caller = _admit(request, "traffic", model)
+    document = await _json_body(request, '{"weights": {"1": 90, "2": 10}}')
+    await request.app[SERVICE].set_traffic(caller, model, document)
+    return _traffic(request, model)
+
+
+async def clear_traffic(request: web.Request) -> web.Response:
+    model = request.match_info["model"]
+    caller = _admit(request, "traffic", model)
+    await request.app[SERVICE].clear_traffic(caller, model)
+    return _traffic(request, model)
+
+
 async def infer(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     limit = request.app[MAX_REQUEST_BYTES]
@@ -201,6 +245,7 @@ async def infer(request: web.Request) -> web.Response:
         protocol="http",
         traceparent=headers.get("traceparent"),
         tracestate=headers.get("tracestate"),
+        headers=headers,
     )
     response = await service.infer(infer_request, ctx)
     payload, header_length = codec.encode_response(response, encoding)
@@ -254,6 +299,9 @@ ROUTES = [
     web.get("/v2/models/{model}/labels", get_labels),
     web.put("/v2/models/{model}/labels/{label}", set_label),
     web.delete("/v2/models/{model}/labels/{label}", delete_label),
+    web.get("/v2/models/{model}/traffic", get_traffic),
+    web.put("/v2/models/{model}/traffic", set_traffic),
+    web.delete("/v2/models/{model}/traffic", clear_traffic),
     web.post("/v2/models/{model}/infer", infer),
     web.post("/v2/models/{model}/versions/{version}/infer", infer),
 ]
