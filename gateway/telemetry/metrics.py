@@ -180,13 +180,19 @@ class _StateCollector(Collector):
             load_failures.add_metric((entry.name,), entry.load_failures)
             ready = entry.ready_versions()
             latest = ready[-1].version if ready else None
+            policy = entry.traffic
+            total = sum(policy.weights.values()) if policy is not None else 0
             for number, version in sorted(entry.versions.items()):
                 labels = (entry.name, str(number))
                 for candidate in VersionState:
                     value = 1.0 if version.state is candidate else 0.0
                     state.add_metric((*labels, candidate.value), value)
                 if version.ready:
-                    weight.add_metric(labels, 100.0 if number == latest else 0.0)
+                    if policy is not None:
+                        share = 100.0 * policy.weights.get(number, 0) / total
+                    else:
+                        share = 100.0 if number == latest else 0.0
+                    weight.add_metric(labels, share)
                 batcher = version.batcher
                 if batcher is not None:
                     waiting.add_metric(labels, batcher.waiting)

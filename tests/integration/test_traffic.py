@@ -295,3 +295,34 @@ def test_agreement_of_the_two_digits_versions_on_the_real_test_split(
         assert pair["agreement"] == pytest.approx((len(images) - differ) / len(images))
     finally:
         running.stop()
+
+
+def test_traffic_weights_and_shadow_figures_are_metrics(server: RunningGateway) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    policy = {"weights": {"1": 3, "2": 1}, "shadows": [{"version": "3"}]}
+    call(server, "PUT", "/v2/models/split/traffic", policy)
+    versions_answering(server, 20)
+    server.call(server.gateway.shadows.wait_idle())
+    with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def sample(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert sample("gateway_traffic_weight", model="split", version="1") == 75
+    assert sample("gateway_traffic_weight", model="split", version="2") == 25
+    assert sample("gateway_traffic_weight", model="split", version="3") == 0
+    for primary in ("1", "2"):  # argmax of X + c is the same class: they agree
+        key = {"model": "split", "version": "3", "primary": primary}
+        compared = sample("gateway_shadow_comparisons_total", outcome="agree", **key)
+        dropped = sample("gateway_shadow_dropped_total", **key)
+        assert compared + dropped > 0
+    roles = {labels for (name, labels) in samples if name == "gateway_requests_total"}
+    assert any(("role", "shadow") in labels for labels in roles)
+    assert any(("role", "canary") in labels for labels in roles)
