@@ -326,3 +326,50 @@ def test_traffic_weights_and_shadow_figures_are_metrics(server: RunningGateway) 
     roles = {labels for (name, labels) in samples if name == "gateway_requests_total"}
     assert any(("role", "shadow") in labels for labels in roles)
     assert any(("role", "canary") in labels for labels in roles)
+
+
+def test_under_overload_shadows_are_dropped_before_primaries_are_refused(tmp_path: Path) -> None:
+    import threading
+
+    from tritonclient.utils import InferenceServerException
+
+    root = tmp_path / "repository"
+    write_config(
+        root / "busy",
+        "max_batch_size: 1\nversion_policy { all { } }\n"
+        "dynamic_batching { default_queue_policy { max_queue_size: 8 } }\n"
+        "instance_group [ { count: 1 } ]\n",
+    )
+    for version in (1, 2):
+        slow(root / "busy" / str(version) / "model.onnx", width=256, depth=16)
+    running = RunningGateway(root)
+    try:
+        call(running, "PUT", "/v2/models/busy/traffic", {"weights": {"1": 1}, "shadows": [{"version": "2"}]})
+        outcomes: list[str] = []
+
+        def caller() -> None:
+            client = httpclient.InferenceServerClient(running.http_url)
+            x = httpclient.InferInput("X", [1, 256], "FP32")
+            x.set_data_from_numpy(np.ones((1, 256), np.float32))
+            for _ in range(10):
+                try:
+                    client.infer("busy", [x])
+                    outcomes.append("ok")
+                except InferenceServerException as exc:
+                    outcomes.append(str(exc.status()))
+            client.close()
+
+        callers = [threading.Thread(target=caller) for _ in range(24)]
+        for thread in callers:
+            thread.start()
+        for thread in callers:
+            thread.join(60)
+        running.call(running.gateway.shadows.wait_idle())
+        (pair,) = running.gateway.service.shadow_figures("busy")  # type: ignore[union-attr]
+        figures = pair[2]
+        refused = sum(outcome == "429" for outcome in outcomes)
+        assert refused > 0, outcomes  # the primary was overloaded...
+        assert figures.dropped > 0  # ...and shadows had been dropped before that
+        assert set(outcomes) <= {"ok", "429"}
+    finally:
+        running.stop()
