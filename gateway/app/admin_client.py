@@ -1,4 +1,4 @@
-"""A blocking HTTP client for a running gateway's model control API (`gateway models ...`)."""
+"""A blocking HTTP client for a running gateway's admin API (`gateway models|traffic|rollout`)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,24 @@ class AdminClient:
 
     def remove_label(self, model: str, label: str) -> Any:
         return self.call("DELETE", f"/v2/models/{_segment(model)}/labels/{_segment(label)}")
+
+    def traffic(self, model: str) -> Any:
+        return self.call("GET", f"/v2/models/{_segment(model)}/traffic")
+
+    def set_traffic(self, model: str, policy: dict[str, Any]) -> Any:
+        return self.call("PUT", f"/v2/models/{_segment(model)}/traffic", policy)
+
+    def clear_traffic(self, model: str) -> Any:
+        return self.call("DELETE", f"/v2/models/{_segment(model)}/traffic")
+
+    def rollout(self, model: str) -> Any:
+        return self.call("GET", f"/v2/models/{_segment(model)}/rollout")
+
+    def start_rollout(self, model: str, plan: dict[str, Any]) -> Any:
+        return self.call("POST", f"/v2/models/{_segment(model)}/rollout", plan)
+
+    def abort_rollout(self, model: str) -> Any:
+        return self.call("DELETE", f"/v2/models/{_segment(model)}/rollout")
 
     def build_request(
         self, method: str, path: str, body: dict[str, Any] | None = None

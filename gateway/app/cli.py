@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
 from gateway import __version__
-from gateway.app import stats_view
+from gateway.app import stats_view, traffic_cli
 from gateway.app.admin_client import (
     AdminClient,
     AdminClientError,
@@ -89,7 +89,8 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _add_models_commands(commands: Any) -> None:
+def _common_options() -> argparse.ArgumentParser:
+    """--url, --token, --token-file, --timeout, --json: every command that calls the admin API."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
@@ -114,7 +115,10 @@ def _add_models_commands(commands: Any) -> None:
         help="how long to wait for the answer (default: 60)",
     )
     common.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    return common
 
+
+def _add_models_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     models = commands.add_parser(
         "models",
         help="List, load, unload and label the models of a running gateway.",
@@ -174,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command = commands.add_parser("serve", help=serve_parser.description)
     serve_command.description = serve_parser.description
     _add_settings_options(serve_command)
-    _add_models_commands(commands)
+    common = _common_options()
+    _add_models_commands(commands, common)
+    traffic_cli.add_commands(commands, common)
     _add_stats_command(commands)
     return parser
 
@@ -311,6 +317,13 @@ def run_models(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         args.models_parser.print_help(sys.stderr)
         return 2
     call, show = ACTIONS[args.models_command]
+    return run_action(args, environ, call, show)
+
+
+def run_action(
+    args: argparse.Namespace, environ: Mapping[str, str], call: Action, show: Show
+) -> int:
+    """Call the admin API and print its answer: 0 done, 1 refused, 2 bad usage or no answer."""
     try:
         answer = call(admin_client(args, environ), args)
     except (UsageError, UnreachableError) as exc:
@@ -395,6 +408,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return run_models(args, os.environ if environ is None else environ)
     if args.command == "stats":
         return run_stats(args, os.environ if environ is None else environ)
+    if args.command in traffic_cli.COMMANDS:
+        chosen = traffic_cli.chosen(args)
+        if chosen is None:
+            return 2
+        call, show = chosen
+        return run_action(args, os.environ if environ is None else environ, call, show)
     try:
         settings = _settings(args)
     except ValidationError as exc:

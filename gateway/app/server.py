@@ -24,12 +24,18 @@ from gateway.core.admin import AdminAuthorizer, read_token_file
 from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadFailure, ModelLifecycle
 from gateway.core.registry import ModelRegistry
+from gateway.core.rollout import RolloutController
 from gateway.core.service import InferenceService
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import Telemetry
 from gateway.runtime.onnx_runner import installation_problem
 from gateway.runtime.repository import FileRepository
-from gateway.telemetry.metrics import GatewayMetrics, feedback_metrics, shadow_metrics
+from gateway.telemetry.metrics import (
+    GatewayMetrics,
+    feedback_metrics,
+    rollout_metrics,
+    shadow_metrics,
+)
 
 if TYPE_CHECKING:
     from gateway.telemetry.tracing import OtelTracing
@@ -123,6 +129,7 @@ class Gateway:
         self._http_runners: list[web.AppRunner] = []
         self.service: InferenceService | None = None
         self.lifecycle: ModelLifecycle | None = None
+        self.rollouts: RolloutController | None = None
         self._poller: asyncio.Task[None] | None = None
         self.http_port = 0
         self.grpc_port = 0
@@ -149,6 +156,12 @@ class Gateway:
             default_concurrency=settings.resolved_inference_threads(),
         )
         self.lifecycle = ModelLifecycle(self.registry, repository, self._load_pool)
+        # Rollouts: each step's window from the request events; resumed as models load.
+        self.rollouts = RolloutController(
+            self.lifecycle, self.shadows, self.feedback, telemetry=self.telemetry
+        )
+        self.lifecycle.add_listener(self.rollouts)
+        self.metrics.add_collector(rollout_metrics(self.rollouts))
         self.service = InferenceService(
             self.registry,
             version=__version__,
@@ -156,6 +169,7 @@ class Gateway:
             authorizer=authorizer,
             feedback=self.feedback,
             shadows=self.shadows,
+            rollouts=self.rollouts,
         )
         try:
             self.load_failures = await self.lifecycle.load_all(self._startup_models())
@@ -290,6 +304,8 @@ class Gateway:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
+        if self.rollouts is not None:  # running rollouts stay persisted: the next start resumes
+            await self.rollouts.close()
         drains = [server.stop(grace) for server in self._grpc_servers]
         for threaded in self._threaded_grpc_servers:
             drains.append(asyncio.to_thread(threaded.stop(grace).wait))

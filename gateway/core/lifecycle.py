@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.core.errors import GatewayError, InvalidInputError, NotFoundError
 from gateway.core.model import LoadedVersion
@@ -46,6 +46,15 @@ class LoadResult:
     failures: tuple[LoadFailure, ...] = ()
 
 
+class ModelListener(Protocol):
+    """Told when a model's persisted state is read at its first load, and when it is unloaded
+    (the rollout controller: resume, abort)."""
+
+    def model_restored(self, name: str, documents: Mapping[str, Any]) -> None: ...
+
+    def model_unloaded(self, name: str) -> None: ...
+
+
 class ModelLifecycle:
     """Applies a model's repository state to the registry: one change per model at a time."""
 
@@ -59,6 +68,11 @@ class ModelLifecycle:
         self._labels_restored: set[str] = set()
         self._seen: dict[str, str | None] = {}
         self._applied: dict[str, str | None] = {}
+        self._listeners: list[ModelListener] = []
+
+    def add_listener(self, listener: ModelListener) -> None:
+        """At start-up, before any model loads."""
+        self._listeners.append(listener)
 
     async def _blocking(self, function: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
@@ -114,6 +128,7 @@ class ModelLifecycle:
             pinned |= set(snapshot.labels.values())
             if restored_traffic is not None:
                 pinned |= restored_traffic.versions()
+            pinned |= _document_pins(snapshot)
         on_disk = sorted(snapshot.versions)
         wanted = set(snapshot.policy.versions.select(on_disk)) | (pinned & set(on_disk))
         serving = {number: v for number, v in entry.versions.items() if v.ready}
@@ -166,6 +181,8 @@ class ModelLifecycle:
         if first:
             self._restore_labels(name, snapshot)
             self._restore_traffic(name, restored_traffic)
+            for listener in self._listeners:
+                listener.model_restored(name, snapshot.documents)
         return LoadResult(
             name,
             loaded=tuple(loaded),
@@ -237,6 +254,8 @@ class ModelLifecycle:
             self._labels_restored.discard(name)
             for version in leaving:
                 self._retire(version)
+            for listener in self._listeners:
+                listener.model_unloaded(name)
             return LoadResult(name, unloaded=tuple(v.version for v in leaving))
 
     def _retire(self, version: ModelVersion) -> None:
@@ -280,12 +299,16 @@ class ModelLifecycle:
         return labels
 
     # -- traffic ------------------------------------------------------------------------
-    async def set_traffic(self, name: str, policy: TrafficPolicy | None) -> None:
-        """Replace (None: remove) the model's traffic policy at once, and persist it."""
+    async def set_traffic(
+        self, name: str, policy: TrafficPolicy | None, persisted: TrafficPolicy | None = None
+    ) -> None:
+        """Replace (None: remove) the model's traffic policy at once, and persist it (or
+        `persisted`: a rollout's step without the shadow it adds, which it sets again itself)."""
         check_model_name(name)
         async with self._lock(name):
             self.registry.set_traffic(name, policy)
-            await self.save_document(name, "traffic", None if policy is None else policy.document())
+            saved = persisted or policy
+            await self.save_document(name, "traffic", None if saved is None else saved.document())
 
     async def save_document(self, name: str, kind: str, document: Mapping[str, Any] | None) -> None:
         """Persist the model's state of `kind`; a read-only repository keeps it in memory."""
@@ -342,6 +365,16 @@ def _restored_traffic(snapshot: ModelSnapshot) -> TrafficPolicy | None:
     except GatewayError as exc:
         logger.warning("model %s: the saved traffic policy is invalid: %s", snapshot.name, exc)
         return None
+
+
+def _document_pins(snapshot: ModelSnapshot) -> set[int]:
+    """Versions a persisted state document keeps loaded (a running rollout's two versions)."""
+    pins: set[int] = set()
+    for document in snapshot.documents.values():
+        listed = document.get("pinned_versions") if isinstance(document, dict) else None
+        if isinstance(listed, list):
+            pins |= {v for v in listed if type(v) is int and v > 0}
+    return pins
 
 
 def labels_document(labels: Mapping[str, int]) -> dict[str, str]:

@@ -22,6 +22,7 @@ from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadResult, ModelLifecycle
 from gateway.core.model import LoadedVersion
 from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
+from gateway.core.rollout import RolloutController
 from gateway.core.shadow import PairStatistics, ShadowDispatcher
 from gateway.core.statistics import VersionStatistics
 from gateway.core.telemetry import OK, RequestEvent, RequestTiming
@@ -58,6 +59,7 @@ class InferenceService:
         authorizer: AdminAuthorizer | None = None,
         feedback: FeedbackStore | None = None,
         shadows: ShadowDispatcher | None = None,
+        rollouts: RolloutController | None = None,
     ) -> None:
         self.registry = registry
         self.version = version
@@ -65,6 +67,7 @@ class InferenceService:
         self.authorizer = authorizer or AdminAuthorizer()
         self.feedback = feedback if feedback is not None else FeedbackStore()
         self.shadows = shadows if shadows is not None else ShadowDispatcher(registry.telemetry)
+        self.rollouts = rollouts
         self._accepting = False
 
     # -- health -------------------------------------------------------------------------
@@ -192,6 +195,7 @@ class InferenceService:
     async def set_traffic(self, caller: Admitted, name: str, document: object) -> TrafficPolicy:
         async def work() -> TrafficPolicy:
             assert self.lifecycle is not None
+            self._no_rollout_running(name)
             policy = parse_policy(document)
             await self.lifecycle.set_traffic(name, policy)
             return policy
@@ -202,9 +206,43 @@ class InferenceService:
     async def clear_traffic(self, caller: Admitted, name: str) -> None:
         async def work() -> None:
             assert self.lifecycle is not None
+            self._no_rollout_running(name)
             await self.lifecycle.set_traffic(name, None)
 
         await self._admin(caller, "traffic", f"{name} cleared", work)
+
+    # -- rollouts -----------------------------------------------------------------------
+    def _no_rollout_running(self, name: str) -> None:
+        running = self.rollouts.active(name) if self.rollouts is not None else None
+        if running is not None:
+            raise InvalidInputError(
+                f"a rollout of model '{name}' is {running.state} and sets its traffic policy; "
+                "abort it first"
+            )
+
+    def _rollout_controller(self) -> RolloutController:
+        if self.rollouts is None:
+            raise UnimplementedError("this server has no model repository to manage")
+        return self.rollouts
+
+    def rollout(self, name: str) -> dict[str, Any]:
+        """The model's latest rollout (NOT_FOUND when it never had one)."""
+        return self._rollout_controller().status(name)
+
+    async def start_rollout(self, caller: Admitted, name: str, document: object) -> dict[str, Any]:
+        async def work() -> dict[str, Any]:
+            return await self._rollout_controller().start(name, document)
+
+        to = document.get("to") if isinstance(document, dict) else None
+        return await self._admin(caller, "rollout", f"{name} to={to}", work)
+
+    async def abort_rollout(self, caller: Admitted, name: str) -> dict[str, Any]:
+        async def work() -> dict[str, Any]:
+            return await self._rollout_controller().abort(name)
+
+        return await self._admin(caller, "rollout", f"{name} aborted", work)
+
+    # -- end rollouts -------------------------------------------------------------------
 
     def shadow_figures(self, name: str) -> list[tuple[str, str, PairStatistics]]:
         """(primary version, shadow version, figures) of the model's shadow comparisons."""
@@ -341,7 +379,9 @@ class InferenceService:
         answer: asyncio.Future[Sequence[Tensor] | None] = asyncio.get_running_loop().create_future()
         for number in chosen:
             shadow = entry.versions.get(number)
-            if shadow is not None and shadow.ready:
+            # A version that also takes routed traffic (a rollout's candidate) shadows the
+            # requests routed to the other versions only.
+            if shadow is not None and shadow.ready and shadow is not primary:
                 self.shadows.submit(
                     request, primary, shadow, answer, policy.tolerance, ctx.protocol
                 )

@@ -76,7 +76,9 @@ class TrafficPolicy:
         return self._edges[-1][1]
 
     def shadows_for(self, key: str | None) -> list[int]:
-        """The shadow versions that get a copy of this request."""
+        """The shadow versions that get a copy of this request (a version that also takes
+        routed traffic is never sent a copy of a request routed to itself: the service
+        skips it)."""
         return [
             shadow.version
             for shadow in self.shadows
@@ -156,8 +158,6 @@ def parse_policy(document: object) -> TrafficPolicy:
         if not isinstance(item, dict) or "version" not in item:
             raise InvalidInputError(f'{where} must be an object like {{"version": "3"}}')
         version = _version_number(item["version"], f"{where}.version")
-        if weights.get(version, 0) > 0:
-            raise InvalidInputError(f"{where}: version {version} already takes routed traffic")
         if any(s.version == version for s in shadows):
             raise InvalidInputError(f"{where}: version {version} is listed twice")
         percent = _number(item.get("percent", 100), f"{where}.percent", 0, 100)

@@ -206,3 +206,116 @@ class TrafficResponse(_message.Message):
     has_policy: bool
     policy: TrafficPolicy
     def __init__(self, model: _Optional[str] = ..., has_policy: _Optional[bool] = ..., policy: _Optional[_Union[TrafficPolicy, _Mapping]] = ...) -> None: ...
+
+class RolloutGates(_message.Message):
+    __slots__ = ("max_error_rate_increase", "max_p99_ratio", "min_p99_increase_ms", "min_agreement", "max_accuracy_drop", "min_feedback")
+    MAX_ERROR_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    MAX_P99_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MIN_P99_INCREASE_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
+    MIN_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    max_error_rate_increase: float
+    max_p99_ratio: float
+    min_p99_increase_ms: float
+    min_agreement: float
+    max_accuracy_drop: float
+    min_feedback: int
+    def __init__(self, max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., min_p99_increase_ms: _Optional[float] = ..., min_agreement: _Optional[float] = ..., max_accuracy_drop: _Optional[float] = ..., min_feedback: _Optional[int] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("model", "to", "steps", "step_interval_s", "min_requests", "shadow_percent", "gates")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    to: str
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    step_interval_s: float
+    min_requests: int
+    shadow_percent: float
+    gates: RolloutGates
+    def __init__(self, model: _Optional[str] = ..., to: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., step_interval_s: _Optional[float] = ..., min_requests: _Optional[int] = ..., shadow_percent: _Optional[float] = ..., gates: _Optional[_Union[RolloutGates, _Mapping]] = ..., **kwargs) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class AbortRolloutRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class GateResult(_message.Message):
+    __slots__ = ("gate", "verdict", "detail", "figures")
+    class FiguresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    gate: str
+    verdict: str
+    detail: str
+    figures: _containers.ScalarMap[str, float]
+    def __init__(self, gate: _Optional[str] = ..., verdict: _Optional[str] = ..., detail: _Optional[str] = ..., figures: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class RolloutTransition(_message.Message):
+    __slots__ = ("at", "state", "step", "weight", "reason")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    state: str
+    step: int
+    weight: int
+    reason: str
+    def __init__(self, at: _Optional[float] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., weight: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RolloutResponse(_message.Message):
+    __slots__ = ("model", "state", "to", "steps", "step_interval_s", "min_requests", "shadow_percent", "gates", "step", "weight", "step_started_at", "reason", "evaluation", "history")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    STEP_STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    state: str
+    to: str
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    step_interval_s: float
+    min_requests: int
+    shadow_percent: float
+    gates: RolloutGates
+    step: int
+    weight: int
+    step_started_at: float
+    reason: str
+    evaluation: _containers.RepeatedCompositeFieldContainer[GateResult]
+    history: _containers.RepeatedCompositeFieldContainer[RolloutTransition]
+    def __init__(self, model: _Optional[str] = ..., state: _Optional[str] = ..., to: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., step_interval_s: _Optional[float] = ..., min_requests: _Optional[int] = ..., shadow_percent: _Optional[float] = ..., gates: _Optional[_Union[RolloutGates, _Mapping]] = ..., step: _Optional[int] = ..., weight: _Optional[int] = ..., step_started_at: _Optional[float] = ..., reason: _Optional[str] = ..., evaluation: _Optional[_Iterable[_Union[GateResult, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[RolloutTransition, _Mapping]]] = ..., **kwargs) -> None: ...

@@ -74,6 +74,21 @@ class GatewayServiceStub:
                 request_serializer=gateway__service__pb2.ClearTrafficRequest.SerializeToString,
                 response_deserializer=gateway__service__pb2.TrafficResponse.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/gateway.v1.GatewayService/StartRollout',
+                request_serializer=gateway__service__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=gateway__service__pb2.RolloutResponse.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/gateway.v1.GatewayService/GetRollout',
+                request_serializer=gateway__service__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=gateway__service__pb2.RolloutResponse.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/gateway.v1.GatewayService/AbortRollout',
+                request_serializer=gateway__service__pb2.AbortRolloutRequest.SerializeToString,
+                response_deserializer=gateway__service__pb2.RolloutResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -136,6 +151,27 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Start a progressive rollout of a candidate version (one per model at a time).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """The model's latest rollout: state, step, gates judged on the step so far, history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Abort the running rollout: the stable version takes all routed traffic again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +214,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ClearTraffic,
                     request_deserializer=gateway__service__pb2.ClearTrafficRequest.FromString,
                     response_serializer=gateway__service__pb2.TrafficResponse.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=gateway__service__pb2.StartRolloutRequest.FromString,
+                    response_serializer=gateway__service__pb2.RolloutResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=gateway__service__pb2.GetRolloutRequest.FromString,
+                    response_serializer=gateway__service__pb2.RolloutResponse.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=gateway__service__pb2.AbortRolloutRequest.FromString,
+                    response_serializer=gateway__service__pb2.RolloutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +447,87 @@ class GatewayService:
             '/gateway.v1.GatewayService/ClearTraffic',
             gateway__service__pb2.ClearTrafficRequest.SerializeToString,
             gateway__service__pb2.TrafficResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/StartRollout',
+            gateway__service__pb2.StartRolloutRequest.SerializeToString,
+            gateway__service__pb2.RolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/GetRollout',
+            gateway__service__pb2.GetRolloutRequest.SerializeToString,
+            gateway__service__pb2.RolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/AbortRollout',
+            gateway__service__pb2.AbortRolloutRequest.SerializeToString,
+            gateway__service__pb2.RolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

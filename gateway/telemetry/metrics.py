@@ -19,6 +19,8 @@ from prometheus_client.registry import Collector
 
 from gateway.core.feedback import FeedbackStore
 from gateway.core.registry import ModelRegistry, VersionState
+from gateway.core.rollout import RolloutController
+from gateway.core.rollout_state import ACTIVE, STATES
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import OK, BatchEvent, RequestEvent
 
@@ -280,5 +282,46 @@ def shadow_metrics(shadows: ShadowDispatcher) -> Callable[[], Iterable[Metric]]:
             if pair.agreement is not None:
                 agreement.add_metric(key, pair.agreement)
         yield from (comparisons, dropped, agreement)
+
+    return collect
+
+
+def rollout_metrics(rollouts: RolloutController) -> Callable[[], Iterable[Metric]]:
+    """Progressive rollouts: each model's latest one, and how rollouts ended, at scrape time."""
+
+    def collect() -> Iterator[Metric]:
+        weight = GaugeMetricFamily(
+            "gateway_rollout_step_weight",
+            "Percent of routed requests a running rollout gives each of its two versions now.",
+            labels=("model", "version"),
+        )
+        step = GaugeMetricFamily(
+            "gateway_rollout_step",
+            "The step (1-based) a running rollout is at.",
+            labels=("model",),
+        )
+        state = GaugeMetricFamily(
+            "gateway_rollout_state",
+            "1 for the state of the model's latest rollout (running, holding, promoted, "
+            "rolled_back, aborted), 0 for the others.",
+            labels=("model", "state"),
+        )
+        outcomes = CounterMetricFamily(
+            "gateway_rollout_outcomes",
+            "Rollouts that ended, by outcome (promoted, rolled_back, aborted).",
+            labels=("model", "outcome"),
+        )
+        for rollout in rollouts.rollouts():
+            for candidate in STATES:
+                value = 1.0 if rollout.state == candidate else 0.0
+                state.add_metric((rollout.model, candidate), value)
+            if rollout.state in ACTIVE:
+                plan = rollout.plan
+                weight.add_metric((rollout.model, str(plan.to)), rollout.weight)
+                weight.add_metric((rollout.model, str(plan.from_version)), 100 - rollout.weight)
+                step.add_metric((rollout.model,), rollout.step + 1)
+        for (model, outcome), count in sorted(rollouts.outcomes.items()):
+            outcomes.add_metric((model, outcome), count)
+        yield from (weight, step, state, outcomes)
 
     return collect

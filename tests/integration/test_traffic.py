@@ -140,7 +140,7 @@ def test_a_policy_may_only_name_ready_versions_and_is_checked(server: RunningGat
         ({"weights": {"1": -1}}, '"weights"["1"]'),
         ({"weights": {"one": 1}}, "version number"),
         ({"weights": {"1": 0}}, "positive weight"),
-        ({"weights": {"1": 1}, "shadows": [{"version": "1"}]}, "already takes routed traffic"),
+        ({"weights": {"1": 1}, "shadows": [{"version": "2"}, {"version": "2"}]}, "twice"),
         ({"weights": {"1": 1}, "shadows": [{"version": "2", "percent": 101}]}, "percent"),
         ({"weights": {"1": 1}, "sticky_key": "a b"}, "sticky_key"),
         ({"weights": {"1": 1}, "colour": "red"}, "colour"),

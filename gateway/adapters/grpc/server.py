@@ -222,6 +222,26 @@ class InferenceServicer:
         await self._service.clear_traffic(caller, request.model)
         return _traffic_response(request.model, None)
 
+    # -- rollouts (gateway.v1) ---------------------------------------------------------
+    @translated
+    async def StartRollout(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = self._admit(context, "rollout", request.model)
+        document = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        document.pop("model", None)
+        answer = await self._service.start_rollout(caller, request.model, document)
+        return _rollout_response(answer)
+
+    @translated
+    async def GetRollout(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return _rollout_response(self._service.rollout(request.model))
+
+    @translated
+    async def AbortRollout(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        caller = self._admit(context, "rollout", request.model)
+        return _rollout_response(await self._service.abort_rollout(caller, request.model))
+
+    # -- end rollouts ------------------------------------------------------------------
+
     @translated
     async def GetLabels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return _labels_response(request.model, self._service.labels(request.model))
@@ -359,6 +379,19 @@ def _traffic_document(message: Any) -> dict[str, Any]:
     if tolerance:
         document["tolerance"] = tolerance
     return document
+
+
+def _rollout_response(document: dict[str, Any]) -> Any:
+    """The REST form of a rollout as a RolloutResponse (figures that are null are left out)."""
+    evaluation = [
+        {**result, "figures": {k: v for k, v in result["figures"].items() if v is not None}}
+        for result in document.get("evaluation", [])
+    ]
+    return json_format.ParseDict(
+        {**document, "evaluation": evaluation},
+        gateway_pb.RolloutResponse(),
+        ignore_unknown_fields=True,
+    )
 
 
 def _labels_response(model: str, labels: dict[str, int]) -> Any:

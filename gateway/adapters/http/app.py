@@ -223,6 +223,27 @@ async def clear_traffic(request: web.Request) -> web.Response:
     return _traffic(request, model)
 
 
+# -- rollouts ---------------------------------------------------------------------------------
+async def get_rollout(request: web.Request) -> web.Response:
+    return _json(request.app[SERVICE].rollout(request.match_info["model"]))
+
+
+async def start_rollout(request: web.Request) -> web.Response:
+    model = request.match_info["model"]
+    caller = _admit(request, "rollout", model)
+    document = await _json_body(request, '{"to": "2", "steps": [1, 5, 25, 50, 100]}')
+    return _json(await request.app[SERVICE].start_rollout(caller, model, document))
+
+
+async def abort_rollout(request: web.Request) -> web.Response:
+    model = request.match_info["model"]
+    caller = _admit(request, "rollout", model)
+    return _json(await request.app[SERVICE].abort_rollout(caller, model))
+
+
+# -- end rollouts -----------------------------------------------------------------------------
+
+
 async def infer(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     limit = request.app[MAX_REQUEST_BYTES]
@@ -302,6 +323,9 @@ ROUTES = [
     web.get("/v2/models/{model}/traffic", get_traffic),
     web.put("/v2/models/{model}/traffic", set_traffic),
     web.delete("/v2/models/{model}/traffic", clear_traffic),
+    web.get("/v2/models/{model}/rollout", get_rollout),
+    web.post("/v2/models/{model}/rollout", start_rollout),
+    web.delete("/v2/models/{model}/rollout", abort_rollout),
     web.post("/v2/models/{model}/infer", infer),
     web.post("/v2/models/{model}/versions/{version}/infer", infer),
 ]
