@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,14 +90,20 @@ def wait_for_line(
 
 @contextlib.contextmanager
 def started(
-    command: Sequence[str], log_file: Path, pattern: re.Pattern[str], timeout_s: float
+    command: Sequence[str],
+    log_file: Path,
+    pattern: re.Pattern[str],
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[tuple[subprocess.Popen[bytes], re.Match[str]]]:
     """Start a server with its output in `log_file`; yield once its log matches `pattern`.
+    `env`: its whole environment (default: this process's); `cwd`: where it runs.
 
     It is stopped with SIGTERM (then SIGKILL after STOP_TIMEOUT_S) when the block ends.
     """
     with log_file.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         yield process, wait_for_line(process, log_file, pattern, timeout_s)
     finally:
