@@ -11,6 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.adapters.http import codec
+from gateway.adapters.http.bodies import json_object
 from gateway.adapters.http.errors import error_middleware
 from gateway.adapters.http.feedback import feedback_routes
 from gateway.adapters.metadata import (
@@ -31,7 +32,6 @@ MIN_COMPRESSED_BYTES = 1024
 COMPRESS_RESPONSES = web.AppKey("compress_responses", bool)
 MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
 ADMIN_ELSEWHERE = web.AppKey("admin_elsewhere", str)
-MAX_ADMIN_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _json(document: Any, status: int = 200) -> web.Response:
@@ -82,21 +82,7 @@ async def model_statistics(request: web.Request) -> web.Response:
 
 async def _json_body(request: web.Request, expected: str) -> dict[str, Any]:
     """The request's JSON object body ({} when empty); 400 naming what was expected."""
-    if request.content_length is not None and request.content_length > MAX_ADMIN_BODY_BYTES:
-        raise PayloadTooLargeError(
-            f"request body of {request.content_length} bytes exceeds the limit of "
-            f"{MAX_ADMIN_BODY_BYTES} bytes"
-        )
-    body = await request.read()
-    if not body.strip():
-        return {}
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidInputError(f"expected a JSON object like {expected}")
-    return document
+    return await json_object(request, expected, empty_ok=True)
 
 
 def _parameters(document: dict[str, Any], expected: str) -> dict[str, Any]:

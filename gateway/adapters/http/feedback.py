@@ -15,12 +15,12 @@ import orjson
 from aiohttp import web
 
 from gateway.adapters.feedback import accuracy_dict, result_dict
-from gateway.core.errors import InvalidInputError, PayloadTooLargeError
+from gateway.adapters.http.bodies import json_object
+from gateway.core.errors import InvalidInputError
 from gateway.core.feedback import MAX_FEEDBACK_ITEMS, Feedback, Outcome
 from gateway.core.prediction import parse_label
 from gateway.core.service import InferenceService
 
-MAX_FEEDBACK_BODY_BYTES = 16 * 1024 * 1024
 SINGLE = '{"id": "<request id>", "label": 3}'
 BATCH = '{"feedback": [{"id": "<request id>", "label": 3}, ...]}'
 
@@ -30,19 +30,7 @@ def _response(document: Any) -> web.Response:
 
 
 async def _document(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_FEEDBACK_BODY_BYTES:
-        raise PayloadTooLargeError(
-            f"request body of {request.content_length} bytes exceeds the limit of "
-            f"{MAX_FEEDBACK_BODY_BYTES} bytes"
-        )
-    body = await request.read()
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidInputError(f"expected a JSON object like {SINGLE} or {BATCH}")
-    return document
+    return await json_object(request, f"{SINGLE} or {BATCH}", empty_ok=False)
 
 
 def _item(raw: object, where: str) -> Feedback:
