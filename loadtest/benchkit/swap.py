@@ -1,5 +1,9 @@
 """The hot-swap run: a closed loop on one model, phase by phase, while another model is reloaded
-over and over through the admin API during the swap phases."""
+over and over through the admin API during the swap phases.
+
+The phase runner (`measured_phases`: windows of equal length with the server's CPU, memory and
+threads at their bounds, and an action per phase) and the closed-loop `worker` are shared with
+other A/B runs (shadow_bench.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +30,10 @@ NO_SWAPS = (401, 403, 404, 405, 501)
 phases go on without swaps."""
 
 
-def phase_kinds(rounds: int) -> list[str]:
-    """`2 * rounds` phases, steady and swap alike often, in ABBA order."""
-    return [PHASE_PATTERN[i % len(PHASE_PATTERN)] for i in range(2 * rounds)]
+def phase_kinds(rounds: int, pattern: Sequence[str] = PHASE_PATTERN) -> list[str]:
+    """`2 * rounds` phases, both kinds alike often, in ABBA order (steady and swap unless
+    `pattern` names two others)."""
+    return [pattern[i % len(pattern)] for i in range(2 * rounds)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,33 +158,62 @@ class Swapper:
         }
 
 
+PhaseStep = Callable[[str], Awaitable[None]]
+"""Done for a kind of phase before its window opens."""
+PhaseDone = Callable[[dict[str, Any]], Awaitable[None]]
+"""Done with a phase's record after its window closed (it may add figures to it)."""
+PhaseAction = Callable[[str, float], Awaitable[dict[str, Any]]]
+"""Done inside the window of a kind of phase, which ends at the given perf_counter time; the
+figures it returns go into the phase's record."""
+
+
+async def measured_phases(
+    server_pid: int,
+    phase_s: float,
+    kinds: Sequence[str],
+    action: PhaseAction,
+    before: PhaseStep | None = None,
+    after: PhaseDone | None = None,
+) -> list[dict[str, Any]]:
+    """One window of `phase_s` per kind, back to back, each running `action`, with the server's
+    CPU, memory and threads at its bounds; `before` and `after` run outside the windows."""
+    phases = []
+    for kind in kinds:
+        if before is not None:
+            await before(kind)
+        sample_before, status_before = CpuSample.take(server_pid), process_status(server_pid)
+        end = sample_before.wall + phase_s
+        done = await action(kind, end)
+        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        sample_after, status_after = CpuSample.take(server_pid), process_status(server_pid)
+        figures = cpu_figures(sample_before, sample_after)
+        figures["client_cpu_pct"] = figures.pop("own_cpu_pct")
+        phase = {
+            "kind": kind,
+            "start": sample_before.wall,
+            "end": sample_after.wall,
+            **done,
+            **figures,
+            "server_before": status_before,
+            "server_after": status_after,
+        }
+        phases.append(phase)
+        if after is not None:
+            await after(phase)
+    return phases
+
+
 async def run_phases(job: SwapJob, swapper: Swapper) -> list[dict[str, Any]]:
     """Warm-up, then each phase with the server's CPU, memory and threads at its bounds."""
-    pid = job.load.server_pid
     await asyncio.sleep(job.load.warmup_s)
-    phases = []
-    for kind in phase_kinds(job.rounds):
-        before, status_before = CpuSample.take(pid), process_status(pid)
-        end = before.wall + job.phase_s
+
+    async def swaps(kind: str, end: float) -> dict[str, Any]:
         swaps_before = len(swapper.swaps)
         if kind == SWAP:
             await swapper.swap_until(end)
-        await asyncio.sleep(max(0.0, end - time.perf_counter()))
-        after, status_after = CpuSample.take(pid), process_status(pid)
-        figures = cpu_figures(before, after)
-        figures["client_cpu_pct"] = figures.pop("own_cpu_pct")
-        phases.append(
-            {
-                "kind": kind,
-                "start": before.wall,
-                "end": after.wall,
-                "swaps": len(swapper.swaps) - swaps_before,
-                **figures,
-                "server_before": status_before,
-                "server_after": status_after,
-            }
-        )
-    return phases
+        return {"swaps": len(swapper.swaps) - swaps_before}
+
+    return await measured_phases(job.load.server_pid, job.phase_s, phase_kinds(job.rounds), swaps)
 
 
 async def run_swap(job: SwapJob) -> dict[str, Any]:

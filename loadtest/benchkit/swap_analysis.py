@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,11 @@ def _with_steal(windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**w, "other_and_steal_pct": w["other_cpu_pct"] + w["steal_pct"]} for w in windows]
 
 
-def summarise(windows: list[dict[str, Any]], arrays: Arrays) -> dict[str, Any]:
-    """Latency, errors and CPU over a set of windows, as one measurement."""
+def summarise(
+    windows: list[dict[str, Any]], arrays: Arrays, counted: Sequence[str] = ("swaps",)
+) -> dict[str, Any]:
+    """Latency, errors and CPU over a set of windows, as one measurement; the windows'
+    `counted` figures (the swaps done in them) are summed."""
     windows = _with_steal(windows)
     mask = in_windows(arrays["done"], windows)
     good = mask & arrays["ok"]
@@ -57,7 +61,7 @@ def summarise(windows: list[dict[str, Any]], arrays: Arrays) -> dict[str, Any]:
         "requests_per_s": requests / seconds if seconds else None,
         "latency_ms": latency_ms(arrays["latency"][good].tolist()),
         "errors": int((mask & ~arrays["ok"]).sum()),
-        "swaps": sum(w["swaps"] for w in windows),
+        **{key: sum(w[key] for w in windows) for key in counted},
         "server_cpu_s": server_cpu_s,
         "server_cpu_pct": 100 * server_cpu_s / seconds if seconds else None,
         "server_cpu_us_per_request": 1e6 * server_cpu_s / requests if requests else None,

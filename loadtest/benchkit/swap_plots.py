@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +49,24 @@ def _binned(done: Any, latency_ms: Any, start: float, end: float) -> tuple[list[
     return centres, p50, p99
 
 
-def timeline_plot(results: dict[str, Any], arrays: Arrays, path: Path) -> None:
-    """Every request's latency against when it was answered; swap phases and calls shaded."""
+def timeline_plot(
+    results: dict[str, Any],
+    arrays: Arrays,
+    path: Path,
+    shaded: str = SWAP,
+    title: str | None = None,
+) -> None:
+    """Every request's latency against when it was answered; the `shaded` phases (and swap
+    calls, if any) shaded."""
     plt = _pyplot()
     phases = results["phases"]
     done, ok = arrays["done"], arrays["ok"]
     latency_ms = arrays["latency"] * 1e3
     figure, axis = plt.subplots(figsize=(13, 5.5))
     for phase in phases:
-        if phase["kind"] == SWAP:
+        if phase["kind"] == shaded:
             axis.axvspan(phase["start"], phase["end"], color="tab:orange", alpha=0.12, lw=0)
-    for i, swap in enumerate(results["swaps"]):
+    for i, swap in enumerate(results.get("swaps", [])):
         axis.axvspan(
             swap["start"],
             swap["end"],
@@ -67,7 +75,7 @@ def timeline_plot(results: dict[str, Any], arrays: Arrays, path: Path) -> None:
             lw=0,
             label="a swap call (reload of the other model)" if i == 0 else None,
         )
-    for i, swap in enumerate(s for s in results["swaps"] if s["ok"]):
+    for i, swap in enumerate(s for s in results.get("swaps", []) if s["ok"]):
         axis.axvline(
             swap["end"],
             color="tab:brown",
@@ -105,12 +113,13 @@ def timeline_plot(results: dict[str, Any], arrays: Arrays, path: Path) -> None:
     _plain_log(axis.yaxis)
     axis.set_xlabel("seconds since the warm-up started (answer time)")
     axis.set_ylabel("latency, ms (log)")
-    settings = results["settings"]
-    axis.set_title(
-        f"{settings['model']} ({settings['protocol']}, {settings['concurrency']} in flight) while "
-        f"{settings['swap_model']} is reloaded in the shaded phases",
-        pad=16,
-    )
+    if title is None:
+        settings = results["settings"]
+        title = (
+            f"{settings['model']} ({settings['protocol']}, {settings['concurrency']} in flight) "
+            f"while {settings['swap_model']} is reloaded in the shaded phases"
+        )
+    axis.set_title(title, pad=16)
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(fontsize=8, loc="upper left", markerscale=4)
     figure.tight_layout()
@@ -118,12 +127,18 @@ def timeline_plot(results: dict[str, Any], arrays: Arrays, path: Path) -> None:
     plt.close(figure)
 
 
-def cdf_plot(results: dict[str, Any], arrays: Arrays, path: Path) -> None:
+def cdf_plot(
+    results: dict[str, Any],
+    arrays: Arrays,
+    path: Path,
+    kinds: Sequence[str] = (STEADY, SWAP),
+    colors: Mapping[str, str] = COLORS,
+) -> None:
     """Latency CDF of each kind of phase, and the tail (share slower than x) on a log scale."""
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     latency_ms = arrays["latency"] * 1e3
-    for kind in (STEADY, SWAP):
+    for kind in kinds:
         windows = [p for p in results["phases"] if p["kind"] == kind]
         chosen = np.sort(latency_ms[in_windows(arrays["done"], windows) & arrays["ok"]])
         if not chosen.size:
@@ -131,8 +146,8 @@ def cdf_plot(results: dict[str, Any], arrays: Arrays, path: Path) -> None:
         share = np.arange(1, chosen.size + 1) / chosen.size
         p99 = results["summary"][kind]["latency_ms"]["p99"]
         label = f"{kind} ({chosen.size:,} requests, p99 {p99:.2f} ms)"
-        left.plot(chosen, share, color=COLORS[kind], lw=1.6, label=label)
-        right.plot(chosen, 1 - share + 1 / chosen.size, color=COLORS[kind], lw=1.6, label=label)
+        left.plot(chosen, share, color=colors[kind], lw=1.6, label=label)
+        right.plot(chosen, 1 - share + 1 / chosen.size, color=colors[kind], lw=1.6, label=label)
     for axis in (left, right):
         axis.set_xscale("log")
         _plain_log(axis.xaxis)

@@ -162,6 +162,14 @@ def errors_section(results: dict[str, Any]) -> list[str]:
     return [f"- {e['done']:.3f} s: `{e['error']}`" for e in samples[:10]]
 
 
+def gateway_log_section(results: dict[str, Any]) -> list[str]:
+    log = results["gateway_log"]
+    return [
+        f"{log['warnings']} lines at WARNING or above" + (":" if log["samples"] else "."),
+        *[f"    {line}" for line in log["samples"]],
+    ]
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     settings, meta = results["settings"], results["meta"]
     lines = [
@@ -194,9 +202,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         "## Gateway log",
         "",
-        f"{results['gateway_log']['warnings']} lines at WARNING or above"
-        + (":" if results["gateway_log"]["samples"] else "."),
-        *[f"    {line}" for line in results["gateway_log"]["samples"]],
+        *gateway_log_section(results),
     ]
     if results.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]]
