@@ -45,17 +45,21 @@ import numpy as np
 from benchkit.clients import LoadJob
 from benchkit.gateway import model_path, model_signature
 from benchkit.measure import log, wait_for_quiet
+from benchkit.options import add_run_options
 from benchkit.processes import ROOT, RunningServer, get_json, git_revision
 from benchkit.shadow import ARRIVALS, ShadowJob, run
 from benchkit.shadow_analysis import analyse, exit_status, shadow_arrays
 from benchkit.shadow_plots import draw
 from benchkit.shadow_report import markdown_report
-from swap_bench import DEV_PYTHON, PROTOCOL_NAMES, gateway, gateway_command, gateway_log, pin_self
+from swap_bench import PROTOCOL_NAMES, gateway, gateway_command, gateway_log, pin_self
 
 PRIMARY, SHADOW_VERSION = "1", "2"
 VERSION_POLICY = "version_policy { all { } }"
 COLUMNS = ("start", "sent", "done", "ok", "refused")
 """The per-request columns kept in requests.npz (the overload's with an `overload_` prefix)."""
+
+
+WAIT_QUIET_HELP = "wait up to S seconds for the machine to be quiet before starting"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -113,29 +117,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add("--overload-duration", type=float, default=10.0, help="seconds of overload, ramp included")
     add("--overload-ramp", type=float, default=2.0, help="seconds to start every worker")
     add("--sample-interval", type=float, default=0.2, help="seconds between traffic GETs")
-    add("--request-timeout", type=float, default=10.0, help="seconds before a request fails")
-    add("--startup-timeout", type=float, default=120.0, help="seconds for the gateway to start")
-    add("--seed", type=int, default=0, help="seed of the random input rows and arrivals")
-    add("--grpc-channels", type=int, default=1, help="gRPC channels the requests share")
-    add("--server-core", type=int, default=0, help="core for the gateway")
-    add("--client-core", type=int, default=1, help="core for the load generator")
-    add(
-        "--server-python",
-        type=Path,
-        default=DEV_PYTHON if DEV_PYTHON.exists() else None,
-        help="interpreter that runs `-m gateway serve` (default: .venv's, else this one)",
+    add_run_options(
+        add,
+        client_core="the load generator",
+        server_python="interpreter that runs `-m gateway serve` (default: .venv's, else this one)",
+        wait_quiet=WAIT_QUIET_HELP,
+        seed="seed of the random input rows and arrivals",
     )
     add(
         "--admin-token",
         default="",
         help="admin token: given to the gateway (GATEWAY_ADMIN_TOKEN) and sent with each PUT",
-    )
-    add(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="wait up to S seconds for the machine to be quiet before starting",
     )
     add(
         "--gateway-arg",

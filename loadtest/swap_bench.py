@@ -37,6 +37,7 @@ import numpy as np
 from benchkit.clients import LoadJob
 from benchkit.gateway import READY_LINE, model_path, model_signature
 from benchkit.measure import log, wait_for_quiet
+from benchkit.options import add_run_options
 from benchkit.processes import (
     ROOT,
     RunningServer,
@@ -57,7 +58,6 @@ PROTOCOL_NAMES = {
     "http-json": "http-json",
 }
 """`--protocol` choices and the load generator's client for each (`http`: binary tensors)."""
-DEV_PYTHON = ROOT / ".venv" / "bin" / "python"
 SWAP_BODY: dict[str, Any] = {"parameters": {"reload": True}}
 """Re-read and swap every version of the model even when unchanged on disk."""
 WARNING_LINE = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
@@ -101,30 +101,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="seconds at the end of a swap phase with no swap running, counted in the phase "
         "(what follows a reload belongs to it) (default: %(default)s)",
     )
-    add("--request-timeout", type=float, default=10.0, help="seconds before a request fails")
     add("--swap-timeout", type=float, default=120.0, help="seconds before a swap call fails")
-    add("--startup-timeout", type=float, default=120.0, help="seconds for the gateway to start")
-    add("--seed", type=int, default=0, help="seed of the random input rows")
-    add("--grpc-channels", type=int, default=1, help="gRPC channels the workers share")
-    add("--server-core", type=int, default=0, help="core for the gateway")
-    add("--client-core", type=int, default=1, help="core for the load generator and swapper")
-    add(
-        "--server-python",
-        type=Path,
-        default=DEV_PYTHON if DEV_PYTHON.exists() else None,
-        help="interpreter that runs `-m gateway serve` (default: .venv's, else this one)",
+    add_run_options(
+        add,
+        client_core="the load generator and swapper",
+        server_python="interpreter that runs `-m gateway serve` (default: .venv's, else this one)",
+        wait_quiet="wait up to S seconds for the machine to be quiet before starting",
     )
     add(
         "--admin-token",
         default="",
         help="admin token: given to the gateway (GATEWAY_ADMIN_TOKEN) and sent with each swap",
-    )
-    add(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="wait up to S seconds for the machine to be quiet before starting",
     )
     add(
         "--gateway-arg",

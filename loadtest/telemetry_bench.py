@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.measure import QUIET_SAMPLE_S, log, wait_for_quiet
-from benchkit.processes import ROOT, git_revision
+from benchkit.options import add_run_options
+from benchkit.processes import git_revision
 from benchkit.telemetry import (
     configs,
     extract_source,
@@ -49,7 +50,6 @@ from benchkit.telemetry import (
 )
 from benchkit.telemetry_report import analyse, draw, markdown_report
 
-DEV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PROTOCOLS = ("grpc", "http-binary", "http-json")
 WARNING_LINE = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
 
@@ -99,17 +99,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=["a", "b", "c", "d"],
         help="configurations to run (default: all four)",
     )
-    add("--request-timeout", type=float, default=10.0, help="seconds before a request fails")
-    add("--startup-timeout", type=float, default=120.0, help="seconds for a gateway to start")
-    add("--seed", type=int, default=0, help="seed of the random input rows")
-    add("--grpc-channels", type=int, default=1, help="gRPC channels the workers share")
-    add("--server-core", type=int, default=0, help="core for the gateway")
-    add("--client-core", type=int, default=1, help="core for the load generator and the sink")
-    add(
-        "--server-python",
-        type=Path,
-        default=DEV_PYTHON if DEV_PYTHON.exists() else None,
-        help="interpreter of `-m gateway serve` and of the sink (default: .venv's, else this)",
+    add_run_options(
+        add,
+        client_core="the load generator and the sink",
+        server_python="interpreter of `-m gateway serve` and of the sink (default: .venv's, else "
+        "this)",
+        wait_quiet="wait up to S s for the machine to be quiet before each gateway and each retry",
     )
     add(
         "--gateway-rev",
@@ -117,13 +112,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="REV",
         help="serve the gateway package as committed at REV (git archive into the results "
         "folder; the server runs there) instead of the working tree, e.g. HEAD",
-    )
-    add(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="wait up to S s for the machine to be quiet before each gateway and each retry",
     )
     add(
         "--retry-noisy",
