@@ -67,7 +67,8 @@ class ShadowDispatcher:
         self._max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
         self.pairs: dict[PairKey, PairStatistics] = {}
-        self._rules: dict[int, PredictionRule | None] = {}
+        self._rules: dict[tuple[str, int, str], PredictionRule | None] = {}
+        """By (model, version, fingerprint): a reload with other files or config re-reads it."""
         self._logged_minute = 0
         self._logged = 0
 
@@ -192,7 +193,7 @@ class ShadowDispatcher:
         loaded = version.loaded
         if loaded is None:
             return None
-        key = id(loaded)
+        key = (version.name, version.version, version.fingerprint)
         if key not in self._rules:
             try:
                 self._rules[key] = prediction_rule(loaded.signature, loaded.policy.parameters)
