@@ -12,6 +12,7 @@ so a restart resumes a running rollout (its current step starts its window again
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -75,6 +76,8 @@ class RolloutController:
         self._active: dict[str, Rollout] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._saving: set[asyncio.Task[None]] = set()
+        self._aborting: dict[str, Rollout] = {}
+        """Rollouts aborted by an unload whose saved state is still being written."""
         self.outcomes: Counter[tuple[str, str]] = Counter()
         """(model, promoted | rolled_back | aborted) -> rollouts that ended so."""
 
@@ -160,7 +163,8 @@ class RolloutController:
             plan.from_version,
             list(plan.steps),
         )
-        self._launch(rollout, begin=False)
+        if self._active.get(name) is rollout and rollout.state in ACTIVE:  # not unloaded
+            self._launch(rollout, begin=False)  # meanwhile
         return rollout.document()
 
     async def abort(self, name: str, reason: str = "aborted on request") -> dict[str, Any]:
@@ -184,6 +188,15 @@ class RolloutController:
         """At a model's first load: its persisted rollout, resumed if it was running."""
         document = documents.get("rollout")
         if not isinstance(document, dict) or name in self._active:
+            return
+        ended = self._aborting.get(name) or self._rollouts.get(name)
+        if ended is not None and ended.state not in ACTIVE:
+            # This process ended it (an unload a moment ago): what the load read from disk may
+            # be older than that, so it must not resume, nor its step's traffic come back.
+            if document.get("state") in ACTIVE:
+                serving = ended.plan.to if ended.state == PROMOTED else ended.plan.from_version
+                with contextlib.suppress(GatewayError):
+                    self._registry.set_traffic(name, self._fallback_policy(ended, serving))
             return
         try:
             rollout = Rollout.from_document(name, document)
@@ -224,7 +237,14 @@ class RolloutController:
         fallback = self._fallback_policy(rollout, rollout.plan.from_version).document()
         saving = asyncio.create_task(self._save_unloaded(rollout, fallback))
         self._saving.add(saving)
-        saving.add_done_callback(self._saving.discard)
+        self._aborting[name] = rollout
+
+        def saved(done: asyncio.Task[None]) -> None:
+            self._saving.discard(done)
+            if self._aborting.get(name) is rollout:
+                del self._aborting[name]
+
+        saving.add_done_callback(saved)
 
     async def _save_unloaded(self, rollout: Rollout, traffic: dict[str, Any]) -> None:
         await self._lifecycle.save_document(rollout.model, "traffic", traffic)
@@ -236,10 +256,11 @@ class RolloutController:
         for name, rollout in list(self._active.items()):
             async with rollout.lock:
                 await self._stop_task(name)
-        tasks = list(self._tasks.values()) + list(self._saving)
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*list(self._saving), return_exceptions=True)  # finish, not cancel
         self._tasks.clear()
 
     # -- the task of one rollout ----------------------------------------------------------
@@ -288,6 +309,8 @@ class RolloutController:
                 await self._begin_step(rollout, "resumed after a restart, its window anew")
         while True:
             await self._wait_for_evidence(rollout)
+            if rollout.state not in ACTIVE or self._active.get(rollout.model) is not rollout:
+                return  # aborted or unloaded meanwhile
             async with rollout.lock:
                 results = rollout.evaluation = self._evaluate(rollout)
                 failed = [result for result in results if result.verdict == FAIL]
@@ -396,9 +419,13 @@ class RolloutController:
         )
 
     async def _finish(self, rollout: Rollout, state: str, reason: str, serving: int) -> None:
-        """End the rollout: `serving` takes all the routed traffic, shadows removed."""
+        """End the rollout: `serving` takes all the routed traffic, shadows removed. Shielded:
+        once begun, the transition completes (weights set, state saved) even if the caller
+        is cancelled, so a rollout is never left half ended."""
+        await asyncio.shield(self._end(rollout, state, reason, serving))
+
+    async def _end(self, rollout: Rollout, state: str, reason: str, serving: int) -> None:
         name = rollout.model
-        self._active.pop(name, None)
         try:
             await self._lifecycle.set_traffic(name, self._fallback_policy(rollout, serving))
         except GatewayError as exc:
@@ -410,6 +437,8 @@ class RolloutController:
         log = logger.info if state == PROMOTED else logger.warning
         log("model %s: rollout of version %d %s", name, rollout.plan.to, reason)
         await self._persist(rollout)
+        if self._active.get(name) is rollout:
+            del self._active[name]
 
     def _policy(self, rollout: Rollout) -> TrafficPolicy:
         """The weights of the current step; below 100% the candidate also shadows the stable

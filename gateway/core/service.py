@@ -324,7 +324,7 @@ class InferenceService:
                 trace,
             )
             outputs = _build_outputs(target, output_names, arrays)
-            if answer is not None:
+            if answer is not None and not answer.done():
                 answer.set_result(outputs)
             if request.id or "label" in request.parameters:  # ground truth, by request id
                 self.feedback.record(loaded, request.id, outputs, request.parameters.get("label"))

@@ -97,12 +97,19 @@ class ShadowDispatcher:
         if busy or len(self._tasks) >= self._max_in_flight or shadow.shadow_batcher is None:
             statistics.dropped += 1
             return
-        shadow.acquire()  # released when the copy is done: an unload waits for it
-        task = asyncio.create_task(
+        shadow.acquire()  # an unload waits for the copy; released when its task is done, even
+        task = asyncio.create_task(  # a task cancelled before it ever ran
             self._run(request, primary, shadow, primary_answer, tolerance, protocol, statistics)
         )
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            shadow.release()
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.error("shadow copy failed", exc_info=finished.exception())
+
+        task.add_done_callback(done)
 
     async def _run(
         self,
@@ -135,7 +142,6 @@ class ShadowDispatcher:
             code = "cancelled"
             raise
         finally:
-            shadow.release()
             self._telemetry.request_finished(
                 RequestEvent(
                     request.model_name,
@@ -158,7 +164,7 @@ class ShadowDispatcher:
             else:
                 statistics.error += 1
             return
-        answer = await primary_answer
+        answer = await asyncio.shield(primary_answer)  # shared: a cancelled copy leaves it be
         if answer is None:  # the primary failed: nothing to compare with
             return
         self._compare(request, primary, shadow, answer, outputs, tolerance, statistics)

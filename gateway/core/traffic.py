@@ -64,9 +64,9 @@ class TrafficPolicy:
         return min(self.weights, key=lambda v: (-self.weights[v], v))
 
     def versions(self) -> set[int]:
-        """Every version the policy sends requests or copies to."""
-        named = {v for v, w in self.weights.items() if w > 0}
-        return named | {s.version for s in self.shadows if s.percent > 0}
+        """Every version the policy names: they must be READY and stay loaded, weight 0
+        included (a rollout's last step still needs its stable version to roll back to)."""
+        return set(self.weights) | {s.version for s in self.shadows}
 
     def route(self, key: str | None) -> int:
         point = _point(key, b"")

@@ -1,0 +1,99 @@
+"""A rollout meeting unloads, aborts that are cancelled, and the last step's stable version:
+the controller, lifecycle and registry of a real repository, driven directly on one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.core.feedback import FeedbackStore
+from gateway.core.lifecycle import ModelLifecycle
+from gateway.core.registry import ModelRegistry, VersionState
+from gateway.core.rollout import RolloutController
+from gateway.core.shadow import ShadowDispatcher
+from gateway.core.telemetry import Telemetry
+from gateway.runtime.repository import FileRepository
+from tests.support.models import plus_constant, write_config
+
+
+@dataclass
+class Parts:
+    root: Path
+    registry: ModelRegistry
+    lifecycle: ModelLifecycle
+    rollouts: RolloutController
+
+    def saved(self, kind: str) -> dict[str, object]:
+        document: dict[str, object] = json.loads((self.root / "m" / f"{kind}.json").read_text())
+        return document
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
+    for version in (1, 2):
+        plus_constant(tmp_path / "m" / str(version) / "model.onnx", float(version))
+    write_config(tmp_path / "m", "max_batch_size: 8\nversion_policy { all { } }\n")
+    pool = ThreadPoolExecutor(2)
+    telemetry = Telemetry()
+    registry = ModelRegistry(pool, telemetry=telemetry)
+    source = FileRepository(
+        tmp_path, default_max_batch_size=8, default_intra_op_threads=1, default_concurrency=1
+    )
+    lifecycle = ModelLifecycle(registry, source, pool)
+    rollouts = RolloutController(
+        lifecycle, ShadowDispatcher(telemetry), FeedbackStore(), telemetry=telemetry
+    )
+    lifecycle.add_listener(rollouts)
+    await lifecycle.load("m")
+    yield Parts(tmp_path, registry, lifecycle, rollouts)
+    await rollouts.close()
+    await lifecycle.close()
+    pool.shutdown(wait=True)
+
+
+PLAN = {"to": "2", "from": "1", "steps": [50, 100], "step_interval_s": 3600}
+
+
+async def test_an_unload_then_a_load_at_once_does_not_bring_the_rollout_back(
+    parts: Parts,
+) -> None:
+    await parts.rollouts.start("m", dict(PLAN))
+    await parts.lifecycle.unload("m")
+    await parts.lifecycle.load("m")  # before the aborted state reached the disk
+    assert parts.rollouts.active("m") is None
+    assert parts.rollouts.status("m")["state"] == "aborted"
+    traffic = parts.registry.get_model("m").traffic
+    assert traffic is not None and dict(traffic.weights) == {1: 100}
+    await asyncio.sleep(0.2)
+    assert parts.saved("rollout")["state"] == "aborted"
+
+
+async def test_a_cancelled_abort_still_ends_the_rollout(parts: Parts) -> None:
+    await parts.rollouts.start("m", dict(PLAN))
+    async with parts.lifecycle._lock("m"):  # a model load under way: the abort must wait
+        abort = asyncio.create_task(parts.rollouts.abort("m"))
+        await asyncio.sleep(0.05)
+        abort.cancel()  # e.g. the caller's gRPC deadline
+        await asyncio.gather(abort, return_exceptions=True)
+    await asyncio.sleep(0.2)
+    assert parts.rollouts.status("m")["state"] == "aborted"
+    traffic = parts.registry.get_model("m").traffic
+    assert traffic is not None and dict(traffic.weights) == {1: 100} and not traffic.shadows
+    assert parts.saved("rollout")["state"] == "aborted"
+
+
+async def test_the_stable_version_stays_loaded_at_the_last_step(parts: Parts) -> None:
+    write_config(parts.root / "m", "max_batch_size: 8\n")  # the version policy: latest 1 only
+    await parts.rollouts.start("m", {**PLAN, "steps": [100]})
+    result = await parts.lifecycle.load("m")
+    assert result.unloaded == ()  # weight 0 at the last step, but named: kept to roll back to
+    assert parts.registry.get_model("m").versions[1].state is VersionState.READY
+    await parts.rollouts.abort("m")
+    traffic = parts.registry.get_model("m").traffic
+    assert traffic is not None and dict(traffic.weights) == {1: 100}
