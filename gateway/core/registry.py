@@ -273,17 +273,16 @@ class ModelRegistry:
                     )
         entry.traffic = policy
 
-    def route(self, name: str, key: str | None) -> tuple[ModelVersion, str]:
-        """The version a request without a version goes to, and its role (primary or canary):
-        by the traffic policy, else the latest READY version."""
-        entry = self.get_model(name)
+    def route(self, entry: ModelEntry, key: str | None) -> tuple[ModelVersion, str]:
+        """The version of `entry` a request without a version goes to, and its role (primary
+        or canary): by the traffic policy, else the latest READY version."""
         policy = entry.traffic
         if policy is not None:
             number = policy.route(key)
             found = entry.versions.get(number)
             if found is not None and found.ready:
                 return found, "primary" if number == policy.primary else "canary"
-        return self.resolve(name, ""), "primary"
+        return self.resolve(entry.name, ""), "primary"
 
     # -- requests -----------------------------------------------------------------------
     def resolve(self, name: str, version: str) -> ModelVersion:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway.core.errors import InvalidInputError
+from gateway.core.validation import bounded_number, version_number
 
 DEFAULT_STEPS = (1, 5, 25, 50, 100)
 LATENCY_SAMPLES = 10_000
@@ -236,21 +237,6 @@ GATE_LIMITS: dict[str, tuple[float, float]] = {
 }
 
 
-def version_number(value: object, where: str) -> int:
-    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(text, str) or not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise InvalidInputError(f"{where} must be a version number, got {value!r:.40}")
-    return int(text)
-
-
-def _number(value: object, where: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidInputError(f"{where} must be a number, got {value!r:.40}")
-    if not low <= value <= high:
-        raise InvalidInputError(f"{where} must be between {low:g} and {high:g}, got {value}")
-    return float(value)
-
-
 def _whole(value: object, where: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInputError(
@@ -301,14 +287,18 @@ def parse_plan(document: object, default_from: Callable[[int], int | None]) -> R
         steps = tuple(given)
     options: dict[str, Any] = {}
     if "step_interval_s" in document:
-        interval = _number(document["step_interval_s"], '"step_interval_s"', 0.0, MAX_INTERVAL_S)
+        interval = bounded_number(
+            document["step_interval_s"], '"step_interval_s"', 0.0, MAX_INTERVAL_S
+        )
         if interval <= 0:
             raise InvalidInputError('"step_interval_s" must be a positive number of seconds')
         options["step_interval_s"] = interval
     if "min_requests" in document:
         options["min_requests"] = _whole(document["min_requests"], '"min_requests"', 0, 10**9)
     if "shadow_percent" in document:
-        options["shadow_percent"] = _number(document["shadow_percent"], '"shadow_percent"', 0, 100)
+        options["shadow_percent"] = bounded_number(
+            document["shadow_percent"], '"shadow_percent"', 0, 100
+        )
     gates = parse_gates(document.get("gates", {}) or {})
     return RolloutPlan(to, from_version, steps, gates=gates, **options)
 
@@ -328,5 +318,5 @@ def parse_gates(document: object) -> Gates:
             if key == "min_feedback":
                 values[key] = _whole(document[key], where, int(low), int(high))
             else:
-                values[key] = _number(document[key], where, low, high)
+                values[key] = bounded_number(document[key], where, low, high)
     return Gates(**values)

@@ -21,7 +21,7 @@ from gateway.core.errors import (
 from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadResult, ModelLifecycle
 from gateway.core.model import LoadedVersion
-from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
+from gateway.core.registry import ModelEntry, ModelRegistry, ModelVersion, VersionState
 from gateway.core.rollout import RolloutController
 from gateway.core.shadow import PairStatistics, ShadowDispatcher
 from gateway.core.statistics import VersionStatistics
@@ -284,16 +284,17 @@ class InferenceService:
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         if not self._accepting:
             raise UnavailableError("the server is shutting down")
-        policy = None
+        entry, policy, key = None, None, None
         if request.model_version:  # a pinned version or label bypasses the traffic policy
             target, role = (
                 self.registry.resolve(request.model_name, request.model_version),
                 "primary",
             )
         else:
-            policy = self.registry.get_model(request.model_name).traffic
+            entry = self.registry.get_model(request.model_name)
+            policy = entry.traffic
             key = _routing_key(request, ctx, policy)
-            target, role = self.registry.route(request.model_name, key)
+            target, role = self.registry.route(entry, key)
         loaded, batcher = target.loaded, target.batcher
         assert loaded is not None and batcher is not None
         started_ns = time.perf_counter_ns()
@@ -313,8 +314,8 @@ class InferenceService:
         try:
             feeds, output_names, batch_size = validate_request(request, loaded.signature)
             rows = max(batch_size, 1)
-            if policy is not None and policy.shadows:
-                answer = self._start_shadows(request, ctx, policy, target)
+            if policy is not None and policy.shadows and entry is not None:
+                answer = self._start_shadows(request, ctx.protocol, entry, policy, target, key)
             arrays = await batcher.infer(
                 feeds,
                 output_names,
@@ -366,25 +367,25 @@ class InferenceService:
     def _start_shadows(
         self,
         request: InferRequest,
-        ctx: RequestContext,
+        protocol: str,
+        entry: ModelEntry,
         policy: TrafficPolicy,
         primary: ModelVersion,
+        key: str | None,
     ) -> asyncio.Future[Sequence[Tensor] | None] | None:
-        """Copy the request to the policy's shadows that take it; the future is the primary's
-        answer they compare with (None when the primary failed)."""
-        chosen = policy.shadows_for(_routing_key(request, ctx, policy))
+        """Copy the request to the policy's shadows that take it (chosen by the request's
+        routing key); the future is the primary's answer they compare with (None when the
+        primary failed)."""
+        chosen = policy.shadows_for(key)
         if not chosen:
             return None
-        entry = self.registry.get_model(request.model_name)
         answer: asyncio.Future[Sequence[Tensor] | None] = asyncio.get_running_loop().create_future()
         for number in chosen:
             shadow = entry.versions.get(number)
             # A version that also takes routed traffic (a rollout's candidate) shadows the
             # requests routed to the other versions only.
             if shadow is not None and shadow.ready and shadow is not primary:
-                self.shadows.submit(
-                    request, primary, shadow, answer, policy.tolerance, ctx.protocol
-                )
+                self.shadows.submit(request, primary, shadow, answer, policy.tolerance, protocol)
         return answer
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.errors import InvalidInputError
+from gateway.core.validation import bounded_number, version_number
 
 STICKY_KEY = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
 """HTTP header or gRPC metadata key names (lower case, as gRPC requires)."""
@@ -48,6 +49,8 @@ class TrafficPolicy:
     shadows: tuple[Shadow, ...] = ()
     tolerance: Tolerance = Tolerance()
     _edges: tuple[tuple[float, int], ...] = field(init=False, repr=False, compare=False)
+    primary: int = field(init=False, repr=False, compare=False)
+    """The version with the largest weight (the lowest number on a tie)."""
 
     def __post_init__(self) -> None:
         total = sum(self.weights.values())
@@ -57,11 +60,8 @@ class TrafficPolicy:
                 running += weight
                 edges.append((running / total, version))
         object.__setattr__(self, "_edges", tuple(edges))
-
-    @property
-    def primary(self) -> int:
-        """The version with the largest weight (the lowest number on a tie)."""
-        return min(self.weights, key=lambda v: (-self.weights[v], v))
+        primary = min(self.weights, key=lambda v: (-self.weights[v], v))
+        object.__setattr__(self, "primary", primary)
 
     def versions(self) -> set[int]:
         """Every version the policy names: they must be READY and stay loaded, weight 0
@@ -102,21 +102,6 @@ def _point(key: str | None, salt: bytes) -> float:
     return zlib.crc32(salt + key.encode("utf-8", "surrogatepass")) / _SCALE
 
 
-def _version_number(value: object, where: str) -> int:
-    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(text, str) or not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise InvalidInputError(f"{where} must be a version number, got {value!r:.40}")
-    return int(text)
-
-
-def _number(value: object, where: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInputError(f"{where} must be a number, got {value!r:.40}")
-    if not low <= value <= high:
-        raise InvalidInputError(f"{where} must be between {low:g} and {high:g}, got {value}")
-    return float(value)
-
-
 def parse_policy(document: object) -> TrafficPolicy:
     """The policy from its REST form; InvalidInputError naming the field that is wrong."""
     if not isinstance(document, dict):
@@ -136,7 +121,7 @@ def parse_policy(document: object) -> TrafficPolicy:
         raise InvalidInputError('"weights" must be an object of version to weight, like {"1": 90}')
     weights: dict[int, int] = {}
     for key, weight in weights_in.items():
-        version = _version_number(key, f'"weights" key {key!r:.40}')
+        version = version_number(key, f'"weights" key {key!r:.40}')
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 1_000_000:
             raise InvalidInputError(
                 f'"weights"["{key}"] must be a whole number from 0 to 1000000, got {weight!r:.40}'
@@ -157,16 +142,16 @@ def parse_policy(document: object) -> TrafficPolicy:
         where = f'"shadows"[{index}]'
         if not isinstance(item, dict) or "version" not in item:
             raise InvalidInputError(f'{where} must be an object like {{"version": "3"}}')
-        version = _version_number(item["version"], f"{where}.version")
+        version = version_number(item["version"], f"{where}.version")
         if any(s.version == version for s in shadows):
             raise InvalidInputError(f"{where}: version {version} is listed twice")
-        percent = _number(item.get("percent", 100), f"{where}.percent", 0, 100)
+        percent = bounded_number(item.get("percent", 100), f"{where}.percent", 0, 100)
         shadows.append(Shadow(version, percent))
     tolerance_in = document.get("tolerance", {}) or {}
     if not isinstance(tolerance_in, dict):
         raise InvalidInputError('"tolerance" must be an object like {"atol": 1e-4, "rtol": 1e-3}')
     tolerance = Tolerance(
-        atol=_number(tolerance_in.get("atol", 1e-4), '"tolerance".atol', 0, 1e12),
-        rtol=_number(tolerance_in.get("rtol", 1e-3), '"tolerance".rtol', 0, 1e12),
+        atol=bounded_number(tolerance_in.get("atol", 1e-4), '"tolerance".atol', 0, 1e12),
+        rtol=bounded_number(tolerance_in.get("rtol", 1e-3), '"tolerance".rtol', 0, 1e12),
     )
     return TrafficPolicy(weights, sticky.lower(), tuple(shadows), tolerance)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -18,6 +19,23 @@ def is_valid_model_name(name: str) -> bool:
     """Model names never contain path separators or '..', so nothing outside the repository
     is ever read for a name taken from a request."""
     return bool(MODEL_NAME.fullmatch(name)) and ".." not in name
+
+
+def version_number(value: object, where: str) -> int:
+    """A version number as a client wrote it in JSON ("2" or 2); 400 naming `where` if not."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise InvalidInputError(f"{where} must be a version number, got {value!r:.40}")
+    return int(text)
+
+
+def bounded_number(value: object, where: str, low: float, high: float) -> float:
+    """A finite JSON number within [low, high]; 400 naming `where` if not."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInputError(f"{where} must be a number, got {value!r:.40}")
+    if not low <= value <= high:
+        raise InvalidInputError(f"{where} must be between {low:g} and {high:g}, got {value}")
+    return float(value)
 
 
 def check_model_name(name: str) -> None:
