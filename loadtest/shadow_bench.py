@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 from benchkit.clients import LoadJob
-from benchkit.gateway import model_path, model_signature
+from benchkit.gateway import load_document, model_path, model_signature
 from benchkit.measure import log, wait_for_quiet
 from benchkit.options import add_run_options
 from benchkit.processes import ROOT, RunningServer, get_json, git_revision
@@ -206,25 +206,14 @@ def check_versions(server: RunningServer, model: str) -> None:
 def shadow_job(args: argparse.Namespace, server: RunningServer) -> ShadowJob:
     check_versions(server, args.model)
     signature = model_signature(server, args.model, PRIMARY)
-    load = {
-        "target": "gateway",
-        "protocol": PROTOCOL_NAMES[args.protocol],
-        "host": server.host,
-        "http_port": server.http_port,
-        "grpc_port": server.grpc_port,
-        "model": args.model,
-        "model_version": "",  # routed by the traffic policy
-        "batched": signature["max_batch_size"] > 0,
-        "inputs": signature["inputs"],
-        "outputs": signature["outputs"],
-        "concurrency": args.max_in_flight,
-        "warmup_s": args.warmup,
-        "duration_s": args.duration,
-        "timeout_s": args.request_timeout,
-        "seed": args.seed,
-        "server_pid": server.pid,
-        "grpc_channels": args.grpc_channels,
-    }
+    load = load_document(
+        args,
+        server,
+        signature,
+        protocol=PROTOCOL_NAMES[args.protocol],
+        concurrency=args.max_in_flight,
+        model_version="",  # routed by the traffic policy
+    )
     return ShadowJob(
         load=LoadJob.from_json(load),
         traffic_url=server.url(traffic_path(args)),

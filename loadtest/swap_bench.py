@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from benchkit.clients import LoadJob
-from benchkit.gateway import READY_LINE, model_path, model_signature
+from benchkit.gateway import load_document, model_path, model_signature, running_gateway
 from benchkit.measure import log, wait_for_quiet
 from benchkit.options import add_run_options
 from benchkit.processes import (
@@ -43,8 +43,6 @@ from benchkit.processes import (
     RunningServer,
     get_json,
     git_revision,
-    started,
-    wait_until_ready,
 )
 from benchkit.swap import SwapJob, run
 from benchkit.swap_analysis import analyse, exit_status, request_arrays
@@ -169,16 +167,7 @@ def gateway(args: argparse.Namespace, log_file: Path) -> Iterator[RunningServer]
         os.environ["GATEWAY_ADMIN_TOKEN"] = args.admin_token  # inherited by the gateway only
     command = pinned(args.server_core, gateway_command(args))
     log(f"starting: {' '.join(command)}")
-    with started(command, log_file, READY_LINE, args.startup_timeout) as (process, match):
-        server = RunningServer(
-            name="the gateway",
-            process=process,
-            host=match["http_host"],
-            http_port=int(match["http"]),
-            grpc_port=int(match["grpc"]),
-            log_file=log_file,
-        )
-        wait_until_ready(server, args.startup_timeout)
+    with running_gateway(command, log_file, args.startup_timeout) as server:
         log(f"gateway ready: pid {server.pid}, HTTP {server.http_port}, gRPC {server.grpc_port}")
         yield server
 
@@ -189,25 +178,14 @@ def swap_job(args: argparse.Namespace, server: RunningServer) -> SwapJob:
         get_json(server, model_path(args.swap_model, ""))
     except urllib.error.HTTPError as exc:
         raise SystemExit(f"swap_bench: the gateway has no model {args.swap_model}: {exc}") from exc
-    load = {
-        "target": "gateway",
-        "protocol": PROTOCOL_NAMES[args.protocol],
-        "host": server.host,
-        "http_port": server.http_port,
-        "grpc_port": server.grpc_port,
-        "model": args.model,
-        "model_version": args.model_version,
-        "batched": signature["max_batch_size"] > 0,
-        "inputs": signature["inputs"],
-        "outputs": signature["outputs"],
-        "concurrency": args.concurrency,
-        "warmup_s": args.warmup,
-        "duration_s": args.duration,
-        "timeout_s": args.request_timeout,
-        "seed": args.seed,
-        "server_pid": server.pid,
-        "grpc_channels": args.grpc_channels,
-    }
+    load = load_document(
+        args,
+        server,
+        signature,
+        protocol=PROTOCOL_NAMES[args.protocol],
+        concurrency=args.concurrency,
+        model_version=args.model_version,
+    )
     return SwapJob(
         load=LoadJob.from_json(load),
         swap_url=server.url(swap_path(args)),

@@ -6,12 +6,12 @@ import argparse
 import contextlib
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .measure import log
-from .processes import RunningServer, get_json, started, wait_until_ready
+from .processes import ROOT, RunningServer, get_json, started, wait_until_ready
 
 READY_LINE = re.compile(r"HTTP on (?P<http_host>\S+):(?P<http>\d+), gRPC on \S+:(?P<grpc>\d+)")
 
@@ -25,6 +25,31 @@ def gateway_command(repository: Path, extra: Sequence[str]) -> list[str]:
 
 
 @contextlib.contextmanager
+def running_gateway(
+    command: Sequence[str],
+    log_file: Path,
+    startup_timeout_s: float,
+    *,
+    name: str = "the gateway",
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> Iterator[RunningServer]:
+    """Start `gateway serve` (`command`, pinned by the caller), read its ports from its log,
+    wait until it is ready; stopped with SIGTERM when the block ends."""
+    with started(command, log_file, READY_LINE, startup_timeout_s, env, cwd) as (process, match):
+        server = RunningServer(
+            name=name,
+            process=process,
+            host=match["http_host"],
+            http_port=int(match["http"]),
+            grpc_port=int(match["grpc"]),
+            log_file=log_file,
+        )
+        wait_until_ready(server, startup_timeout_s)
+        yield server
+
+
+@contextlib.contextmanager
 def gateway(args: argparse.Namespace, log_file: Path) -> Iterator[RunningServer]:
     """`gateway serve` pinned to the server core, ready; stopped with SIGTERM."""
     command = [
@@ -34,18 +59,44 @@ def gateway(args: argparse.Namespace, log_file: Path) -> Iterator[RunningServer]
         *gateway_command(args.model_repository, args.gateway_arg),
     ]
     log(f"starting: {' '.join(command)}")
-    with started(command, log_file, READY_LINE, args.startup_timeout) as (process, match):
-        server = RunningServer(
-            name="the gateway",
-            process=process,
-            host=match["http_host"],
-            http_port=int(match["http"]),
-            grpc_port=int(match["grpc"]),
-            log_file=log_file,
-        )
-        wait_until_ready(server, args.startup_timeout)
+    with running_gateway(command, log_file, args.startup_timeout) as server:
         log(f"gateway ready: pid {server.pid}, HTTP {server.http_port}, gRPC {server.grpc_port}")
         yield server
+
+
+def load_document(
+    args: argparse.Namespace,
+    server: RunningServer,
+    signature: dict[str, Any],
+    *,
+    protocol: str,
+    concurrency: int,
+    model_version: str,
+    target: str = "gateway",
+    **extra: Any,
+) -> dict[str, Any]:
+    """The load generator's job (LoadJob's JSON form) against `server`, from the options every
+    benchmark shares (model, warm-up, duration, timeouts, seed, gRPC channels)."""
+    return {
+        "target": target,
+        "protocol": protocol,
+        "host": server.host,
+        "http_port": server.http_port,
+        "grpc_port": server.grpc_port,
+        "model": args.model,
+        "model_version": model_version,
+        "batched": signature["max_batch_size"] > 0,
+        "inputs": signature["inputs"],
+        "outputs": signature["outputs"],
+        "concurrency": concurrency,
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "timeout_s": args.request_timeout,
+        "seed": args.seed,
+        "server_pid": server.pid,
+        "grpc_channels": args.grpc_channels,
+        **extra,
+    }
 
 
 def model_path(model: str, version: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .gateway import load_document
 from .measure import NOISY_PCT, log, wait_for_quiet
 from .processes import RunningServer, run_pinned
 
@@ -46,26 +47,16 @@ def sweep(
     runs = []
     for protocol in protocols:
         for concurrency in args.concurrency:
-            job = {
-                "target": target,
-                "protocol": protocol,
-                "host": server.host,
-                "http_port": server.http_port,
-                "grpc_port": server.grpc_port,
-                "model": args.model,
-                "model_version": args.model_version,
-                "batched": signature["max_batch_size"] > 0,
-                "inputs": signature["inputs"],
-                "outputs": signature["outputs"],
-                "concurrency": concurrency,
-                "warmup_s": args.warmup,
-                "duration_s": args.duration,
-                "timeout_s": args.request_timeout,
-                "seed": args.seed,
-                "server_pid": server.pid,
-                "grpc_channels": args.grpc_channels,
-                "stats_path": stats_path,
-            }
+            job = load_document(
+                args,
+                server,
+                signature,
+                target=target,
+                protocol=protocol,
+                concurrency=concurrency,
+                model_version=args.model_version,
+                stats_path=stats_path,
+            )
             log(f"{target} {protocol} x {concurrency}: {args.warmup:g} s + {args.duration:g} s")
             run = measure_row(args, server, job)
             batch = run["server_stats"]["mean_batch_size"]

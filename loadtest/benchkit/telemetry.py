@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .gateway import READY_LINE, model_signature, stats_path
+from .gateway import load_document, model_signature, running_gateway, stats_path
 from .measure import NOISY_PCT, cpu_seconds, log, wait_for_quiet
-from .processes import ROOT, RunningServer, get_json, run_pinned, started, wait_until_ready
+from .processes import ROOT, RunningServer, get_json, run_pinned
 from .stats import _totals
 
 SINK_SCRIPT = Path(__file__).with_name("otlp_sink.py")
@@ -171,19 +171,14 @@ def gateway(
     env = gateway_env(config, sink_port)
     log(f"starting ({config.key}: {config.name}): {' '.join(command)}")
     cwd = args.gateway_source or ROOT  # `-m gateway` imports the package found in cwd first
-    with started(command, log_file, READY_LINE, args.startup_timeout, env, cwd) as (
-        process,
-        match,
-    ):
-        server = RunningServer(
-            name=f"the gateway ({config.name})",
-            process=process,
-            host=match["http_host"],
-            http_port=int(match["http"]),
-            grpc_port=int(match["grpc"]),
-            log_file=log_file,
-        )
-        wait_until_ready(server, args.startup_timeout)
+    with running_gateway(
+        command,
+        log_file,
+        args.startup_timeout,
+        name=f"the gateway ({config.name})",
+        env=env,
+        cwd=cwd,
+    ) as server:
         log(f"  ready: pid {server.pid}, HTTP {server.http_port}, gRPC {server.grpc_port}")
         yield server
 
@@ -191,26 +186,15 @@ def gateway(
 def load_job(
     args: argparse.Namespace, server: RunningServer, signature: dict[str, Any], protocol: str
 ) -> dict[str, Any]:
-    return {
-        "target": "gateway",
-        "protocol": protocol,
-        "host": server.host,
-        "http_port": server.http_port,
-        "grpc_port": server.grpc_port,
-        "model": args.model,
-        "model_version": args.model_version,
-        "batched": signature["max_batch_size"] > 0,
-        "inputs": signature["inputs"],
-        "outputs": signature["outputs"],
-        "concurrency": args.concurrency,
-        "warmup_s": args.warmup,
-        "duration_s": args.duration,
-        "timeout_s": args.request_timeout,
-        "seed": args.seed,
-        "server_pid": server.pid,
-        "grpc_channels": args.grpc_channels,
-        "stats_path": stats_path(args.model, args.model_version),
-    }
+    return load_document(
+        args,
+        server,
+        signature,
+        protocol=protocol,
+        concurrency=args.concurrency,
+        model_version=args.model_version,
+        stats_path=stats_path(args.model, args.model_version),
+    )
 
 
 def disturbance(run: dict[str, Any]) -> float:
