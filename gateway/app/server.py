@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from gateway.core.rollout import RolloutController
 from gateway.core.service import InferenceService
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import Telemetry
+from gateway.core.workers import WorkerPool
 from gateway.runtime.onnx_runner import installation_problem
 from gateway.runtime.repository import FileRepository
 from gateway.telemetry.metrics import (
@@ -92,23 +94,18 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self._inference_pool = ThreadPoolExecutor(
-            settings.resolved_inference_threads(), thread_name_prefix="inference"
-        )
+        self._inference_pool = WorkerPool(settings.resolved_inference_threads(), "inference")
         self.tracing = build_tracing(settings)  # tracing
         self.telemetry = Telemetry(tracing=self.tracing)
-        self._shadow_pool = ThreadPoolExecutor(
-            settings.shadow_threads,
-            thread_name_prefix="shadow",
-            initializer=_lower_priority,
-            initargs=("idle",),
+        self._shadow_pool = WorkerPool(
+            settings.shadow_threads, "shadow", functools.partial(_lower_priority, "idle")
         )
         self.registry = ModelRegistry(
             self._inference_pool,
             default_max_queue_size=settings.default_max_queue_size,
             max_queue_bytes=settings.max_queue_bytes,
             telemetry=self.telemetry,
-            shadow_executor=self._shadow_pool,
+            shadow_workers=self._shadow_pool,
         )
         self.shadows = ShadowDispatcher(self.telemetry)
         self.metrics = GatewayMetrics(self.registry)  # a few microseconds a request
@@ -313,9 +310,10 @@ class Gateway:
         await asyncio.gather(*drains)
         self._grpc_servers, self._threaded_grpc_servers, self._http_runners = [], [], []
         await self.shadows.close()
-        for pool in (self._inference_pool, self._shadow_pool, self._load_pool):
-            if pool is not None:
-                await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        for workers in (self._inference_pool, self._shadow_pool):
+            await asyncio.to_thread(workers.shutdown, wait=True, cancel_pending=True)
+        if self._load_pool is not None:
+            await asyncio.to_thread(self._load_pool.shutdown, wait=True, cancel_futures=True)
         self._load_pool = None
         if self.lifecycle is not None:
             await self.lifecycle.close()

@@ -17,14 +17,13 @@ affected. A full line refuses at once with OverloadedError.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
+import functools
 import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +41,7 @@ from gateway.core.model import ModelPolicy, ModelSignature
 from gateway.core.ports import ModelRunner
 from gateway.core.statistics import VersionStatistics
 from gateway.core.telemetry import BatchEvent, RequestTiming, RequestTrace, Telemetry
+from gateway.core.workers import PoolShutDownError, WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class DynamicBatcher:
         self,
         name: str,
         runner: ModelRunner,
-        executor: Executor,
+        workers: WorkerPool,
         config: BatcherConfig,
         output_order: Sequence[str],
         statistics: VersionStatistics | None = None,
@@ -145,7 +145,7 @@ class DynamicBatcher:
         self.stats = BatcherStats()
         self.statistics = statistics if statistics is not None else VersionStatistics()
         self._runner = runner
-        self._executor = executor
+        self._workers = workers
         self._output_order = tuple(output_order)
         self._line: deque[_Request] = deque()
         self._line_bytes = 0
@@ -336,27 +336,25 @@ class DynamicBatcher:
             if request.timing is not None:
                 request.timing.queue_ns = queue_ns
                 request.timing.launched_ns = started_ns
-        loop = asyncio.get_running_loop()
+
+        # The slot is given back when the run ends, not when a caller leaves: a cancelled
+        # caller must not let another batch start while this one still holds a core.
+        def finished(ran: tuple[Arrays, int] | None, error: BaseException | None) -> None:
+            self._finish(batch, rows, outputs, started_ns, input_ns, ran, error)
+
         try:
-            run = self._executor.submit(self._timed_run, feeds, outputs)
-        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._workers.submit(
+                functools.partial(self._timed_run, feeds, outputs),
+                asyncio.get_running_loop(),
+                finished,
+            )
+        except PoolShutDownError:  # the server is stopping
             self._fail(batch, UnavailableError("the server is shutting down"))
             return
         self._running += 1
         self.stats.batches += 1
         self.stats.rows += rows
         self.stats.requests += len(batch)
-
-        # The slot is given back when the run ends, not when a caller leaves: a cancelled
-        # caller must not let another batch start while this one still holds a core.
-        def finished(done: Future[tuple[Arrays, int]]) -> None:  # on the worker thread
-            # A closed loop means the server stopped: nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(
-                    self._finish, batch, rows, outputs, started_ns, input_ns, done
-                )
-
-        run.add_done_callback(finished)
 
     def _timed_run(
         self, feeds: Mapping[str, npt.NDArray[Any]], outputs: list[str]
@@ -372,12 +370,16 @@ class DynamicBatcher:
         outputs: list[str],
         started_ns: int,
         input_ns: int,
-        done: Future[tuple[Arrays, int]],
+        ran: tuple[Arrays, int] | None,
+        raised: BaseException | None,
     ) -> None:
         self._running -= 1
         error = ""
         try:
-            arrays, infer_ns = done.result()
+            if raised is not None:
+                raise raised
+            assert ran is not None
+            arrays, infer_ns = ran
             split_started_ns = time.perf_counter_ns()
             parts = self._split(batch, rows, outputs, arrays)
             output_ns = time.perf_counter_ns() - split_started_ns
@@ -385,7 +387,7 @@ class DynamicBatcher:
         except GatewayError as failure:
             error = failure.message
             self._fail(batch, failure)
-        except CancelledError:  # the pool was shut down before this batch started
+        except PoolShutDownError:  # the pool was shut down before this batch started
             error = "the server is shutting down"
             self._fail(batch, UnavailableError(error))
         except Exception:  # the runner maps its errors; anything else is a bug

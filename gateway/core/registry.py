@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import re
 from collections.abc import Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from gateway.core.batcher import DynamicBatcher, batcher_config
@@ -21,6 +20,7 @@ from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner
 from gateway.core.telemetry import Telemetry
 from gateway.core.traffic import TrafficPolicy
+from gateway.core.workers import WorkerPool
 
 SHADOW_QUEUE_SIZE = 64
 """Shadow copies that may wait for one version at once; more are dropped."""
@@ -118,17 +118,17 @@ class ModelRegistry:
 
     def __init__(
         self,
-        executor: Executor,
+        workers: WorkerPool,
         *,
         default_max_queue_size: int = 1024,
         max_queue_bytes: int = 256 * 1024 * 1024,
         telemetry: Telemetry | None = None,
-        shadow_executor: Executor | None = None,
+        shadow_workers: WorkerPool | None = None,
     ) -> None:
         self._models: dict[str, ModelEntry] = {}
-        self._shadow_executor = shadow_executor
+        self._shadow_workers = shadow_workers
         self.telemetry = telemetry or Telemetry()
-        self._executor = executor
+        self._workers = workers
         self._default_max_queue_size = default_max_queue_size
         self._max_queue_bytes = max_queue_bytes
 
@@ -170,20 +170,20 @@ class ModelRegistry:
         batcher = DynamicBatcher(
             f"{loaded.name}:{loaded.version}",
             runner,
-            self._executor,
+            self._workers,
             config,
             loaded.signature.output_names,
             telemetry=self.telemetry,
         )
         shadow_batcher = None
-        if self._shadow_executor is not None:
+        if self._shadow_workers is not None:
             shadow_config = dataclasses.replace(
                 config, concurrency=1, max_queue_size=SHADOW_QUEUE_SIZE, max_queue_delay_s=0.0
             )
             shadow_batcher = DynamicBatcher(
                 f"{loaded.name}:{loaded.version}",
                 runner,
-                self._shadow_executor,
+                self._shadow_workers,
                 shadow_config,
                 loaded.signature.output_names,
                 telemetry=None,  # shadow batches are not the version's executions

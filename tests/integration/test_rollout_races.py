@@ -18,6 +18,7 @@ from gateway.core.registry import ModelRegistry, VersionState
 from gateway.core.rollout import RolloutController
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import Telemetry
+from gateway.core.workers import WorkerPool
 from gateway.runtime.repository import FileRepository
 from tests.support.models import plus_constant, write_config
 
@@ -41,7 +42,8 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
     write_config(tmp_path / "m", "max_batch_size: 8\nversion_policy { all { } }\n")
     pool = ThreadPoolExecutor(2)
     telemetry = Telemetry()
-    registry = ModelRegistry(pool, telemetry=telemetry)
+    workers = WorkerPool(2, "inference")
+    registry = ModelRegistry(workers, telemetry=telemetry)
     source = FileRepository(
         tmp_path, default_max_batch_size=8, default_intra_op_threads=1, default_concurrency=1
     )
@@ -55,6 +57,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
     await rollouts.close()
     await lifecycle.close()
     pool.shutdown(wait=True)
+    workers.shutdown(wait=True)
 
 
 PLAN = {"to": "2", "from": "1", "steps": [50, 100], "step_interval_s": 3600}

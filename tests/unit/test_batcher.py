@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from gateway.core.errors import (
     UnavailableError,
 )
 from gateway.core.ports import ModelRunner
+from gateway.core.workers import WorkerPool
 
 Array = npt.NDArray[Any]
 OUTPUTS = ("DOUBLE", "PLUS1")
@@ -169,10 +169,10 @@ def _implements_protocol(runner: ModelRunner) -> ModelRunner:
 
 
 @pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(4, thread_name_prefix="test-inference")
+def executor() -> Iterator[WorkerPool]:
+    pool = WorkerPool(4, "test-inference")
     yield pool
-    pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True, cancel_pending=True)
 
 
 # Each gated fixture depends on `executor` so that it is torn down first: anything still held
@@ -180,21 +180,21 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 @pytest.fixture
-async def gated(executor: ThreadPoolExecutor) -> AsyncIterator[GatedRunner]:
+async def gated(executor: WorkerPool) -> AsyncIterator[GatedRunner]:
     runner = GatedRunner(asyncio.get_running_loop())
     yield runner
     runner.release(1000)
 
 
 @pytest.fixture
-async def failing(executor: ThreadPoolExecutor) -> AsyncIterator[GatedRunner]:
+async def failing(executor: WorkerPool) -> AsyncIterator[GatedRunner]:
     runner = FailingRunner(asyncio.get_running_loop())
     yield runner
     runner.release(1000)
 
 
 @pytest.fixture
-async def wrong_rows(executor: ThreadPoolExecutor) -> AsyncIterator[GatedRunner]:
+async def wrong_rows(executor: WorkerPool) -> AsyncIterator[GatedRunner]:
     runner = WrongRowsRunner(asyncio.get_running_loop())
     yield runner
     runner.release(1000)
@@ -202,7 +202,7 @@ async def wrong_rows(executor: ThreadPoolExecutor) -> AsyncIterator[GatedRunner]
 
 def make(
     runner: ModelRunner,
-    executor: ThreadPoolExecutor,
+    executor: WorkerPool,
     *,
     max_batch_size: int = 8,
     merge: bool = True,
@@ -256,7 +256,7 @@ async def hold(
 
 
 async def test_requests_arriving_while_a_batch_runs_are_merged_into_the_next(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor)
     first = await hold(batcher, gated)
@@ -275,7 +275,7 @@ async def test_requests_arriving_while_a_batch_runs_are_merged_into_the_next(
 
 
 async def test_max_batch_size_is_never_exceeded_and_counts_rows(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor, max_batch_size=4)
     first = await hold(batcher, gated)
@@ -300,7 +300,7 @@ async def test_max_batch_size_is_never_exceeded_and_counts_rows(
 
 
 async def test_incompatible_requests_never_share_a_batch_but_all_run(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor)
     first = await hold(batcher, gated)
@@ -330,7 +330,7 @@ async def test_incompatible_requests_never_share_a_batch_but_all_run(
 
 
 async def test_each_caller_gets_exactly_the_outputs_it_asked_for_in_its_order(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor)
     first = await hold(batcher, gated)
@@ -358,7 +358,7 @@ async def test_each_caller_gets_exactly_the_outputs_it_asked_for_in_its_order(
 
 
 async def test_without_merging_each_request_runs_alone(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor, merge=False)
     first = await hold(batcher, gated)
@@ -377,7 +377,7 @@ async def test_without_merging_each_request_runs_alone(
 
 
 async def test_queue_delay_holds_a_lone_request_about_that_long(
-    executor: ThreadPoolExecutor,
+    executor: WorkerPool,
 ) -> None:
     runner = ArithRunner()
     batcher = make(runner, executor, delay_s=0.1)
@@ -389,7 +389,7 @@ async def test_queue_delay_holds_a_lone_request_about_that_long(
     assert batcher.stats == BatcherStats(batches=1, rows=1, requests=1)
 
 
-async def test_queue_delay_gathers_company_for_the_head(executor: ThreadPoolExecutor) -> None:
+async def test_queue_delay_gathers_company_for_the_head(executor: WorkerPool) -> None:
     runner = ArithRunner()
     batcher = make(runner, executor, delay_s=0.3)
     loop = asyncio.get_running_loop()
@@ -413,7 +413,7 @@ async def test_queue_delay_gathers_company_for_the_head(executor: ThreadPoolExec
     ],
 )
 async def test_queue_delay_ends_early_when_the_batch_is_ready(
-    executor: ThreadPoolExecutor, max_batch_size: int, preferred: tuple[int, ...], rows: list[int]
+    executor: WorkerPool, max_batch_size: int, preferred: tuple[int, ...], rows: list[int]
 ) -> None:
     runner = ArithRunner()
     batcher = make(
@@ -433,7 +433,7 @@ async def test_queue_delay_ends_early_when_the_batch_is_ready(
 
 
 async def test_a_deadline_passing_in_line_fails_the_request_which_never_runs(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor)
     # Dispatched at once: once it runs, its own deadline no longer interrupts it.
@@ -454,7 +454,7 @@ async def test_a_deadline_passing_in_line_fails_the_request_which_never_runs(
 
 @pytest.mark.parametrize("timeout_s", [0.0, -1.0])
 async def test_a_deadline_already_past_is_refused_without_queueing(
-    executor: ThreadPoolExecutor, timeout_s: float
+    executor: WorkerPool, timeout_s: float
 ) -> None:
     runner = ArithRunner()
     batcher = make(runner, executor)
@@ -465,7 +465,7 @@ async def test_a_deadline_already_past_is_refused_without_queueing(
 
 
 async def test_a_cancelled_waiter_leaves_the_line_and_its_mates_are_answered(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor)
     first = await hold(batcher, gated)
@@ -485,7 +485,7 @@ async def test_a_cancelled_waiter_leaves_the_line_and_its_mates_are_answered(
 
 
 async def test_cancelling_the_queue_delay_head_lets_the_next_request_lead(
-    executor: ThreadPoolExecutor,
+    executor: WorkerPool,
 ) -> None:
     runner = ArithRunner()
     batcher = make(runner, executor, max_batch_size=2, delay_s=30.0)
@@ -504,7 +504,7 @@ async def test_cancelling_the_queue_delay_head_lets_the_next_request_lead(
 
 
 async def test_cancelling_a_caller_whose_batch_runs_does_not_affect_the_others(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor)
     first = await hold(batcher, gated)
@@ -527,9 +527,7 @@ async def test_cancelling_a_caller_whose_batch_runs_does_not_affect_the_others(
     assert batcher.stats == BatcherStats(batches=3, rows=1 + 6 + 1, requests=5)
 
 
-async def test_a_full_line_refuses_at_once(
-    executor: ThreadPoolExecutor, gated: GatedRunner
-) -> None:
+async def test_a_full_line_refuses_at_once(executor: WorkerPool, gated: GatedRunner) -> None:
     batcher = make(gated, executor, max_queue_size=2)
     first = await hold(batcher, gated)  # running, so not in line
     tasks = [submit(batcher, feed(i)) for i in (1, 2)]
@@ -550,9 +548,7 @@ async def test_a_full_line_refuses_at_once(
     assert 3 not in gated.seen()
 
 
-async def test_the_line_is_bounded_in_bytes_too(
-    executor: ThreadPoolExecutor, gated: GatedRunner
-) -> None:
+async def test_the_line_is_bounded_in_bytes_too(executor: WorkerPool, gated: GatedRunner) -> None:
     row_bytes = feed(0)["X"].nbytes  # 12 bytes: 3 float32
     batcher = make(gated, executor, max_queue_bytes=3 * row_bytes)
     first = await hold(batcher, gated)
@@ -571,7 +567,7 @@ async def test_the_line_is_bounded_in_bytes_too(
 
 
 async def test_a_request_past_its_deadline_is_never_launched_even_if_its_timer_is_late(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor)
     first = await hold(batcher, gated)
@@ -597,7 +593,7 @@ async def test_a_request_past_its_deadline_is_never_launched_even_if_its_timer_i
     ],
 )
 async def test_a_runner_error_fails_exactly_that_batch(
-    executor: ThreadPoolExecutor,
+    executor: WorkerPool,
     failing: GatedRunner,
     marker: int,
     error: type[GatewayError],
@@ -623,7 +619,7 @@ async def test_a_runner_error_fails_exactly_that_batch(
 
 
 async def test_an_unexpected_runner_exception_is_logged_and_answered_generically(
-    executor: ThreadPoolExecutor, failing: GatedRunner, caplog: pytest.LogCaptureFixture
+    executor: WorkerPool, failing: GatedRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     """DESIGN.md section 8: anything unexpected is a 500 with generic text; STYLE.md: messages
     safe to show a client, tracebacks only in the log."""
@@ -638,7 +634,7 @@ async def test_an_unexpected_runner_exception_is_logged_and_answered_generically
 
 
 async def test_a_wrong_first_dimension_fails_the_batch_with_internal_error(
-    executor: ThreadPoolExecutor, wrong_rows: GatedRunner
+    executor: WorkerPool, wrong_rows: GatedRunner
 ) -> None:
     batcher = make(wrong_rows, executor)
     first = await hold(batcher, wrong_rows)
@@ -657,7 +653,7 @@ async def test_a_wrong_first_dimension_fails_the_batch_with_internal_error(
 
 
 async def test_concurrency_two_runs_two_batches_at_once_and_no_more(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor, max_batch_size=1, concurrency=2)
     tasks = {i: submit(batcher, feed(i)) for i in range(5)}
@@ -677,7 +673,7 @@ async def test_concurrency_two_runs_two_batches_at_once_and_no_more(
 
 
 async def test_wait_idle_returns_when_everything_is_done(
-    executor: ThreadPoolExecutor, gated: GatedRunner
+    executor: WorkerPool, gated: GatedRunner
 ) -> None:
     batcher = make(gated, executor)
     await asyncio.wait_for(batcher.wait_idle(), WAIT_S)  # nothing yet
@@ -700,7 +696,7 @@ async def test_wait_idle_returns_when_everything_is_done(
 
 
 async def test_wait_idle_returns_when_the_line_empties_by_cancellation(
-    executor: ThreadPoolExecutor,
+    executor: WorkerPool,
 ) -> None:
     batcher = make(ArithRunner(), executor, delay_s=30.0)
     task = submit(batcher, feed(1))
@@ -715,7 +711,7 @@ async def test_wait_idle_returns_when_the_line_empties_by_cancellation(
 
 
 async def test_a_shut_down_executor_answers_unavailable() -> None:
-    pool = ThreadPoolExecutor(1)
+    pool = WorkerPool(1, "test-inference")
     pool.shutdown()
     runner = ArithRunner()
     batcher = make(runner, pool)
@@ -726,7 +722,7 @@ async def test_a_shut_down_executor_answers_unavailable() -> None:
 
 
 async def test_requests_in_line_when_the_executor_shuts_down_are_answered_unavailable() -> None:
-    pool = ThreadPoolExecutor(1)
+    pool = WorkerPool(1, "test-inference")
     gated = GatedRunner(asyncio.get_running_loop())
     try:
         batcher = make(gated, pool)
@@ -747,16 +743,18 @@ async def test_requests_in_line_when_the_executor_shuts_down_are_answered_unavai
 
 
 async def test_a_batch_the_executor_cancels_at_shutdown_is_answered_unavailable() -> None:
-    """Gateway.stop shuts the pool down with cancel_futures=True: a batch submitted but not
+    """Gateway.stop shuts the pool down with cancel_pending=True: a batch submitted but not
     yet started never runs, and its callers should hear that the server is shutting down."""
-    pool = ThreadPoolExecutor(1)  # one thread, two slots: the second batch waits in the pool
+    pool = WorkerPool(
+        1, "test-inference"
+    )  # one thread, two slots: the second batch waits in the pool
     gated = GatedRunner(asyncio.get_running_loop())
     try:
         batcher = make(gated, pool, max_batch_size=1, concurrency=2)
         first = await hold(batcher, gated)
         second = submit(batcher, feed(1))
         await until(lambda: batcher.running == 2, "the second batch submitted to the pool")
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_pending=True)
         with pytest.raises(UnavailableError):
             await asyncio.wait_for(second, WAIT_S)
         gated.release(1)

@@ -78,7 +78,7 @@ class Traffic:
 class Harness:
     def __init__(self, versions: tuple[int, ...] = (1, 2)) -> None:
         self.now = 0.0
-        self.registry = ModelRegistry(executor=None)  # type: ignore[arg-type]
+        self.registry = ModelRegistry(workers=None)  # type: ignore[arg-type]
         entry = self.registry.entry("m")
         for number in versions:
             entry.versions[number] = ModelVersion("m", number, VersionState.READY)
