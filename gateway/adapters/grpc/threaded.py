@@ -10,12 +10,13 @@ asyncio servicer's coroutine on the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -32,7 +33,7 @@ from gateway.adapters.grpc.server import (
     request_context,
     unimplemented,
 )
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, UnavailableError
 from gateway.core.service import InferenceService
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,77 @@ class _LoopContext:
         raise _Aborted(code, details)
 
 
-Answer = tuple[Any, "Future[Any] | None", str]
+class _LoopCall:
+    """One coroutine run on the event loop for a worker thread: started with one
+    call_soon_threadsafe, answered by releasing a lock (or by `notify`, on the loop thread).
+    asyncio.run_coroutine_threadsafe does the same through a concurrent Future and its
+    Condition: ~40 us of latency and CPU per call on one core, against ~19 us here."""
+
+    __slots__ = ("_coroutine", "_done", "_loop", "_notify", "_task", "error", "result")
+
+    def __init__(
+        self,
+        coroutine: Any,
+        loop: asyncio.AbstractEventLoop,
+        notify: Callable[[_LoopCall], None] | None = None,
+    ) -> None:
+        self._coroutine, self._loop, self._notify = coroutine, loop, notify
+        self._task: asyncio.Task[Any] | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        """Hand the coroutine to the loop. RuntimeError if the loop is closed."""
+        try:
+            self._loop.call_soon_threadsafe(self._begin)
+        except RuntimeError:
+            self._coroutine.close()
+            raise
+
+    def cancel(self) -> None:
+        """The caller left: cancel the coroutine (from any thread; after start, always)."""
+        with contextlib.suppress(RuntimeError):  # a closed loop has nothing left to cancel
+            self._loop.call_soon_threadsafe(self._cancel)
+
+    def wait(self) -> Any:
+        """Block this (non-loop) thread until the coroutine ends; its result, or raise."""
+        self._done.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def failed(self, error: BaseException) -> _LoopCall:
+        """End a call that could not start with `error`."""
+        self.error = error
+        self._done.release()
+        return self
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.error, asyncio.CancelledError)
+
+    def _begin(self) -> None:  # on the loop
+        self._task = self._loop.create_task(self._coroutine)
+        self._task.add_done_callback(self._finished)
+
+    def _cancel(self) -> None:  # on the loop, after _begin: call_soon_threadsafe keeps order
+        if self._task is not None:
+            self._task.cancel()
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:  # on the loop
+        if task.cancelled():
+            self.error = asyncio.CancelledError()
+        else:
+            self.error = task.exception()
+            self.result = None if self.error is not None else task.result()
+        self._done.release()
+        if self._notify is not None:
+            self._notify(self)
+
+
+Answer = tuple[Any, "_LoopCall | None", str]
 
 
 class _Stream:
@@ -77,7 +148,7 @@ class _Stream:
         self.answers: queue.SimpleQueue[Answer | None] = queue.SimpleQueue()
         self.room = threading.BoundedSemaphore(STREAM_IN_FLIGHT)
         self._lock = threading.Lock()
-        self._pending: set[Future[Any]] = set()
+        self._pending: set[_LoopCall] = set()
         self._outstanding = 0
         self._reading = True
 
@@ -85,12 +156,11 @@ class _Stream:
         with self._lock:
             self._outstanding += 1
 
-    def track(self, future: Future[Any]) -> None:
+    def track(self, call: _LoopCall) -> None:
         with self._lock:
-            if not future.done():
-                self._pending.add(future)
+            self._pending.add(call)
 
-    def answered(self, request: Any, done: Future[Any]) -> None:
+    def answered(self, request: Any, done: _LoopCall) -> None:
         self.answers.put((request, done, ""))  # the answer first, then maybe the end
         with self._lock:
             self._pending.discard(done)
@@ -112,8 +182,8 @@ class _Stream:
     def cancel_all(self) -> None:
         with self._lock:
             pending = list(self._pending)
-        for future in pending:
-            future.cancel()
+        for call in pending:
+            call.cancel()
 
 
 class ThreadedFrontEnd:
@@ -127,18 +197,18 @@ class ThreadedFrontEnd:
         self._loop = loop
 
     def _on_loop(self, coroutine: Any, context: grpc.ServicerContext) -> Any:
+        call = _LoopCall(coroutine, self._loop)
         try:
-            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+            call.start()
         except RuntimeError:  # the loop is closed: the server is stopping
-            coroutine.close()
             context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        if not context.add_callback(future.cancel):  # the client left: out of the line
-            future.cancel()
+        if not context.add_callback(call.cancel):  # the client left: out of the line
+            call.cancel()
         try:
-            return future.result()
+            return call.wait()
         except _Aborted as aborted:
             context.abort(aborted.code, aborted.details)
-        except CancelledError:  # the client left (deadline, cancel): nobody is listening
+        except asyncio.CancelledError:  # the client left (deadline, cancel): nobody listens
             context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
 
     def model_infer(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -186,11 +256,11 @@ class ThreadedFrontEnd:
             stream.room.release()
             request, done, error = item
             if done is not None:
-                if done.cancelled():
+                if done.cancelled:
                     continue
-                failure = done.exception()
+                failure = done.error
                 if failure is None:
-                    yield codec.stream_answer(request, done.result(), None)
+                    yield codec.stream_answer(request, done.result, None)
                     continue
                 if isinstance(failure, GatewayError):
                     error = failure.message
@@ -211,12 +281,17 @@ class ThreadedFrontEnd:
             stream.answer_now(request, error.message)
             return
         ctx = request_context(context)
-        stream.started()
-        future = asyncio.run_coroutine_threadsafe(
-            self._service.infer(infer_request, ctx), self._loop
+        call = _LoopCall(
+            self._service.infer(infer_request, ctx),
+            self._loop,
+            functools.partial(stream.answered, request),
         )
-        stream.track(future)
-        future.add_done_callback(functools.partial(stream.answered, request))
+        stream.started()
+        stream.track(call)
+        try:
+            call.start()
+        except RuntimeError:  # the loop is closed: the server is stopping
+            stream.answered(request, call.failed(UnavailableError("the server is shutting down")))
 
     def handler_for(self, name: str) -> Callable[..., Any]:
         """Inference runs here, on the worker; every other RPC runs the asyncio servicer's."""
