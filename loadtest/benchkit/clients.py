@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .rawhttp import RawHttpClient
 from .tensors import Feeds, TensorInfo, element_bytes
 
 PROTOCOLS = ("grpc", "http-binary", "http-json")
@@ -132,21 +133,20 @@ class GrpcClient:
 
 
 class HttpClient:
-    """aiohttp, keep-alive, one connection per worker; JSON or binary tensor extension."""
+    """HTTP/1.1 keep-alive (benchkit.rawhttp), a connection per request in flight; JSON or
+    binary tensor extension. Request bytes are built once per pooled row."""
 
     def __init__(self, job: LoadJob, feeds: list[Feeds], binary: bool) -> None:
-        import aiohttp
-
         self._job = job
         self._binary = binary
         version = f"/versions/{job.model_version}" if job.model_version else ""
-        self._url = f"http://{job.host}:{job.http_port}/v2/models/{job.model}{version}/infer"
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=job.concurrency),
-            timeout=aiohttp.ClientTimeout(total=job.timeout_s),
-        )
+        path = f"/v2/models/{job.model}{version}/infer"
+        self._client = RawHttpClient(job.host, job.http_port, job.timeout_s)
         encode = self._binary_body if binary else self._json_body
-        self._bodies = [encode(feed) for feed in feeds]
+        self._requests = [
+            RawHttpClient.encode("POST", job.host, job.http_port, path, headers, body)
+            for body, headers in map(encode, feeds)
+        ]
 
     def _binary_body(self, feed: Feeds) -> tuple[bytes, dict[str, str]]:
         import orjson
@@ -185,13 +185,11 @@ class HttpClient:
         return orjson.dumps({"inputs": inputs}), {"Content-Type": "application/json"}
 
     async def infer(self, index: int) -> None:
-        body, headers = self._bodies[index % len(self._bodies)]
-        async with self._session.post(self._url, data=body, headers=headers) as response:
-            payload = await response.read()
-            if response.status != 200:
-                raise BadResponseError(f"HTTP {response.status}: {payload[:200]!r}")
-            length = response.headers.get(BINARY_HEADER)
-        self._check(payload, None if length is None else int(length))
+        answer = await self._client.send(self._requests[index % len(self._requests)])
+        if answer.status != 200:
+            raise BadResponseError(f"HTTP {answer.status}: {answer.body[:200]!r}")
+        length = answer.headers.get(BINARY_HEADER.lower())
+        self._check(answer.body, None if length is None else int(length))
 
     def _check(self, payload: bytes, header_length: int | None) -> None:
         import orjson
@@ -215,7 +213,7 @@ class HttpClient:
             raise BadResponseError("binary data does not add up to the body length")
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._client.close()
 
 
 def make_client(job: LoadJob, feeds: list[Feeds]) -> Client:
