@@ -1,7 +1,8 @@
 """Prometheus metrics of the gateway, on a registry it owns (never the process-global one).
 
 Per request and per batch the observer updates histograms and counters (a cached child per
-label set, so the hot path does one dict lookup per metric). Gauges that describe state (queue
+label set, so the hot path does one dict lookup per metric). The histograms are written by the
+event loop without locks (telemetry/histograms.py). Gauges that describe state (queue
 depth, model state, traffic share) are read from the model registry when Prometheus scrapes.
 
 Labels are bounded: model and version come from the repository, role from a fixed set,
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -23,6 +24,7 @@ from gateway.core.rollout import RolloutController
 from gateway.core.rollout_state import ACTIVE, STATES
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import OK, BatchEvent, RequestEvent
+from gateway.telemetry.histograms import LoopHistogramFamily
 
 # Seconds: from a tenth of a millisecond (a small model on a warm CPU) to tens of seconds.
 DURATION_BUCKETS = (
@@ -67,34 +69,34 @@ class GatewayMetrics:
             ("model", "version", "role", "reason"),
             registry=self.registry,
         )
-        self._duration = Histogram(
+        self._duration = LoopHistogramFamily(
             "gateway_request_duration_seconds",
             "Time from the request reaching the service to its answer.",
             request_labels,
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            DURATION_BUCKETS,
         )
-        self._queue = Histogram(
+        self.registry.register(self._duration)
+        self._queue = LoopHistogramFamily(
             "gateway_queue_duration_seconds",
             "Time a request waited in its version's batcher before its batch started.",
             version_labels,
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            DURATION_BUCKETS,
         )
-        self._compute = Histogram(
+        self.registry.register(self._queue)
+        self._compute = LoopHistogramFamily(
             "gateway_compute_duration_seconds",
             "Time of the batch that ran the request: merging inputs, the model, splitting.",
             version_labels,
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            DURATION_BUCKETS,
         )
-        self._batch_size = Histogram(
+        self.registry.register(self._compute)
+        self._batch_size = LoopHistogramFamily(
             "gateway_batch_size",
             "Rows of each model execution.",
             ("model", "version"),
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=self.registry,
+            BATCH_SIZE_BUCKETS,
         )
+        self.registry.register(self._batch_size)
         self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
         self._batch_children: dict[tuple[str, str], Any] = {}
         self.registry.register(_StateCollector(models))
