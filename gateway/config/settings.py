@@ -91,7 +91,8 @@ class GatewaySettings(BaseSettings):
     grpc_threads: int = Field(
         256,
         ge=1,
-        description="Worker threads of the threaded gRPC server: the most calls in flight.",
+        description="Worker threads of the threaded gRPC server: the calls served at once "
+        "(as many more wait for a worker; beyond that calls are refused).",
     )
     http_compress_responses: bool = Field(
         False,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import http.client
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -152,3 +153,36 @@ def test_stop_lets_in_flight_requests_finish(tmp_path: Path) -> None:
     in_flight.join(60)
     assert answers == [200]
     assert time.monotonic() - started < 30
+
+
+def test_threaded_grpc_calls_wait_for_a_worker_then_are_refused(tmp_path: Path) -> None:
+    """--grpc-threads workers serve calls; as many more wait for one; beyond that, refused."""
+    gateway = RunningGateway(tmp_path, grpc_threads=2, grpc_server="threaded")
+    release = threading.Event()
+    channel = grpc.insecure_channel(gateway.grpc_url)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+    def held_open() -> Iterator[pb.ModelInferRequest]:
+        yield pb.ModelInferRequest(model_name="nope")
+        release.wait(60)
+
+    try:
+        streams = [stub.ModelStreamInfer(held_open(), timeout=60) for _ in range(2)]
+        for stream in streams:  # an answer: the stream's handler holds a worker now
+            assert "no inputs" in next(stream).error_message
+        calls = [stub.ServerLive.future(pb.ServerLiveRequest(), timeout=60) for _ in range(3)]
+        finished: queue.SimpleQueue[grpc.Future] = queue.SimpleQueue()
+        for call in calls:
+            call.add_done_callback(finished.put)
+        refused = finished.get(timeout=30)  # the first to end: refused, the others wait
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not any(c.done() for c in calls if c is not refused)
+        release.set()
+        for stream in streams:
+            assert list(stream) == []
+        waited = [c for c in calls if c is not refused]
+        assert [c.result(timeout=30).live for c in waited] == [True, True]
+    finally:
+        release.set()
+        channel.close()
+        gateway.stop()

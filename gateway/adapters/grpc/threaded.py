@@ -324,9 +324,11 @@ def start_threaded_grpc_server(
     server = grpc.server(
         ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
         options=grpc_options(max_request_bytes),
-        # Each call (and each open stream) holds a worker; beyond that, refuse at once with
-        # RESOURCE_EXHAUSTED rather than queue without bound.
-        maximum_concurrent_rpcs=workers,
+        # Each call (and each open stream) holds a worker while it runs; as many calls again
+        # may wait for one (grpcio counts a call until its end is processed, so a client that
+        # keeps exactly `workers` calls in flight would otherwise be refused now and then);
+        # beyond that, refuse at once with RESOURCE_EXHAUSTED rather than queue without bound.
+        maximum_concurrent_rpcs=2 * workers,
     )
     register_service(server, front.handler_for)
     bound = bind(server, host, port)
