@@ -390,7 +390,8 @@ class DynamicBatcher:
         except PoolShutDownError:  # the pool was shut down before this batch started
             error = "the server is shutting down"
             self._fail(batch, UnavailableError(error))
-        except Exception:  # the runner maps its errors; anything else is a bug
+        except BaseException:  # the runner maps its errors; anything else is a bug (even a
+            # SystemExit raised on the inference thread: it must not stop the event loop)
             logger.exception("model %s failed on a batch of %d rows", self.name, rows)
             error = f"model '{self.name}' failed; see the gateway log"
             self._fail(batch, InternalError(error))

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any, Generic, TypeVar
 
 R = TypeVar("R")
+
+logger = logging.getLogger(__name__)
 
 Done = Callable[[Any, BaseException | None], None]
 """Called on the submitter's loop with (result, None) or (None, the error `work` raised)."""
@@ -97,15 +100,19 @@ class WorkerPool:
 
     def _work(self) -> None:
         if self._initializer is not None:
-            self._initializer()
+            try:
+                self._initializer()
+            except Exception:  # a thread that cannot be set up still serves: never strand work
+                logger.exception("worker pool '%s': the thread initializer failed", self.name)
         while (item := self._queue.get()) is not None:
+            result: Any = None
+            error: BaseException | None = None
             try:
                 result = item.work()
-            except BaseException as error:  # handed to `done`, which decides what it means
-                _post(item, None, error)
-            else:
-                _post(item, result, None)
-            del item
+            except BaseException as failure:  # handed to `done`, which decides what it means
+                error = failure
+            _post(item, result, error)
+            del item, result, error  # an idle thread keeps no batch (nor its inputs) alive
 
 
 def _post(item: _Item[Any], result: Any, error: BaseException | None) -> None:

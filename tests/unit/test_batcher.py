@@ -633,6 +633,26 @@ async def test_an_unexpected_runner_exception_is_logged_and_answered_generically
     )
 
 
+class ExitingRunner(ArithRunner):
+    """Raises SystemExit (a BaseException, not an Exception) on its first run only."""
+
+    def run(self, inputs: Mapping[str, Array], output_names: Sequence[str]) -> list[Array]:
+        if not self.runs:
+            self.record(inputs, output_names)
+            raise SystemExit("raised on the inference thread")
+        return super().run(inputs, output_names)
+
+
+async def test_a_base_exception_from_the_runner_fails_its_batch_not_the_loop(
+    executor: WorkerPool,
+) -> None:
+    batcher = make(ExitingRunner(), executor)
+    with pytest.raises(InternalError, match="model 'm:1' failed"):
+        await batcher.infer(feed(0), list(OUTPUTS), 1, None)
+    assert_answer(await submit(batcher, feed(1)), feed(1), OUTPUTS)  # the loop goes on
+    assert batcher.running == 0 and batcher.waiting == 0
+
+
 async def test_a_wrong_first_dimension_fails_the_batch_with_internal_error(
     executor: WorkerPool, wrong_rows: GatedRunner
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -101,3 +102,18 @@ async def test_the_initializer_runs_on_every_thread() -> None:
 def test_a_pool_needs_a_thread() -> None:
     with pytest.raises(ValueError, match="at least one thread"):
         WorkerPool(0, "none")
+
+
+async def test_a_failing_initializer_is_logged_and_the_thread_still_serves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> None:
+        raise OSError("no such priority")
+
+    pool = WorkerPool(1, "broken", initializer=broken)
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert await run(pool, lambda: 7) == (7, None)
+        assert any("initializer failed" in r.getMessage() for r in caplog.records)
+    finally:
+        pool.shutdown()
