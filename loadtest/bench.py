@@ -115,6 +115,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="skip the echo servers (no front-end or combined limit)",
     )
+    parser.add_argument(
+        "--lean-http-echo",
+        action="store_true",
+        help="also measure the HTTP echo on a bare httptools protocol (a reference: what a "
+        "Python HTTP front end costs without a web framework; it sets no limit)",
+    )
     add("--server-core", type=int, default=0, help="core for the servers and bare onnxruntime")
     add("--client-core", type=int, default=1, help="core for the load generator")
     add("--request-timeout", type=float, default=10.0, help="seconds before a request fails")
@@ -186,6 +192,21 @@ def run_echo(
     return runs
 
 
+def run_lean_echo(
+    args: argparse.Namespace, signature: dict[str, Any], out_dir: Path
+) -> list[dict[str, Any]]:
+    """The same HTTP answers from a bare httptools protocol: what a Python HTTP front end
+    costs without a web framework. A reference only: it sets no limit."""
+    protocols = [p for p in args.protocols if p.startswith("http")]
+    if not protocols:
+        return []
+    lifetime_s = echo_lifetime_s(args, protocols)
+    log_file = out_dir / "echo-http-lean.log"
+    with echo_server("http-lean", args, signature, log_file, lifetime_s) as server:
+        log(f"{server.name} ready: pid {server.pid}")
+        return sweep(args, server, signature, "echo-http-lean", protocols)
+
+
 def analyse(results: dict[str, Any]) -> None:
     """Limits, ratios and the latency target, from the measured figures (also on render)."""
     limit = model_limit(results["baseline"], results["signature"]["max_batch_size"])
@@ -193,6 +214,7 @@ def analyse(results: dict[str, Any]) -> None:
     results["limits"] = limits(limit, results["echo_runs"], results["settings"]["protocols"])
     annotate(results["runs"], results["limits"])
     annotate(results["echo_runs"], results["limits"])
+    annotate(results.setdefault("lean_echo_runs", []), results["limits"])
     results["latency_targets"] = latency_targets(
         results["runs"], results["echo_runs"], results["baseline"]
     )
@@ -220,6 +242,7 @@ def bench_main(args: argparse.Namespace) -> int:
         path = stats_path(args.model, args.model_version)
         runs = sweep(args, server, signature, "gateway", args.protocols, path)
     echo_runs = [] if args.no_echo else run_echo(args, signature, out_dir)
+    lean_runs = run_lean_echo(args, signature, out_dir) if args.lean_http_echo else []
     results: dict[str, Any] = {
         "meta": {
             "timestamp": timestamp,
@@ -235,6 +258,7 @@ def bench_main(args: argparse.Namespace) -> int:
         "baseline": baseline,
         "runs": runs,
         "echo_runs": echo_runs,
+        "lean_echo_runs": lean_runs,
     }
     analyse(results)
     write(results, out_dir)

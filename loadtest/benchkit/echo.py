@@ -23,8 +23,8 @@ from .clients import BINARY_HEADER
 from .processes import RunningServer, bench_command, started
 from .tensors import TensorInfo, concrete_shape, numpy_dtype
 
-KINDS = ("grpc", "http")
-READY_LINE = re.compile(r"echo (?P<kind>grpc|http) on (?P<host>\S+):(?P<port>\d+)")
+KINDS = ("grpc", "http", "http-lean")
+READY_LINE = re.compile(r"echo (?P<kind>grpc|http-lean|http) on (?P<host>\S+):(?P<port>\d+)")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """As the gateway's default --max-request-bytes."""
 
@@ -89,48 +89,63 @@ async def serve_grpc(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None
     return stop, port
 
 
+def answer_http(
+    echo: Echo, body: bytes, header_length: str | None, model: str, version: str
+) -> tuple[bytes, int | None]:
+    """A V2 infer request (binary tensor extension or JSON) -> (answer body, its JSON header
+    length for a binary answer, None for JSON): what the gateway's HTTP route does, no model."""
+    import orjson
+
+    offset = int(header_length) if header_length is not None else len(body)
+    header = orjson.loads(body[:offset])
+    arrays = []
+    for tensor in header["inputs"]:
+        dtype = numpy_dtype(tensor["datatype"])
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            array = np.asarray(tensor["data"], dtype)
+        else:
+            array = np.frombuffer(body, dtype, count=size // dtype.itemsize, offset=offset)
+            offset += size
+        arrays.append(array.reshape(tensor["shape"]))
+    binary = (header.get("parameters") or {}).get("binary_data_output") is True
+    outputs, chunks = [], []
+    for out, shape, data in echo.answer(echo.rows(arrays[0] if arrays else None)):
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": shape}
+        if binary:
+            chunks.append(data.tobytes())
+            entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            entry["data"] = data.ravel()
+        outputs.append(entry)
+    head = orjson.dumps(
+        {"model_name": model, "model_version": version, "outputs": outputs},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    if not binary:
+        return head, None
+    return b"".join([head, *chunks]), len(head)
+
+
 async def serve_http(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
     """aiohttp: V2 infer with the binary tensor extension or JSON, like the gateway's route."""
-    import orjson
     from aiohttp import web
 
     async def infer(request: web.Request) -> web.Response:
         body = await request.read()
-        length = request.headers.get(BINARY_HEADER)
-        offset = int(length) if length is not None else len(body)
-        header = orjson.loads(body[:offset])
-        arrays = []
-        for tensor in header["inputs"]:
-            dtype = numpy_dtype(tensor["datatype"])
-            size = (tensor.get("parameters") or {}).get("binary_data_size")
-            if size is None:
-                array = np.asarray(tensor["data"], dtype)
-            else:
-                array = np.frombuffer(body, dtype, count=size // dtype.itemsize, offset=offset)
-                offset += size
-            arrays.append(array.reshape(tensor["shape"]))
-        binary = (header.get("parameters") or {}).get("binary_data_output") is True
-        outputs, chunks = [], []
-        for out, shape, data in echo.answer(echo.rows(arrays[0] if arrays else None)):
-            entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": shape}
-            if binary:
-                chunks.append(data.tobytes())
-                entry["parameters"] = {"binary_data_size": len(chunks[-1])}
-            else:
-                entry["data"] = data.ravel()
-            outputs.append(entry)
-        name = request.match_info["model"]
-        version = request.match_info.get("version", "1")
-        head = orjson.dumps(
-            {"model_name": name, "model_version": version, "outputs": outputs},
-            option=orjson.OPT_SERIALIZE_NUMPY,
+        payload, header_length = answer_http(
+            echo,
+            body,
+            request.headers.get(BINARY_HEADER),
+            request.match_info["model"],
+            request.match_info.get("version", "1"),
         )
-        if not binary:
-            return web.Response(body=head, content_type="application/json")
+        if header_length is None:
+            return web.Response(body=payload, content_type="application/json")
         return web.Response(
-            body=b"".join([head, *chunks]),
+            body=payload,
             content_type="application/octet-stream",
-            headers={BINARY_HEADER: str(len(head))},
+            headers={BINARY_HEADER: str(header_length)},
         )
 
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
@@ -147,14 +162,91 @@ async def serve_http(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None
     return runner.cleanup, runner.addresses[0][1]
 
 
+INFER_PATH = re.compile(rb"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+
+
+async def serve_http_lean(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
+    """The same answers on a bare asyncio Protocol with httptools (llhttp, as uvicorn uses):
+    what a Python HTTP/1.1 front end costs without a web framework. A measurement tool: it
+    serves POST .../infer with Content-Length or chunked bodies, keep-alive, and nothing else."""
+    import httptools
+
+    header_name = BINARY_HEADER.lower().encode()
+
+    class Connection(asyncio.Protocol):
+        def __init__(self) -> None:
+            self._parser = httptools.HttpRequestParser(self)
+            self._transport: asyncio.Transport | None = None
+            self._url = b""
+            self._header: str | None = None
+            self._body: list[bytes] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self._transport = transport  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError:
+                self._reply(b"400 Bad Request", b"", None)
+                assert self._transport is not None
+                self._transport.close()
+
+        def on_message_begin(self) -> None:
+            self._url, self._header, self._body = b"", None, []
+
+        def on_url(self, url: bytes) -> None:
+            self._url += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if name.lower() == header_name:
+                self._header = value.decode("latin-1")
+
+        def on_body(self, body: bytes) -> None:
+            self._body.append(body)
+
+        def on_message_complete(self) -> None:
+            match = INFER_PATH.match(self._url.split(b"?", 1)[0])
+            if match is None or self._parser.get_method() != b"POST":
+                self._reply(b"404 Not Found", b"", None)
+                return
+            version = (match["version"] or b"1").decode()
+            payload, header_length = answer_http(
+                echo, b"".join(self._body), self._header, match["model"].decode(), version
+            )
+            self._reply(b"200 OK", payload, header_length)
+
+        def _reply(self, status: bytes, payload: bytes, header_length: int | None) -> None:
+            kind = b"application/json" if header_length is None else b"application/octet-stream"
+            head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+                status,
+                kind,
+                len(payload),
+            )
+            if header_length is not None:
+                head += b"%s: %d\r\n" % (BINARY_HEADER.encode(), header_length)
+            assert self._transport is not None
+            self._transport.write(head + b"\r\n" + payload)
+
+    server = await asyncio.get_running_loop().create_server(Connection, host, 0)
+
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return stop, server.sockets[0].getsockname()[1]
+
+
+SERVERS = {"grpc": serve_grpc, "http": serve_http, "http-lean": serve_http_lean}
+
+
 async def serve(job: dict[str, Any]) -> None:
     """Serve until SIGTERM/SIGINT or `lifetime_s`, whichever comes first."""
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
-    start = serve_grpc if job["kind"] == "grpc" else serve_http
-    stop, port = await start(Echo(job), job["host"])
+    stop, port = await SERVERS[job["kind"]](Echo(job), job["host"])
     print(f"echo {job['kind']} on {job['host']}:{port}", flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop_requested.wait(), job["lifetime_s"])
@@ -196,7 +288,7 @@ def echo_server(
             name=f"the {kind} echo server",
             process=process,
             host=match["host"],
-            http_port=port if kind == "http" else 0,
+            http_port=port if kind.startswith("http") else 0,
             grpc_port=port if kind == "grpc" else 0,
             log_file=log_file,
         )

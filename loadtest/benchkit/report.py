@@ -180,6 +180,17 @@ def baseline_section(baseline: dict[str, Any]) -> list[str]:
     ]
 
 
+def lean_section(runs: list[dict[str, Any]]) -> list[str]:
+    if not runs:
+        return []
+    return [
+        "## Lean HTTP echo (reference, not a limit: httptools on asyncio, no web framework)",
+        "",
+        *load_table(runs, gateway=False),
+        "",
+    ]
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     meta, settings = results["meta"], results["settings"]
     core = settings["server_core"]
@@ -208,6 +219,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         *load_table(results["echo_runs"], gateway=False),
         "",
+        *lean_section(results.get("lean_echo_runs") or []),
         f"## Bare onnxruntime (same file, core {core}, intra_op_num_threads=1)",
         "",
         *baseline_section(results["baseline"]),

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from loadtest.benchkit.clients import LoadJob
+from loadtest.benchkit.echo import Echo, serve_http_lean
 from loadtest.benchkit.load import run_load
 from tests.support.server import RunningGateway
 
@@ -61,3 +62,21 @@ def test_a_refused_request_is_an_error_not_a_success(gateway: RunningGateway) ->
     result = asyncio.run(run_load(job(gateway, "http-binary", model="nope", stats_path="")))
     assert result["requests"] == 0 and result["errors"] > 0
     assert "HTTP 404" in result["error_samples"][0]
+
+
+@pytest.mark.parametrize("protocol", ["http-binary", "http-json"])
+def test_the_lean_echo_answers_what_the_load_generator_checks(
+    gateway: RunningGateway, protocol: str
+) -> None:
+    """bench.py --lean-http-echo: the httptools echo's answers pass the same checks."""
+
+    async def measure() -> dict[str, Any]:
+        outputs = [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+        stop, port = await serve_http_lean(Echo({"batched": True, "outputs": outputs}), "127.0.0.1")
+        try:
+            return await run_load(job(gateway, protocol, http_port=port, stats_path=""))
+        finally:
+            await stop()
+
+    result = asyncio.run(measure())
+    assert result["errors"] == 0 and result["requests"] > 0, result["error_samples"]
