@@ -47,11 +47,13 @@ def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def _shape(value: Any, what: str) -> list[int]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in value
-    ):
-        raise InvalidInputError(f"{what}: 'shape' must be a list of integers")
-    return value
+    if type(value) is list:
+        for dim in value:
+            if type(dim) is not int:  # bool is an int subclass: refused too
+                break
+        else:
+            return value
+    raise InvalidInputError(f"{what}: 'shape' must be a list of integers")
 
 
 def decode_request(
@@ -84,7 +86,10 @@ def decode_request(
     inputs: list[Tensor] = []
     offset = 0
     for index, raw in enumerate(raw_inputs):
-        raw = _object(raw, f"inputs[{index}]")
+        # Messages are built only on the way to an error: this loop runs for every input of
+        # every request.
+        if not isinstance(raw, dict):
+            raise InvalidInputError(f"inputs[{index}] must be a JSON object")
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidInputError(f"inputs[{index}]: 'name' must be a non-empty string")
@@ -94,7 +99,10 @@ def decode_request(
             raise InvalidInputError(f"{what}: 'datatype' must be a string")
         datatype = tensors.lookup_datatype(what, datatype_name)
         shape = _shape(raw.get("shape"), what)
-        size = _parameters(raw, what).get("binary_data_size")
+        parameters = raw.get("parameters")
+        size = None
+        if parameters:
+            size = _object(parameters, f"{what} 'parameters'").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInputError(f"{what}: 'binary_data_size' must be an integer >= 0")
@@ -127,11 +135,16 @@ def decode_request(
             raise InvalidInputError("'outputs' must be a list")
         requested, encoding.binary = [], {}
         for index, raw in enumerate(raw_outputs):
-            raw = _object(raw, f"outputs[{index}]")
+            if not isinstance(raw, dict):
+                raise InvalidInputError(f"outputs[{index}] must be a JSON object")
             name = raw.get("name")
             if not isinstance(name, str) or not name:
                 raise InvalidInputError(f"outputs[{index}]: 'name' must be a non-empty string")
-            params = _parameters(raw, f"output '{name}'")
+            params = raw.get("parameters")
+            if not params:
+                requested.append(name)
+                continue
+            params = _object(params, f"output '{name}' 'parameters'")
             if params.get("classification"):
                 raise UnimplementedError(
                     f"output '{name}': the classification extension is not supported"
