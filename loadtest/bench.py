@@ -47,6 +47,9 @@ from benchkit.report import markdown_report
 from benchkit.sweep import sweep
 
 ECHO_KINDS = {"grpc": ["grpc"], "http": ["http-binary", "http-json"]}
+LEAN_ECHO_KINDS = {"http-lean": ["http-binary", "http-json"]}
+"""The same HTTP answers from a bare httptools protocol: what a Python HTTP front end costs
+without a web framework. A reference only (--lean-http-echo): it sets no limit."""
 """Which echo server stands in for the gateway for each protocol."""
 
 
@@ -176,11 +179,14 @@ def echo_lifetime_s(args: argparse.Namespace, protocols: list[str]) -> float:
 
 
 def run_echo(
-    args: argparse.Namespace, signature: dict[str, Any], out_dir: Path
+    args: argparse.Namespace,
+    signature: dict[str, Any],
+    out_dir: Path,
+    kinds: dict[str, list[str]] = ECHO_KINDS,
 ) -> list[dict[str, Any]]:
-    """Each echo server in turn, under the protocols it stands in for."""
+    """Each echo server of `kinds` in turn, under the protocols it stands in for."""
     runs: list[dict[str, Any]] = []
-    for kind, served in ECHO_KINDS.items():
+    for kind, served in kinds.items():
         protocols = [p for p in args.protocols if p in served]
         if not protocols:
             continue
@@ -190,21 +196,6 @@ def run_echo(
             log(f"{server.name} ready: pid {server.pid}")
             runs += sweep(args, server, signature, f"echo-{kind}", protocols)
     return runs
-
-
-def run_lean_echo(
-    args: argparse.Namespace, signature: dict[str, Any], out_dir: Path
-) -> list[dict[str, Any]]:
-    """The same HTTP answers from a bare httptools protocol: what a Python HTTP front end
-    costs without a web framework. A reference only: it sets no limit."""
-    protocols = [p for p in args.protocols if p.startswith("http")]
-    if not protocols:
-        return []
-    lifetime_s = echo_lifetime_s(args, protocols)
-    log_file = out_dir / "echo-http-lean.log"
-    with echo_server("http-lean", args, signature, log_file, lifetime_s) as server:
-        log(f"{server.name} ready: pid {server.pid}")
-        return sweep(args, server, signature, "echo-http-lean", protocols)
 
 
 def analyse(results: dict[str, Any]) -> None:
@@ -242,7 +233,7 @@ def bench_main(args: argparse.Namespace) -> int:
         path = stats_path(args.model, args.model_version)
         runs = sweep(args, server, signature, "gateway", args.protocols, path)
     echo_runs = [] if args.no_echo else run_echo(args, signature, out_dir)
-    lean_runs = run_lean_echo(args, signature, out_dir) if args.lean_http_echo else []
+    lean_runs = run_echo(args, signature, out_dir, LEAN_ECHO_KINDS) if args.lean_http_echo else []
     results: dict[str, Any] = {
         "meta": {
             "timestamp": timestamp,

@@ -337,16 +337,13 @@ class DynamicBatcher:
                 request.timing.queue_ns = queue_ns
                 request.timing.launched_ns = started_ns
 
-        # The slot is given back when the run ends, not when a caller leaves: a cancelled
-        # caller must not let another batch start while this one still holds a core.
-        def finished(ran: tuple[Arrays, int] | None, error: BaseException | None) -> None:
-            self._finish(batch, rows, outputs, started_ns, input_ns, ran, error)
-
+        # The slot is given back when the run ends (_finish), not when a caller leaves: a
+        # cancelled caller must not let another batch start while this one still holds a core.
         try:
             self._workers.submit(
                 functools.partial(self._timed_run, feeds, outputs),
                 asyncio.get_running_loop(),
-                finished,
+                functools.partial(self._finish, batch, rows, outputs, started_ns, input_ns),
             )
         except PoolShutDownError:  # the server is stopping
             self._fail(batch, UnavailableError("the server is shutting down"))

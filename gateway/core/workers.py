@@ -54,10 +54,6 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._closed = False
 
-    @property
-    def threads(self) -> int:
-        return self._size
-
     def submit(self, work: Callable[[], R], loop: asyncio.AbstractEventLoop, done: Done) -> None:
         """Run `work` on a worker; `done` follows on `loop`. RuntimeError once shut down."""
         with self._lock:

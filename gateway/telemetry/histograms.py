@@ -14,7 +14,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 
@@ -39,7 +39,12 @@ class LoopHistogramFamily(Collector):
     """A histogram metric with labels; `labels(...)` returns the child to observe into."""
 
     def __init__(
-        self, name: str, documentation: str, label_names: Sequence[str], bounds: Sequence[float]
+        self,
+        name: str,
+        documentation: str,
+        label_names: Sequence[str],
+        bounds: Sequence[float],
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if list(bounds) != sorted(bounds) or len(set(bounds)) != len(bounds):
             raise ValueError(f"histogram {name}: bucket bounds must be strictly increasing")
@@ -48,6 +53,8 @@ class LoopHistogramFamily(Collector):
         self._label_names = tuple(label_names)
         self._bounds = tuple(float(b) for b in bounds)
         self._children: dict[tuple[str, ...], LoopHistogram] = {}
+        if registry is not None:  # as prometheus_client's own metrics take `registry=`
+            registry.register(self)
 
     def labels(self, *values: str) -> LoopHistogram:
         if len(values) != len(self._label_names):

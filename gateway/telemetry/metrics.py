@@ -74,31 +74,30 @@ class GatewayMetrics:
             "Time from the request reaching the service to its answer.",
             request_labels,
             DURATION_BUCKETS,
+            registry=self.registry,
         )
-        self.registry.register(self._duration)
         self._queue = LoopHistogramFamily(
             "gateway_queue_duration_seconds",
             "Time a request waited in its version's batcher before its batch started.",
             version_labels,
             DURATION_BUCKETS,
+            registry=self.registry,
         )
-        self.registry.register(self._queue)
         self._compute = LoopHistogramFamily(
             "gateway_compute_duration_seconds",
             "Time of the batch that ran the request: merging inputs, the model, splitting.",
             version_labels,
             DURATION_BUCKETS,
+            registry=self.registry,
         )
-        self.registry.register(self._compute)
         self._batch_size = LoopHistogramFamily(
             "gateway_batch_size",
             "Rows of each model execution.",
             ("model", "version"),
             BATCH_SIZE_BUCKETS,
+            registry=self.registry,
         )
-        self.registry.register(self._batch_size)
         self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
-        self._batch_children: dict[tuple[str, str], Any] = {}
         self.registry.register(_StateCollector(models))
 
     # -- Observer -----------------------------------------------------------------------
@@ -128,11 +127,7 @@ class GatewayMetrics:
         )
 
     def batch_finished(self, event: BatchEvent) -> None:
-        key = (event.model, event.version)
-        child = self._batch_children.get(key)
-        if child is None:
-            child = self._batch_children[key] = self._batch_size.labels(*key)
-        child.observe(event.rows)
+        self._batch_size.labels(event.model, event.version).observe(event.rows)
 
     def add_collector(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Another part of the gateway (feedback, shadows) contributes metrics at scrape."""

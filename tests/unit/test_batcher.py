@@ -169,32 +169,32 @@ def _implements_protocol(runner: ModelRunner) -> ModelRunner:
 
 
 @pytest.fixture
-def executor() -> Iterator[WorkerPool]:
+def workers() -> Iterator[WorkerPool]:
     pool = WorkerPool(4, "test-inference")
     yield pool
     pool.shutdown(wait=True, cancel_pending=True)
 
 
-# Each gated fixture depends on `executor` so that it is torn down first: anything still held
+# Each gated fixture depends on `workers` so that it is torn down first: anything still held
 # is released before the pool is joined.
 
 
 @pytest.fixture
-async def gated(executor: WorkerPool) -> AsyncIterator[GatedRunner]:
+async def gated(workers: WorkerPool) -> AsyncIterator[GatedRunner]:
     runner = GatedRunner(asyncio.get_running_loop())
     yield runner
     runner.release(1000)
 
 
 @pytest.fixture
-async def failing(executor: WorkerPool) -> AsyncIterator[GatedRunner]:
+async def failing(workers: WorkerPool) -> AsyncIterator[GatedRunner]:
     runner = FailingRunner(asyncio.get_running_loop())
     yield runner
     runner.release(1000)
 
 
 @pytest.fixture
-async def wrong_rows(executor: WorkerPool) -> AsyncIterator[GatedRunner]:
+async def wrong_rows(workers: WorkerPool) -> AsyncIterator[GatedRunner]:
     runner = WrongRowsRunner(asyncio.get_running_loop())
     yield runner
     runner.release(1000)
@@ -202,7 +202,7 @@ async def wrong_rows(executor: WorkerPool) -> AsyncIterator[GatedRunner]:
 
 def make(
     runner: ModelRunner,
-    executor: WorkerPool,
+    workers: WorkerPool,
     *,
     max_batch_size: int = 8,
     merge: bool = True,
@@ -221,7 +221,7 @@ def make(
         max_queue_delay_s=delay_s,
         preferred_batch_sizes=preferred,
     )
-    return DynamicBatcher("m:1", _implements_protocol(runner), executor, config, OUTPUTS)
+    return DynamicBatcher("m:1", _implements_protocol(runner), workers, config, OUTPUTS)
 
 
 def submit(
@@ -256,9 +256,9 @@ async def hold(
 
 
 async def test_requests_arriving_while_a_batch_runs_are_merged_into_the_next(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor)
+    batcher = make(gated, workers)
     first = await hold(batcher, gated)
     feeds = {i: feed(i, rows=1 + i % 2) for i in range(1, 5)}  # 2 + 1 + 2 + 1 rows
     tasks = {i: submit(batcher, f) for i, f in feeds.items()}
@@ -275,9 +275,9 @@ async def test_requests_arriving_while_a_batch_runs_are_merged_into_the_next(
 
 
 async def test_max_batch_size_is_never_exceeded_and_counts_rows(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor, max_batch_size=4)
+    batcher = make(gated, workers, max_batch_size=4)
     first = await hold(batcher, gated)
     rows = {1: 3, 2: 2, 3: 1, 4: 2, 5: 4, 6: 1}
     feeds = {i: feed(i, rows=r) for i, r in rows.items()}
@@ -300,9 +300,9 @@ async def test_max_batch_size_is_never_exceeded_and_counts_rows(
 
 
 async def test_incompatible_requests_never_share_a_batch_but_all_run(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor)
+    batcher = make(gated, workers)
     first = await hold(batcher, gated)
     kinds = {
         1: (3, np.float32),
@@ -330,9 +330,9 @@ async def test_incompatible_requests_never_share_a_batch_but_all_run(
 
 
 async def test_each_caller_gets_exactly_the_outputs_it_asked_for_in_its_order(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor)
+    batcher = make(gated, workers)
     first = await hold(batcher, gated)
     asked = {1: ["DOUBLE"], 2: ["PLUS1"], 3: ["PLUS1", "DOUBLE"], 4: ["DOUBLE", "PLUS1"]}
     feeds = {i: feed(i, rows=1 + i % 2) for i in asked}
@@ -358,9 +358,9 @@ async def test_each_caller_gets_exactly_the_outputs_it_asked_for_in_its_order(
 
 
 async def test_without_merging_each_request_runs_alone(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor, merge=False)
+    batcher = make(gated, workers, merge=False)
     first = await hold(batcher, gated)
     feeds = {i: feed(i, rows=2) for i in (1, 2, 3)}
     tasks = {i: submit(batcher, f) for i, f in feeds.items()}
@@ -377,10 +377,10 @@ async def test_without_merging_each_request_runs_alone(
 
 
 async def test_queue_delay_holds_a_lone_request_about_that_long(
-    executor: WorkerPool,
+    workers: WorkerPool,
 ) -> None:
     runner = ArithRunner()
-    batcher = make(runner, executor, delay_s=0.1)
+    batcher = make(runner, workers, delay_s=0.1)
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert_answer(await batcher.infer(feed(1), list(OUTPUTS), 1, None), feed(1), OUTPUTS)
@@ -389,9 +389,9 @@ async def test_queue_delay_holds_a_lone_request_about_that_long(
     assert batcher.stats == BatcherStats(batches=1, rows=1, requests=1)
 
 
-async def test_queue_delay_gathers_company_for_the_head(executor: WorkerPool) -> None:
+async def test_queue_delay_gathers_company_for_the_head(workers: WorkerPool) -> None:
     runner = ArithRunner()
-    batcher = make(runner, executor, delay_s=0.3)
+    batcher = make(runner, workers, delay_s=0.3)
     loop = asyncio.get_running_loop()
     started = loop.time()
     first = submit(batcher, feed(1))
@@ -413,11 +413,11 @@ async def test_queue_delay_gathers_company_for_the_head(executor: WorkerPool) ->
     ],
 )
 async def test_queue_delay_ends_early_when_the_batch_is_ready(
-    executor: WorkerPool, max_batch_size: int, preferred: tuple[int, ...], rows: list[int]
+    workers: WorkerPool, max_batch_size: int, preferred: tuple[int, ...], rows: list[int]
 ) -> None:
     runner = ArithRunner()
     batcher = make(
-        runner, executor, max_batch_size=max_batch_size, delay_s=30.0, preferred=preferred
+        runner, workers, max_batch_size=max_batch_size, delay_s=30.0, preferred=preferred
     )
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -433,9 +433,9 @@ async def test_queue_delay_ends_early_when_the_batch_is_ready(
 
 
 async def test_a_deadline_passing_in_line_fails_the_request_which_never_runs(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor)
+    batcher = make(gated, workers)
     # Dispatched at once: once it runs, its own deadline no longer interrupts it.
     first = submit(batcher, feed(0), timeout_s=0.05)
     await gated.next_start()
@@ -454,10 +454,10 @@ async def test_a_deadline_passing_in_line_fails_the_request_which_never_runs(
 
 @pytest.mark.parametrize("timeout_s", [0.0, -1.0])
 async def test_a_deadline_already_past_is_refused_without_queueing(
-    executor: WorkerPool, timeout_s: float
+    workers: WorkerPool, timeout_s: float
 ) -> None:
     runner = ArithRunner()
-    batcher = make(runner, executor)
+    batcher = make(runner, workers)
     with pytest.raises(DeadlineExceededError):
         await batcher.infer(feed(1), list(OUTPUTS), 1, timeout_s)
     assert runner.runs == [] and batcher.waiting == 0
@@ -465,9 +465,9 @@ async def test_a_deadline_already_past_is_refused_without_queueing(
 
 
 async def test_a_cancelled_waiter_leaves_the_line_and_its_mates_are_answered(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor)
+    batcher = make(gated, workers)
     first = await hold(batcher, gated)
     tasks = {i: submit(batcher, feed(i, rows=2)) for i in (1, 2, 3)}
     await until(lambda: batcher.waiting == 3, "three requests in line")
@@ -485,10 +485,10 @@ async def test_a_cancelled_waiter_leaves_the_line_and_its_mates_are_answered(
 
 
 async def test_cancelling_the_queue_delay_head_lets_the_next_request_lead(
-    executor: WorkerPool,
+    workers: WorkerPool,
 ) -> None:
     runner = ArithRunner()
-    batcher = make(runner, executor, max_batch_size=2, delay_s=30.0)
+    batcher = make(runner, workers, max_batch_size=2, delay_s=30.0)
     head = submit(batcher, feed(1))
     await until(lambda: batcher.waiting == 1, "the head in line")
     head.cancel()
@@ -504,9 +504,9 @@ async def test_cancelling_the_queue_delay_head_lets_the_next_request_lead(
 
 
 async def test_cancelling_a_caller_whose_batch_runs_does_not_affect_the_others(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor)
+    batcher = make(gated, workers)
     first = await hold(batcher, gated)
     tasks = {i: submit(batcher, feed(i, rows=i)) for i in (1, 2, 3)}
     await until(lambda: batcher.waiting == 3, "three requests in line")
@@ -527,8 +527,8 @@ async def test_cancelling_a_caller_whose_batch_runs_does_not_affect_the_others(
     assert batcher.stats == BatcherStats(batches=3, rows=1 + 6 + 1, requests=5)
 
 
-async def test_a_full_line_refuses_at_once(executor: WorkerPool, gated: GatedRunner) -> None:
-    batcher = make(gated, executor, max_queue_size=2)
+async def test_a_full_line_refuses_at_once(workers: WorkerPool, gated: GatedRunner) -> None:
+    batcher = make(gated, workers, max_queue_size=2)
     first = await hold(batcher, gated)  # running, so not in line
     tasks = [submit(batcher, feed(i)) for i in (1, 2)]
     await until(lambda: batcher.waiting == 2, "two requests in line")
@@ -548,9 +548,9 @@ async def test_a_full_line_refuses_at_once(executor: WorkerPool, gated: GatedRun
     assert 3 not in gated.seen()
 
 
-async def test_the_line_is_bounded_in_bytes_too(executor: WorkerPool, gated: GatedRunner) -> None:
+async def test_the_line_is_bounded_in_bytes_too(workers: WorkerPool, gated: GatedRunner) -> None:
     row_bytes = feed(0)["X"].nbytes  # 12 bytes: 3 float32
-    batcher = make(gated, executor, max_queue_bytes=3 * row_bytes)
+    batcher = make(gated, workers, max_queue_bytes=3 * row_bytes)
     first = await hold(batcher, gated)
     waiting = submit(batcher, feed(1, rows=2))  # 24 bytes in line
     await until(lambda: batcher.waiting == 1, "one request in line")
@@ -567,9 +567,9 @@ async def test_the_line_is_bounded_in_bytes_too(executor: WorkerPool, gated: Gat
 
 
 async def test_a_request_past_its_deadline_is_never_launched_even_if_its_timer_is_late(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor)
+    batcher = make(gated, workers)
     first = await hold(batcher, gated)
     late = submit(batcher, feed(1), timeout_s=0.02)
     await until(lambda: batcher.waiting == 1, "one request in line")
@@ -593,13 +593,13 @@ async def test_a_request_past_its_deadline_is_never_launched_even_if_its_timer_i
     ],
 )
 async def test_a_runner_error_fails_exactly_that_batch(
-    executor: WorkerPool,
+    workers: WorkerPool,
     failing: GatedRunner,
     marker: int,
     error: type[GatewayError],
     message: str,
 ) -> None:
-    batcher = make(failing, executor, max_batch_size=2)
+    batcher = make(failing, workers, max_batch_size=2)
     first = await hold(batcher, failing)
     order = [marker, 1, 2, 3]  # batches [marker, 1] and [2, 3]
     tasks = {i: submit(batcher, feed(i)) for i in order}
@@ -619,11 +619,11 @@ async def test_a_runner_error_fails_exactly_that_batch(
 
 
 async def test_an_unexpected_runner_exception_is_logged_and_answered_generically(
-    executor: WorkerPool, failing: GatedRunner, caplog: pytest.LogCaptureFixture
+    workers: WorkerPool, failing: GatedRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     """DESIGN.md section 8: anything unexpected is a 500 with generic text; STYLE.md: messages
     safe to show a client, tracebacks only in the log."""
-    batcher = make(failing, executor)
+    batcher = make(failing, workers)
     failing.release(100)
     with caplog.at_level(logging.ERROR), pytest.raises(InternalError) as raised:
         await batcher.infer(feed(CRASH), list(OUTPUTS), 1, None)
@@ -644,9 +644,9 @@ class ExitingRunner(ArithRunner):
 
 
 async def test_a_base_exception_from_the_runner_fails_its_batch_not_the_loop(
-    executor: WorkerPool,
+    workers: WorkerPool,
 ) -> None:
-    batcher = make(ExitingRunner(), executor)
+    batcher = make(ExitingRunner(), workers)
     with pytest.raises(InternalError, match="model 'm:1' failed"):
         await batcher.infer(feed(0), list(OUTPUTS), 1, None)
     assert_answer(await submit(batcher, feed(1)), feed(1), OUTPUTS)  # the loop goes on
@@ -654,9 +654,9 @@ async def test_a_base_exception_from_the_runner_fails_its_batch_not_the_loop(
 
 
 async def test_a_wrong_first_dimension_fails_the_batch_with_internal_error(
-    executor: WorkerPool, wrong_rows: GatedRunner
+    workers: WorkerPool, wrong_rows: GatedRunner
 ) -> None:
-    batcher = make(wrong_rows, executor)
+    batcher = make(wrong_rows, workers)
     first = await hold(batcher, wrong_rows)
     tasks = {i: submit(batcher, feed(i, rows=i)) for i in (1, 2)}
     await until(lambda: batcher.waiting == 2, "two requests in line")
@@ -673,9 +673,9 @@ async def test_a_wrong_first_dimension_fails_the_batch_with_internal_error(
 
 
 async def test_concurrency_two_runs_two_batches_at_once_and_no_more(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor, max_batch_size=1, concurrency=2)
+    batcher = make(gated, workers, max_batch_size=1, concurrency=2)
     tasks = {i: submit(batcher, feed(i)) for i in range(5)}
     first, second = await gated.next_start(), await gated.next_start()
     assert {first.request_ids, second.request_ids} == {(0,), (1,)}
@@ -693,9 +693,9 @@ async def test_concurrency_two_runs_two_batches_at_once_and_no_more(
 
 
 async def test_wait_idle_returns_when_everything_is_done(
-    executor: WorkerPool, gated: GatedRunner
+    workers: WorkerPool, gated: GatedRunner
 ) -> None:
-    batcher = make(gated, executor)
+    batcher = make(gated, workers)
     await asyncio.wait_for(batcher.wait_idle(), WAIT_S)  # nothing yet
     first = await hold(batcher, gated)
     tasks = [submit(batcher, feed(i)) for i in (1, 2)]
@@ -716,9 +716,9 @@ async def test_wait_idle_returns_when_everything_is_done(
 
 
 async def test_wait_idle_returns_when_the_line_empties_by_cancellation(
-    executor: WorkerPool,
+    workers: WorkerPool,
 ) -> None:
-    batcher = make(ArithRunner(), executor, delay_s=30.0)
+    batcher = make(ArithRunner(), workers, delay_s=30.0)
     task = submit(batcher, feed(1))
     await until(lambda: batcher.waiting == 1, "the request in line")
     idle = asyncio.create_task(batcher.wait_idle())
