@@ -19,6 +19,7 @@ from gateway import __version__
 from gateway.adapters.grpc.server import create_grpc_server
 from gateway.adapters.grpc.threaded import start_threaded_grpc_server
 from gateway.adapters.http.app import create_app
+from gateway.adapters.http.fastpath import FastPathServer
 from gateway.adapters.http.metrics import metrics_app, metrics_routes
 from gateway.config.settings import GatewaySettings
 from gateway.core.admin import AdminAuthorizer, read_token_file
@@ -124,6 +125,7 @@ class Gateway:
         self._grpc_servers: list[grpc.aio.Server] = []
         self._threaded_grpc_servers: list[grpc.Server] = []
         self._http_runners: list[web.AppRunner] = []
+        self._fast_http: list[tuple[asyncio.Server, FastPathServer]] = []
         self.service: InferenceService | None = None
         self.lifecycle: ModelLifecycle | None = None
         self.rollouts: RolloutController | None = None
@@ -227,21 +229,46 @@ class Gateway:
             admin_elsewhere=admin_elsewhere,
             extra_routes=metrics_routes(self.metrics.registry) if settings.metrics else (),
         )
-        return await self._serve(app, port, "HTTP")
+        runner = await self._runner(app)
+        if settings.http_server == "aiohttp":
+            return await self._listen(runner, port, "HTTP")
+        # The data plane on httptools; connections with any other request go to the runner's
+        # aiohttp server, which runner.cleanup() drains with the app.
+        assert runner.server is not None
+        fast = FastPathServer(
+            self.service,
+            runner.server,
+            max_request_bytes=settings.max_request_bytes,
+            compress_responses=settings.http_compress_responses,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            listener = await loop.create_server(fast, settings.host, port)
+        except OSError as exc:
+            raise StartupError(f"cannot listen for HTTP on {settings.host}:{port}: {exc}") from exc
+        self._fast_http.append((listener, fast))
+        bound: int = listener.sockets[0].getsockname()[1]
+        return bound
 
     async def _serve(self, app: web.Application, port: int, what: str) -> int:
-        """Listen with `app` on the gateway's host; returns the port."""
-        settings = self.settings
+        """Listen with `app` (aiohttp alone) on the gateway's host; returns the port."""
+        return await self._listen(await self._runner(app), port, what)
+
+    async def _runner(self, app: web.Application) -> web.AppRunner:
         runner = web.AppRunner(
             app,
             access_log=None,
             handle_signals=False,
-            shutdown_timeout=settings.shutdown_grace_s,
+            shutdown_timeout=self.settings.shutdown_grace_s,
             # A client that disconnects cancels its handler, so it leaves the batcher's line.
             handler_cancellation=True,
         )
         await runner.setup()
         self._http_runners.append(runner)
+        return runner
+
+    async def _listen(self, runner: web.AppRunner, port: int, what: str) -> int:
+        settings = self.settings
         site = web.TCPSite(runner, settings.host, port)
         try:
             await site.start()
@@ -306,9 +333,11 @@ class Gateway:
         drains = [server.stop(grace) for server in self._grpc_servers]
         for threaded in self._threaded_grpc_servers:
             drains.append(asyncio.to_thread(threaded.stop(grace).wait))
+        drains += [fast.shutdown(listener, grace) for listener, fast in self._fast_http]
         drains += [runner.cleanup() for runner in self._http_runners]
         await asyncio.gather(*drains)
         self._grpc_servers, self._threaded_grpc_servers, self._http_runners = [], [], []
+        self._fast_http = []
         await self.shadows.close()
         for workers in (self._inference_pool, self._shadow_pool):
             await asyncio.to_thread(workers.shutdown, wait=True, cancel_pending=True)

@@ -10,22 +10,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.adapters.http import codec
+from gateway.adapters.http import answers, codec
 from gateway.adapters.http.bodies import json_object
 from gateway.adapters.http.errors import error_middleware
 from gateway.adapters.http.feedback import feedback_routes
-from gateway.adapters.metadata import (
-    model_config_dict,
-    model_metadata_dict,
-    repository_index_list,
-    server_metadata_dict,
-    statistics_dict,
-)
+from gateway.adapters.metadata import repository_index_list
 from gateway.core.admin import AdminCall, Admitted
 from gateway.core.errors import InvalidInputError, PayloadTooLargeError, UnimplementedError
 from gateway.core.lifecycle import LoadResult, labels_document
 from gateway.core.service import InferenceService
-from gateway.core.types import RequestContext
 
 SERVICE = web.AppKey("service", InferenceService)
 MIN_COMPRESSED_BYTES = 1024
@@ -42,42 +35,39 @@ def _target(request: web.Request) -> tuple[str, str]:
     return request.match_info["model"], request.match_info.get("version", "")
 
 
+def _answer(answer: answers.JsonAnswer) -> web.Response:
+    status, document = answer
+    return _json(document, status)
+
+
 async def server_metadata(request: web.Request) -> web.Response:
-    return _json(server_metadata_dict(request.app[SERVICE].version))
+    return _answer(answers.server_metadata(request.app[SERVICE]))
 
 
 async def server_live(request: web.Request) -> web.Response:
-    live = request.app[SERVICE].live
-    return _json({"live": live}, 200 if live else 503)
+    return _answer(answers.server_live(request.app[SERVICE]))
 
 
 async def server_ready(request: web.Request) -> web.Response:
-    ready = request.app[SERVICE].ready
-    return _json({"ready": ready}, 200 if ready else 503)
+    return _answer(answers.server_ready(request.app[SERVICE]))
 
 
 async def model_ready(request: web.Request) -> web.Response:
-    name, version = _target(request)
-    ready = request.app[SERVICE].model_ready(name, version)
-    return _json({"name": name, "ready": ready}, 200 if ready else 503)
+    return _answer(answers.model_ready(request.app[SERVICE], *_target(request)))
 
 
 async def model_metadata(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    name, version = _target(request)
-    loaded = service.loaded_version(name, version)
-    return _json(model_metadata_dict(loaded, service.ready_version_names(name)))
+    return _answer(answers.model_metadata(request.app[SERVICE], *_target(request)))
 
 
 async def model_config(request: web.Request) -> web.Response:
-    name, version = _target(request)
-    return _json(model_config_dict(request.app[SERVICE].loaded_version(name, version)))
+    return _answer(answers.model_config(request.app[SERVICE], *_target(request)))
 
 
 async def model_statistics(request: web.Request) -> web.Response:
     name = request.match_info.get("model", "")
     version = request.match_info.get("version", "")
-    return _json(statistics_dict(request.app[SERVICE].statistics(name, version)))
+    return _answer(answers.model_statistics(request.app[SERVICE], name, version))
 
 
 async def _json_body(request: web.Request, expected: str) -> dict[str, Any]:
@@ -243,19 +233,7 @@ async def infer(request: web.Request) -> web.Response:
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
     except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a broken gzip body
         raise InvalidInputError(f"the request body cannot be read: {exc}") from exc
-    name, version = _target(request)
-    infer_request, encoding = codec.decode_request(
-        body, request.headers.get(codec.HEADER_LENGTH), name, version
-    )
-    headers = request.headers
-    ctx = RequestContext(
-        protocol="http",
-        traceparent=headers.get("traceparent"),
-        tracestate=headers.get("tracestate"),
-        headers=headers,
-    )
-    response = await service.infer(infer_request, ctx)
-    payload, header_length = codec.encode_response(response, encoding)
+    payload, header_length = await answers.infer(service, body, request.headers, *_target(request))
     if header_length is None:
         answer = web.Response(body=payload, content_type=codec.JSON_CONTENT_TYPE)
     else:

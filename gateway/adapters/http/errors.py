@@ -27,16 +27,27 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 }
 
 
+def error_body(message: str) -> bytes:
+    """The JSON body of every error answer: {"error": message}."""
+    return orjson.dumps({"error": message})
+
+
+def retry_after(error: GatewayError) -> str | None:
+    """The Retry-After header's value (whole seconds) when the error asks the client to wait."""
+    if isinstance(error, OverloadedError):
+        return str(max(1, math.ceil(error.retry_after_s)))
+    return None
+
+
 def error_response(status: int, message: str) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps({"error": message}), content_type="application/json"
-    )
+    return web.Response(status=status, body=error_body(message), content_type="application/json")
 
 
 def gateway_error_response(error: GatewayError) -> web.Response:
     response = error_response(HTTP_STATUS[error.code], error.message)
-    if isinstance(error, OverloadedError):
-        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    wait = retry_after(error)
+    if wait is not None:
+        response.headers["Retry-After"] = wait
     return response
 
 

@@ -1,0 +1,385 @@
+"""The HTTP port's connections: the data plane answered on httptools, the rest by aiohttp.
+
+Inference, health, metadata, config and statistics requests are parsed by httptools (llhttp)
+and answered here, without a web framework: about 40 us of server CPU a request instead of
+aiohttp's 100 (measured by `loadtest/bench.py --lean-http-echo`). Every other request, and
+every request this front end does not serve itself (chunked or compressed bodies, HTTP/1.0,
+upgrades, heads llhttp refuses, paths app.py might read differently), hands the connection to
+aiohttp with the bytes received so far: from then on aiohttp's own protocol serves it, so the
+admin, traffic, rollout, feedback and metrics routes, and every corner of HTTP, behave exactly
+as the aiohttp application defines them. Both front ends answer through `answers`.
+
+One request of a connection is served at a time, in order; what a client sends ahead is read
+up to PIPELINED_BYTES, then reading pauses until the answers catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+import orjson
+from aiohttp import web
+
+from gateway.adapters.http import answers, codec
+from gateway.adapters.http.errors import HTTP_STATUS, error_body, retry_after
+from gateway.adapters.http.heads import INFER, Head, match_route, parse_head
+from gateway.core.errors import GatewayError, PayloadTooLargeError
+from gateway.core.service import InferenceService
+
+logger = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 64 * 1024
+"""A head still incomplete at this size goes to aiohttp, whose limits answer it."""
+PIPELINED_BYTES = 256 * 1024
+KEEPALIVE_TIMEOUT_S = 75.0
+"""An idle connection is closed after this long (aiohttp's default)."""
+LINGER_S = 10.0
+"""How long the body of a refused (413) request is read and thrown away (aiohttp's
+lingering_time) before the connection is closed instead."""
+JOIN_BELOW_BYTES = 64 * 1024
+"""Answers smaller than this go out as one write (head and body joined)."""
+
+_SERVER_ANSWERS = {
+    "server_metadata": answers.server_metadata,
+    "server_live": answers.server_live,
+    "server_ready": answers.server_ready,
+}
+_MODEL_ANSWERS = {
+    "model_metadata": answers.model_metadata,
+    "model_ready": answers.model_ready,
+    "model_config": answers.model_config,
+    "model_statistics": answers.model_statistics,
+}
+_JSON = codec.JSON_CONTENT_TYPE.encode()
+_BINARY = codec.BINARY_CONTENT_TYPE.encode()
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
+
+
+class FastPathServer:
+    """The protocol factory of the HTTP listener, and its connections' drain on stop."""
+
+    def __init__(
+        self,
+        service: InferenceService,
+        aiohttp_server: web.Server,
+        *,
+        max_request_bytes: int,
+        compress_responses: bool,
+    ) -> None:
+        self.service = service
+        self.aiohttp_server = aiohttp_server
+        self.max_request_bytes = max_request_bytes
+        self.compress_responses = compress_responses
+        self.connections: set[_Connection] = set()
+        self.status_lines = {int(status): _status_line(status) for status in HTTPStatus}
+        self._date_second = 0
+        self._date_line = b""
+        self._drained: asyncio.Event | None = None
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Connection(self)
+
+    def date_line(self) -> bytes:
+        """`Date: ...\\r\\n`, formatted once a second."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date_line = b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()
+        return self._date_line
+
+    def forget(self, connection: _Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections and self._drained is not None:
+            self._drained.set()
+
+    async def shutdown(self, listener: asyncio.Server, grace_s: float) -> None:
+        """Stop listening; close idle connections at once and busy ones after their answer;
+        after `grace_s`, cancel what is still running and drop its connection."""
+        listener.close()
+        self._drained = asyncio.Event()
+        for connection in list(self.connections):
+            connection.close_when_idle()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), grace_s)
+        for connection in list(self.connections):
+            connection.abort()
+        await listener.wait_closed()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection, until it is closed or handed to aiohttp."""
+
+    def __init__(self, server: FastPathServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._head: Head | None = None  # parsed, its body still arriving
+        self._route: tuple[str, str, str] = ("", "", "")  # the head's (route, model, version)
+        self._head_end = 0
+        self._task: asyncio.Task[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self._closing = False
+        self._discard = 0  # bytes of a refused body still to read and throw away
+        self._linger: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._server.connections.add(self)
+        self._idle_since = self._loop.time()
+        self._idle_timer = self._loop.call_later(KEEPALIVE_TIMEOUT_S, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._task is not None:  # the client left: its request leaves the batcher's line
+            self._task.cancel()
+        for timer in (self._idle_timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._server.forget(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._idle_since = self._loop.time()
+        if self._discard:
+            if len(data) < self._discard:
+                self._discard -= len(data)
+                return
+            data, self._discard = data[self._discard :], 0
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+        self._buffer += data
+        self._serve()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._serve()
+
+    # -- serving ------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        """Answer the complete requests in the buffer, in order, until one has to wait."""
+        while (
+            self._task is None
+            and not self._write_paused
+            and not self._discard
+            and self._transport is not None
+            and not self._transport.is_closing()
+            and self._step()
+        ):
+            pass
+        self._flow()
+
+    def _step(self) -> bool:
+        """Take the next request as far as it goes now; False when it waits for bytes or
+        the connection went to aiohttp."""
+        buffer = self._buffer
+        head = self._head
+        if head is None:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEAD_BYTES:
+                    self._hand_off()
+                return False
+            head_end = end + 4
+            head = parse_head(bytes(buffer[:head_end]))
+            route = None if head is None or not head.plain else self._route_of(head)
+            if head is None or route is None:
+                self._hand_off()
+                return False
+            if head.content_length > self._server.max_request_bytes:
+                self._refuse_too_large(head, head_end)
+                return True
+            self._head, self._head_end, self._route = head, head_end, route
+            if head.expect_continue and len(buffer) < head_end + head.content_length:
+                assert self._transport is not None
+                self._transport.write(_CONTINUE)
+        end = self._head_end + head.content_length
+        if len(buffer) < end:
+            return False
+        with memoryview(buffer) as view:
+            body = bytes(view[self._head_end : end])
+        del buffer[:end]
+        self._head = None
+        self._dispatch(head, body)
+        return True
+
+    def _route_of(self, head: Head) -> tuple[str, str, str] | None:
+        """The head's route if this front end answers it, else None."""
+        route = match_route(head.method, head.url)
+        if route is None:
+            return None
+        if route[0] != INFER:
+            return route if head.content_length == 0 else None
+        if self._server.compress_responses and "accept-encoding" in head.headers:
+            return None  # compressed answers are aiohttp's to make (--http-compress-responses)
+        return route
+
+    def _dispatch(self, head: Head, body: bytes) -> None:
+        kind, name, version = self._route
+        if kind == INFER:
+            self._task = self._loop.create_task(self._infer(head, body, name, version))
+            return
+        service = self._server.service
+        try:
+            if kind in _SERVER_ANSWERS:
+                status, document = _SERVER_ANSWERS[kind](service)
+            else:
+                status, document = _MODEL_ANSWERS[kind](service, name, version)
+        except GatewayError as error:
+            self._error(head, error)
+            return
+        except Exception:
+            logger.exception("unexpected error handling GET %s", head.url.decode("latin-1"))
+            self._respond(head, 500, error_body("internal error; see the gateway log"), _JSON)
+            return
+        self._respond(head, status, orjson.dumps(document), _JSON)
+
+    async def _infer(self, head: Head, body: bytes, name: str, version: str) -> None:
+        try:
+            payload, header_length = await answers.infer(
+                self._server.service, body, head.headers, name, version
+            )
+        except GatewayError as error:
+            self._error(head, error)
+        except Exception:
+            logger.exception("unexpected error handling POST %s", head.url.decode("latin-1"))
+            self._respond(head, 500, error_body("internal error; see the gateway log"), _JSON)
+        else:
+            if header_length is None:
+                self._respond(head, 200, payload, _JSON)
+            else:
+                extra = b"%s: %d\r\n" % (codec.HEADER_LENGTH.encode(), header_length)
+                self._respond(head, 200, payload, _BINARY, extra)
+        self._task = None
+        self._serve()
+
+    def _error(self, head: Head, error: GatewayError) -> None:
+        wait = retry_after(error)
+        extra = b"" if wait is None else b"Retry-After: %s\r\n" % wait.encode()
+        self._respond(head, HTTP_STATUS[error.code], error_body(error.message), _JSON, extra)
+
+    def _respond(
+        self, head: Head, status: int, body: bytes, content_type: bytes, extra: bytes = b""
+    ) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        close = self._closing or not head.keep_alive
+        server = self._server
+        lines = b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s%s%s\r\n" % (
+            server.status_lines[status],
+            content_type,
+            len(body),
+            extra,
+            server.date_line(),
+            b"Connection: close\r\n" if close else b"",
+        )
+        if len(body) < JOIN_BELOW_BYTES:
+            transport.write(lines + body)
+        else:
+            transport.write(lines)
+            transport.write(body)
+        self._idle_since = self._loop.time()
+        if close:
+            transport.close()
+
+    def _refuse_too_large(self, head: Head, head_end: int) -> None:
+        """413 from Content-Length alone; the body is read and thrown away for up to LINGER_S
+        so the client sees the answer, then the connection goes on (or closes if it did not
+        come). A client that waits for 100-continue sends no body: its connection closes."""
+        limit = self._server.max_request_bytes
+        error = PayloadTooLargeError(
+            f"request body of {head.content_length} bytes exceeds the limit of {limit} bytes"
+        )
+        if head.expect_continue:
+            self._closing = True
+        self._error(head, error)
+        if self._transport is None or self._transport.is_closing():
+            return
+        end = head_end + head.content_length
+        if len(self._buffer) >= end:  # all here already: the next request follows it
+            del self._buffer[:end]
+            return
+        self._discard = end - len(self._buffer)
+        self._buffer.clear()
+        self._linger = self._loop.call_later(LINGER_S, self._close)
+
+    def _flow(self) -> None:
+        """Stop reading while answers lag behind and enough is read ahead; read on after."""
+        transport = self._transport
+        if transport is None:
+            return
+        waiting = self._task is not None or self._write_paused
+        if waiting and len(self._buffer) > PIPELINED_BYTES and self._head is None:
+            if not self._read_paused:
+                self._read_paused = True
+                transport.pause_reading()
+        elif self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
+    def _hand_off(self) -> None:
+        """aiohttp serves this connection from now on, starting with the buffered bytes."""
+        transport = self._transport
+        assert transport is not None
+        self._transport = None
+        self._server.forget(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        handler = self._server.aiohttp_server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._read_paused:
+            transport.resume_reading()
+        data, self._buffer = bytes(self._buffer), bytearray()
+        if data:
+            handler.data_received(data)
+
+    # -- closing ------------------------------------------------------------------------------
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._transport is None:
+            return
+        left = self._idle_since + KEEPALIVE_TIMEOUT_S - self._loop.time()
+        if self._task is None and left <= 0:
+            self._close()
+        else:
+            self._idle_timer = self._loop.call_later(max(left, 1.0), self._check_idle)
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def close_when_idle(self) -> None:
+        """On stop: close now if no answer is being made, else after it."""
+        self._closing = True
+        if self._task is None:
+            self._close()
+
+    def abort(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.abort()

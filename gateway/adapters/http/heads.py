@@ -1,0 +1,158 @@
+"""Request heads for the httptools front end: parsing one, and matching its data-plane route.
+
+A head is parsed by llhttp (through httptools) strictly: a head it refuses, or one this front
+end does not serve itself (see `Head.plain`), is left to aiohttp, which answers it exactly as
+the aiohttp application always has. Matching follows app.py's route table for the routes
+served here and gives up (None) on anything that table might read differently: percent-escapes,
+braces, empty segments, other methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import httptools
+
+
+class Headers(Mapping[str, str]):
+    """Request headers looked up case-insensitively; the first of repeated names wins, as
+    aiohttp's CIMultiDict.get."""
+
+    __slots__ = ("_lower",)
+
+    def __init__(self, lower: dict[str, str]) -> None:
+        self._lower = lower
+
+    def __getitem__(self, name: str) -> str:
+        return self._lower[name.lower()]
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return self._lower.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._lower
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lower)
+
+    def __len__(self) -> int:
+        return len(self._lower)
+
+
+class _Collector:
+    """httptools' callback target for one head."""
+
+    __slots__ = ("headers", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    method: bytes
+    url: bytes
+    headers: Headers
+    content_length: int
+    keep_alive: bool
+    expect_continue: bool
+    plain: bool
+    """HTTP/1.1, a body framed by Content-Length (or none), not compressed, no upgrade, no
+    Expect but 100-continue: what this front end serves itself."""
+
+
+def parse_head(raw: bytes) -> Head | None:
+    """The head `raw` (up to and including its blank line), or None if llhttp refuses it."""
+    collector = _Collector()
+    parser = httptools.HttpRequestParser(collector)
+    try:
+        parser.feed_data(raw)
+    except httptools.HttpParserError:  # HttpParserUpgrade included
+        return None
+    lower = collector.headers
+    expect = lower.get("expect")
+    expect_continue = expect is not None and expect.lower() == "100-continue"
+    try:
+        content_length = int(lower.get("content-length", "0"))  # llhttp checked its digits
+    except ValueError:
+        return None
+    plain = (
+        parser.get_http_version() == "1.1"
+        and "transfer-encoding" not in lower
+        and "content-encoding" not in lower
+        and "upgrade" not in lower
+        and (expect is None or expect_continue)
+    )
+    return Head(
+        method=parser.get_method(),
+        url=collector.url,
+        headers=Headers(lower),
+        content_length=content_length,
+        keep_alive=parser.should_keep_alive(),
+        expect_continue=expect_continue,
+        plain=plain,
+    )
+
+
+INFER = "infer"
+SERVER_ROUTES = ("server_metadata", "server_live", "server_ready")
+MODEL_ROUTES = ("model_metadata", "model_ready", "model_config", "model_statistics")
+_MODEL_TAILS = {"ready": "model_ready", "config": "model_config", "stats": "model_statistics"}
+
+
+def match_route(method: bytes, url: bytes) -> tuple[str, str, str] | None:
+    """(route, model, version) for the data-plane routes served here, as app.py's table
+    routes them; None for everything else."""
+    path = url.split(b"?", 1)[0]
+    if not path.startswith(b"/v2") or b"%" in path or b"{" in path or b"}" in path:
+        return None
+    try:
+        parts = path.decode("ascii").split("/")[2:]  # after "", "v2"
+    except UnicodeDecodeError:
+        return None
+    if path[3:4] not in (b"", b"/"):  # /v2x...
+        return None
+    count = len(parts)
+    if method == b"POST":
+        if count == 3 and parts[0] == "models" and parts[1] and parts[2] == INFER:
+            return INFER, parts[1], ""
+        if (
+            count == 5
+            and parts[0] == "models"
+            and parts[1]
+            and parts[2] == "versions"
+            and parts[3]
+            and parts[4] == INFER
+        ):
+            return INFER, parts[1], parts[3]
+        return None
+    if method != b"GET":
+        return None
+    if count == 0:
+        return "server_metadata", "", ""
+    if parts[0] == "health":
+        if count == 2 and parts[1] in ("live", "ready"):
+            return f"server_{parts[1]}", "", ""
+        return None
+    if parts[0] != "models" or count < 2 or not parts[1]:
+        return None
+    name, tail, version = parts[1], parts[2:], ""
+    if not tail:  # /v2/models/stats comes before /v2/models/{model} in app.py
+        return ("model_statistics", "", "") if name == "stats" else ("model_metadata", name, "")
+    if tail[0] == "versions":
+        if len(tail) < 2 or not tail[1]:
+            return None
+        version, tail = tail[1], tail[2:]
+        if not tail:
+            return "model_metadata", name, version
+    if len(tail) == 1 and tail[0] in _MODEL_TAILS:
+        return _MODEL_TAILS[tail[0]], name, version
+    return None
