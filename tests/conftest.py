@@ -87,13 +87,22 @@ def main_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_main_repository(tmp_path_factory.mktemp("repository"))
 
 
-@pytest.fixture(scope="session", params=["threaded", "asyncio"])
+# Each shared gateway runs one gRPC and one HTTP front end, so every test through `server`
+# covers all four: the defaults (threaded gRPC, httptools HTTP) and the alternatives.
+FRONT_ENDS = [("threaded", "httptools"), ("asyncio", "aiohttp")]
+
+
+@pytest.fixture(
+    scope="session", params=FRONT_ENDS, ids=[f"{grpc}-{http}" for grpc, http in FRONT_ENDS]
+)
 def server(request: pytest.FixtureRequest, main_repository: Path) -> Iterator[RunningGateway]:
-    """The shared gateway, once per gRPC front end (the HTTP side is the same in both)."""
+    """The shared gateway, once per pair of front ends."""
+    grpc_server, http_server = request.param
     running = RunningGateway(
         main_repository,
         max_request_bytes=1024 * 1024,
-        grpc_server=request.param,
+        grpc_server=grpc_server,
+        http_server=http_server,
         http_compress_responses=True,
     )
     yield running

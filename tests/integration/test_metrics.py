@@ -60,7 +60,9 @@ def scrape(address: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return samples
 
 
-def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+def value(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
     return sum(v for found, v in samples.get(name, []) if labels.items() <= found.items())
 
 

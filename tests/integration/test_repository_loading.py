@@ -116,9 +116,7 @@ def test_healthy_models_serve_while_broken_ones_report(
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_repository_index_shows_states_and_reasons(
-    lenient: RunningGateway, protocol: str
-) -> None:
+def test_repository_index_shows_states_and_reasons(lenient: RunningGateway, protocol: str) -> None:
     if protocol == "grpc":
         client: Any = grpcclient.InferenceServerClient(lenient.grpc_url)
         index = client.get_model_repository_index(as_json=True).get("models", [])

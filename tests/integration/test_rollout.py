@@ -160,7 +160,11 @@ def test_good_versions_promote_and_bad_ones_roll_back_saying_why(tmp_path: Path)
                         gates=gateway_pb.RolloutGates(**CALM),
                     )
                 )
-                assert (started.state, getattr(started, "from"), started.weight) == ("running", "1", 10)
+                assert (started.state, getattr(started, "from"), started.weight) == (
+                    "running",
+                    "1",
+                    10,
+                )
             start(server, "disagreeing", {"to": "2", "from": "1", **FAST, "gates": CALM})
             good = wait_for(server, "good", ended)
             erroring = wait_for(server, "erroring", ended)
@@ -173,7 +177,9 @@ def test_good_versions_promote_and_bad_ones_roll_back_saying_why(tmp_path: Path)
         assert traffic(server, "good")["shadows"] == []
 
         assert erroring["state"] == "rolled_back", erroring
-        assert erroring["reason"].startswith("rolled back: gate error_rate failed: candidate 100.00%")
+        assert erroring["reason"].startswith(
+            "rolled back: gate error_rate failed: candidate 100.00%"
+        )
         assert traffic(server, "erroring")["weights"] == {"1": 100}
         assert driver.failed.get("erroring", 0) > 0 and "good" not in driver.failed
 

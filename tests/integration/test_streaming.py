@@ -90,7 +90,9 @@ def _raw_requests(count: int, start: int = 0) -> list[Any]:
     requests = []
     for i in range(start, start + count):
         x = np.full((1, 4), i, np.float32)
-        request = pb.ModelInferRequest(model_name="plus", id=str(i), raw_input_contents=[x.tobytes()])
+        request = pb.ModelInferRequest(
+            model_name="plus", id=str(i), raw_input_contents=[x.tobytes()]
+        )
         request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
         requests.append(request)
     return requests

@@ -69,7 +69,9 @@ def versions_answering(
     server: RunningGateway, count: int, protocol: str = "http", **kwargs: Any
 ) -> Counter[str]:
     module: Any = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    client = module.InferenceServerClient(
+        server.http_url if protocol == "http" else server.grpc_url
+    )
     x = module.InferInput("X", [1, WIDTH], "FP32")
     x.set_data_from_numpy(np.zeros((1, WIDTH), np.float32))
     seen: Counter[str] = Counter()
@@ -193,7 +195,12 @@ def test_a_failing_or_slow_shadow_costs_the_caller_nothing(tmp_path: Path) -> No
         client = httpclient.InferenceServerClient(running.http_url)
         x = httpclient.InferInput("X", [1, 512], "FP32")
         x.set_data_from_numpy(np.zeros((1, 512), np.float32))
-        call(running, "PUT", "/v2/models/split/traffic", {"weights": {"1": 1}, "shadows": [{"version": "2"}]})
+        call(
+            running,
+            "PUT",
+            "/v2/models/split/traffic",
+            {"weights": {"1": 1}, "shadows": [{"version": "2"}]},
+        )
         for _ in range(50):
             assert client.infer("split", [x]).get_response()["model_version"] == "1"
         # A shadow whose input the model refuses: compared as an error, the caller never sees it.
@@ -213,10 +220,26 @@ def test_the_policy_persists_and_comes_back_after_a_restart(repository: Path) ->
     write_config(repository / "split", "max_batch_size: 8\n")  # latest 1: only v3 by policy
     running = RunningGateway(repository, model_control_mode="explicit", load_model=["split"])
     try:
-        call(running, "POST", "/v2/repository/models/split/load", {"parameters": {"config": json.dumps({"max_batch_size": 8, "version_policy": {"all": {}}})}})
-        policy = {"weights": {"1": 70, "2": 30}, "sticky_key": "x-user", "shadows": [{"version": "3", "percent": 50}]}
+        call(
+            running,
+            "POST",
+            "/v2/repository/models/split/load",
+            {
+                "parameters": {
+                    "config": json.dumps({"max_batch_size": 8, "version_policy": {"all": {}}})
+                }
+            },
+        )
+        policy = {
+            "weights": {"1": 70, "2": 30},
+            "sticky_key": "x-user",
+            "shadows": [{"version": "3", "percent": 50}],
+        }
         call(running, "PUT", "/v2/models/split/traffic", policy)
-        assert json.loads((repository / "split" / "traffic.json").read_text())["weights"] == {"1": 70, "2": 30}
+        assert json.loads((repository / "split" / "traffic.json").read_text())["weights"] == {
+            "1": 70,
+            "2": 30,
+        }
     finally:
         running.stop()
     restarted = RunningGateway(repository)
@@ -275,7 +298,12 @@ def test_agreement_of_the_two_digits_versions_on_the_real_test_split(
         images = data["X"].astype(np.float32)
     running = RunningGateway(root)
     try:
-        call(running, "PUT", "/v2/models/digits/traffic", {"weights": {"2": 1}, "shadows": [{"version": "1"}]})
+        call(
+            running,
+            "PUT",
+            "/v2/models/digits/traffic",
+            {"weights": {"2": 1}, "shadows": [{"version": "1"}]},
+        )
         client = httpclient.InferenceServerClient(running.http_url)
         labels: dict[str, list[int]] = {"1": [], "2": []}
         for row in images:
@@ -344,7 +372,12 @@ def test_under_overload_shadows_are_dropped_before_primaries_are_refused(tmp_pat
         slow(root / "busy" / str(version) / "model.onnx", width=256, depth=16)
     running = RunningGateway(root)
     try:
-        call(running, "PUT", "/v2/models/busy/traffic", {"weights": {"1": 1}, "shadows": [{"version": "2"}]})
+        call(
+            running,
+            "PUT",
+            "/v2/models/busy/traffic",
+            {"weights": {"1": 1}, "shadows": [{"version": "2"}]},
+        )
         outcomes: list[str] = []
 
         def caller() -> None:

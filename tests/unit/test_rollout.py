@@ -103,7 +103,17 @@ class Harness:
         for version, (count, errors, latency_ms) in self.traffic.per_poll.items():
             for i in range(count):
                 code = "internal" if i < errors else "ok"
-                event = RequestEvent("m", version, "primary", "http", code, 0, int(latency_ms * MS), 1, RequestTiming())
+                event = RequestEvent(
+                    "m",
+                    version,
+                    "primary",
+                    "http",
+                    code,
+                    0,
+                    int(latency_ms * MS),
+                    1,
+                    RequestTiming(),
+                )
                 self.controller.request_finished(event)
         pair = self.shadows.pair("m", 1, 2)
         pair.agree += self.traffic.agree
@@ -145,7 +155,11 @@ async def test_a_good_candidate_goes_through_every_step_and_is_promoted() -> Non
     assert done["state"] == "promoted" and "every step passed" in done["reason"]
     assert entry.labels == {"stable": 2}
     assert dict(entry.traffic.weights) == {2: 100} and entry.traffic.shadows == ()
-    weights = [item["weight"] for item in done["history"] if item["reason"].startswith("step") and "passed" in item["reason"]]
+    weights = [
+        item["weight"]
+        for item in done["history"]
+        if item["reason"].startswith("step") and "passed" in item["reason"]
+    ]
     assert weights == [1, 5, 25, 50]
     assert "pinned_versions" not in h.lifecycle.saved[("m", "rollout")]
     assert h.controller.outcomes[("m", "promoted")] == 1
@@ -301,7 +315,9 @@ def test_each_gate_on_its_own() -> None:
         ("accuracy", SKIPPED),
     ]
     # Below the noise floor a ratio alone does not fail: 0.1 ms vs 0.3 ms.
-    (_, latency, _, _) = evaluate(gates, Figures(100, 0, 0.3), Figures(100, 0, 0.1), (0, 0), (None, None))
+    (_, latency, _, _) = evaluate(
+        gates, Figures(100, 0, 0.3), Figures(100, 0, 0.1), (0, 0), (None, None)
+    )
     assert latency.verdict == PASS and latency.figures["ratio"] == pytest.approx(3.0)
     (errors, _, agreement, accuracy) = evaluate(
         gates,
@@ -333,7 +349,10 @@ async def test_a_persisted_rollout_resumes_at_its_step() -> None:
     done = await h.until_done()
     assert done["state"] == "promoted"
     reasons = [item["reason"] for item in done["history"]]
-    assert any(r == "resumed after a restart, its window anew: step 2 of 3: 50% to version 2" for r in reasons), reasons
+    assert any(
+        r == "resumed after a restart, its window anew: step 2 of 3: 50% to version 2"
+        for r in reasons
+    ), reasons
     # A finished rollout is shown, never resumed; a broken document is ignored.
     again = h.make_controller()
     again.model_restored("m", {"rollout": h.lifecycle.saved[("m", "rollout")]})

@@ -34,8 +34,8 @@ from gateway.core.service import InferenceService
 
 logger = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 64 * 1024
-"""A head still incomplete at this size goes to aiohttp, whose limits answer it."""
+MAX_HEAD_BYTES = 8190
+"""A longer head goes to aiohttp, whose limits (8190 bytes a line or field) answer it."""
 PIPELINED_BYTES = 256 * 1024
 KEEPALIVE_TIMEOUT_S = 75.0
 """An idle connection is closed after this long (aiohttp's default)."""
@@ -198,11 +198,14 @@ class _Connection(asyncio.Protocol):
         head = self._head
         if head is None:
             end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD_BYTES:
+            if end < 0:  # incomplete, or ended by bare LFs (which aiohttp refuses its way)
+                if len(buffer) > MAX_HEAD_BYTES or buffer.find(b"\n\n") >= 0:
                     self._hand_off()
                 return False
             head_end = end + 4
+            if head_end > MAX_HEAD_BYTES:
+                self._hand_off()
+                return False
             head = parse_head(bytes(buffer[:head_end]))
             route = None if head is None or not head.plain else self._route_of(head)
             if head is None or route is None:

@@ -41,19 +41,32 @@ class Headers(Mapping[str, str]):
 
 
 class _Collector:
-    """httptools' callback target for one head."""
+    """httptools' callback target for one head. What the parser knows of the message is read
+    when its headers are complete: a message without a body completes, and resets the
+    parser, in the same call."""
 
-    __slots__ = ("headers", "url")
+    __slots__ = ("headers", "keep_alive", "method", "parser", "url", "version")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: dict[str, str] = {}
+        self.parser: httptools.HttpRequestParser | None = None
+        self.method = b""
+        self.version = ""
+        self.keep_alive = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        self.method = parser.get_method()
+        self.version = parser.get_http_version()
+        self.keep_alive = parser.should_keep_alive()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +78,21 @@ class Head:
     keep_alive: bool
     expect_continue: bool
     plain: bool
-    """HTTP/1.1, a body framed by Content-Length (or none), not compressed, no upgrade, no
-    Expect but 100-continue: what this front end serves itself."""
+    """HTTP/1.1 with a Host, a body framed by Content-Length (or none), not compressed, no
+    upgrade, no Expect but 100-continue: what this front end serves itself."""
 
 
 def parse_head(raw: bytes) -> Head | None:
     """The head `raw` (up to and including its blank line), or None if llhttp refuses it."""
     collector = _Collector()
-    parser = httptools.HttpRequestParser(collector)
+    collector.parser = parser = httptools.HttpRequestParser(collector)
     try:
         parser.feed_data(raw)
-    except httptools.HttpParserError:  # HttpParserUpgrade included
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None
+    finally:
+        collector.parser = None  # no reference cycle left for the garbage collector
+    if not collector.method:  # the head did not end where the caller thought
         return None
     lower = collector.headers
     expect = lower.get("expect")
@@ -85,18 +102,19 @@ def parse_head(raw: bytes) -> Head | None:
     except ValueError:
         return None
     plain = (
-        parser.get_http_version() == "1.1"
+        collector.version == "1.1"
+        and "host" in lower  # aiohttp answers its absence (400, as RFC 9112 asks)
         and "transfer-encoding" not in lower
         and "content-encoding" not in lower
         and "upgrade" not in lower
         and (expect is None or expect_continue)
     )
     return Head(
-        method=parser.get_method(),
+        method=collector.method,
         url=collector.url,
         headers=Headers(lower),
         content_length=content_length,
-        keep_alive=parser.should_keep_alive(),
+        keep_alive=collector.keep_alive,
         expect_continue=expect_continue,
         plain=plain,
     )
