@@ -209,6 +209,11 @@ def analyse(results: dict[str, Any]) -> None:
     results["latency_targets"] = latency_targets(
         results["runs"], results["echo_runs"], results["baseline"]
     )
+    if results["lean_echo_runs"]:  # the gateway's own HTTP stack (httptools) as the front end
+        lean = results["lean_echo_runs"]
+        results["lean_limits"] = limits(limit, lean, ["http-binary"])
+        http = [r for r in results["runs"] if r["protocol"] == "http-binary"]
+        results["lean_latency_targets"] = latency_targets(http, lean, results["baseline"])
 
 
 def write(results: dict[str, Any], out_dir: Path) -> None:

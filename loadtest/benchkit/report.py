@@ -180,15 +180,40 @@ def baseline_section(baseline: dict[str, Any]) -> list[str]:
     ]
 
 
-def lean_section(runs: list[dict[str, Any]]) -> list[str]:
+def lean_section(results: dict[str, Any]) -> list[str]:
+    runs = results.get("lean_echo_runs") or []
     if not runs:
         return []
-    return [
-        "## Lean HTTP echo (reference, not a limit: httptools on asyncio, no web framework)",
+    lines = [
+        "## Lean HTTP echo (httptools on asyncio, no web framework: the gateway's own stack)",
         "",
         *load_table(runs, gateway=False),
         "",
     ]
+    limit = (results.get("lean_limits") or {}).get("http-binary")
+    gateway = [r for r in results["runs"] if r["protocol"] == "http-binary" and r["requests"]]
+    if limit and limit["combined_samples_per_s"] and gateway:
+        best = max(gateway, key=lambda r: r["samples_per_s"])
+        bound = "" if limit["echo_saturated"] else " (the echo was client-bound: a lower bound)"
+        lines += [
+            f"Against this echo instead of aiohttp's: front-end limit "
+            f"{fmt(limit['echo_requests_per_s'])} req/s{bound}, combined "
+            f"{fmt(limit['combined_samples_per_s'])}, gateway best {fmt(best['samples_per_s'])} "
+            f"(c{best['concurrency']}) = "
+            f"{fmt(best['samples_per_s'] / limit['combined_samples_per_s'], 2)} of it.",
+            "",
+        ]
+    for check in results.get("lean_latency_targets") or []:
+        if check["target_ms"] is None:
+            continue
+        lines += [
+            f"Latency at concurrency 1 against this echo: gateway p50 "
+            f"{fmt(check['gateway_p50_ms'], 3)} ms, target {fmt(check['echo_p50_ms'], 3)} + "
+            f"{fmt(check['ort_batch1_p50_ms'], 3)} + {check['slack_ms']} = "
+            f"{fmt(check['target_ms'], 3)} ms: {'met' if check['met'] else 'missed'}.",
+            "",
+        ]
+    return lines
 
 
 def markdown_report(results: dict[str, Any]) -> str:
@@ -219,7 +244,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         *load_table(results["echo_runs"], gateway=False),
         "",
-        *lean_section(results.get("lean_echo_runs") or []),
+        *lean_section(results),
         f"## Bare onnxruntime (same file, core {core}, intra_op_num_threads=1)",
         "",
         *baseline_section(results["baseline"]),
