@@ -91,11 +91,14 @@ def connect(gateway: RunningGateway) -> Iterator[type[Connection]]:
         connection.close()
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    """On uvloop (what `gateway serve` runs) and asyncio: their transports differ."""
     root = tmp_path_factory.mktemp("front-end")
     models.add_sub(root / "simple" / "1" / "model.onnx", width=4)
-    running = RunningGateway(root, max_request_bytes=LIMIT)
+    running = RunningGateway(root, max_request_bytes=LIMIT, event_loop=request.param)
     yield running
     running.stop()
 
@@ -270,9 +273,12 @@ def test_a_body_over_the_limit_is_refused_and_the_connection_goes_on(
     assert_sum(connection.answer(), 9)
 
 
-def test_a_body_over_the_limit_with_expect_closes_the_connection(
-    connect: type[Connection],
+@pytest.mark.parametrize("sends_the_body", [False, True])
+def test_a_body_over_the_limit_with_expect_is_refused_and_the_connection_closed(
+    connect: type[Connection], sends_the_body: bool
 ) -> None:
+    """No 100 Continue: a 413 and the end of the connection, whether or not the client sends
+    the body anyway (it is read and thrown away, so the client sees the answer, not a reset)."""
     connection = connect()
     connection.send(
         b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
@@ -280,7 +286,22 @@ def test_a_body_over_the_limit_with_expect_closes_the_connection(
     )
     answer = connection.answer()
     assert answer.status == 413 and answer.headers["connection"] == "close"
+    if sends_the_body:
+        connection.send(b"x" * (LIMIT + 1))
     assert connection.closed_by_server()
+
+
+def test_a_repeated_host_and_a_fragment_are_aiohttp_s_to_answer(
+    connect: type[Connection],
+) -> None:
+    connection = connect()
+    connection.send(b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    answer = connection.answer()
+    assert answer.status == 400 and b"Duplicate 'Host'" in answer.body
+    connection = connect()
+    connection.send(request("GET", "/v2/models/simple#x"))
+    answer = connection.answer()
+    assert answer.status == 200 and answer.json()["name"] == "simple"  # type: ignore[index]
 
 
 def test_errors_keep_the_connection_and_name_the_problem(connect: type[Connection]) -> None:

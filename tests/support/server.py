@@ -18,14 +18,16 @@ class RunningGateway:
     """A started Gateway on its own thread and loop; `stop()` drains and joins it."""
 
     def __init__(self, repository: Path, **settings: Any) -> None:
+        settings.setdefault("event_loop", "asyncio")
         self.settings = GatewaySettings(
-            model_repository=repository,
-            http_port=0,
-            grpc_port=0,
-            event_loop="asyncio",
-            **settings,
+            model_repository=repository, http_port=0, grpc_port=0, **settings
         )
-        self._loop = asyncio.new_event_loop()
+        if self.settings.event_loop == "uvloop":  # as `gateway serve` runs by default
+            import uvloop
+
+            self._loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        else:
+            self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self.gateway = Gateway(self.settings)

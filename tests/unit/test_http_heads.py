@@ -129,3 +129,20 @@ def test_headers_mapping() -> None:
     headers = Headers({"x-user": "a"})
     assert dict(headers) == {"x-user": "a"} and len(headers) == 1
     assert headers.get("missing") is None and 1 not in headers
+
+
+def test_a_repeated_singleton_header_is_left_to_aiohttp() -> None:
+    parsed = parse_head(head("GET /v2 HTTP/1.1", "Host: a", "Host: b"))
+    assert parsed is not None and not parsed.plain
+    parsed = parse_head(head("GET /v2 HTTP/1.1", "Host: a", "Accept: x", "Accept: y"))
+    assert parsed is not None and parsed.plain and parsed.headers["accept"] == "x"
+
+
+def test_header_values_are_decoded_as_aiohttp_decodes_them() -> None:
+    parsed = parse_head(head("GET /v2 HTTP/1.1", "Host: a", "X-User: é"))
+    assert parsed is not None and parsed.headers["x-user"] == "é"
+
+
+def test_a_fragment_is_left_to_aiohttp() -> None:
+    assert match_route(b"GET", b"/v2/models/m#x") is None
+    assert match_route(b"POST", b"/v2/models/m/infer?a#b") is None

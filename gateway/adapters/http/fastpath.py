@@ -42,6 +42,8 @@ KEEPALIVE_TIMEOUT_S = 75.0
 LINGER_S = 10.0
 """How long the body of a refused (413) request is read and thrown away (aiohttp's
 lingering_time) before the connection is closed instead."""
+SERVED_PER_TURN = 32
+"""Pipelined requests answered in one go before the loop serves others (then this goes on)."""
 JOIN_BELOW_BYTES = 64 * 1024
 """Answers smaller than this go out as one write (head and body joined)."""
 
@@ -131,8 +133,10 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._write_paused = False
         self._read_paused = False
-        self._closing = False
+        self._closing = False  # answer what is in flight, then close
         self._discard = 0  # bytes of a refused body still to read and throw away
+        self._close_after_discard = False
+        self._turn: asyncio.Handle | None = None  # a _serve scheduled after a full turn
         self._linger: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -152,7 +156,8 @@ class _Connection(asyncio.Protocol):
         self._transport = None
         if self._task is not None:  # the client left: its request leaves the batcher's line
             self._task.cancel()
-        for timer in (self._idle_timer, self._linger):
+            self._task = None  # no cycle through the cancelled task's frame (and its body)
+        for timer in (self._idle_timer, self._linger, self._turn):
             if timer is not None:
                 timer.cancel()
         self._server.forget(self)
@@ -167,6 +172,9 @@ class _Connection(asyncio.Protocol):
             if self._linger is not None:
                 self._linger.cancel()
                 self._linger = None
+            if self._close_after_discard:
+                self._close()
+                return
         self._buffer += data
         self._serve()
 
@@ -179,16 +187,21 @@ class _Connection(asyncio.Protocol):
 
     # -- serving ------------------------------------------------------------------------------
     def _serve(self) -> None:
-        """Answer the complete requests in the buffer, in order, until one has to wait."""
-        while (
-            self._task is None
-            and not self._write_paused
-            and not self._discard
-            and self._transport is not None
-            and not self._transport.is_closing()
-            and self._step()
-        ):
-            pass
+        """Answer the complete requests in the buffer, in order, until one has to wait; after
+        SERVED_PER_TURN of them, let the loop serve others and go on in a later turn."""
+        self._turn = None
+        for _ in range(SERVED_PER_TURN):
+            if not (
+                self._task is None
+                and not self._write_paused
+                and not self._discard
+                and self._transport is not None
+                and not self._transport.is_closing()
+                and self._step()
+            ):
+                break
+        else:
+            self._turn = self._loop.call_soon(self._serve)
         self._flow()
 
     def _step(self) -> bool:
@@ -250,6 +263,7 @@ class _Connection(asyncio.Protocol):
                 status, document = _SERVER_ANSWERS[kind](service)
             else:
                 status, document = _MODEL_ANSWERS[kind](service, name, version)
+            body = orjson.dumps(document)
         except GatewayError as error:
             self._error(head, error)
             return
@@ -257,7 +271,7 @@ class _Connection(asyncio.Protocol):
             logger.exception("unexpected error handling GET %s", head.url.decode("latin-1"))
             self._respond(head, 500, error_body("internal error; see the gateway log"), _JSON)
             return
-        self._respond(head, status, orjson.dumps(document), _JSON)
+        self._respond(head, status, body, _JSON)
 
     async def _infer(self, head: Head, body: bytes, name: str, version: str) -> None:
         try:
@@ -278,18 +292,28 @@ class _Connection(asyncio.Protocol):
         self._task = None
         self._serve()
 
-    def _error(self, head: Head, error: GatewayError) -> None:
+    def _error(self, head: Head, error: GatewayError, *, close: bool = True) -> None:
         wait = retry_after(error)
         extra = b"" if wait is None else b"Retry-After: %s\r\n" % wait.encode()
-        self._respond(head, HTTP_STATUS[error.code], error_body(error.message), _JSON, extra)
+        status, body = HTTP_STATUS[error.code], error_body(error.message)
+        self._respond(head, status, body, _JSON, extra, close=close)
 
     def _respond(
-        self, head: Head, status: int, body: bytes, content_type: bytes, extra: bytes = b""
+        self,
+        head: Head,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        extra: bytes = b"",
+        *,
+        close: bool = True,
     ) -> None:
+        """Send an answer; with `close`, close the connection after it when the client or a
+        stop asks (else the caller does)."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        close = self._closing or not head.keep_alive
+        last = self._closing or not head.keep_alive or self._close_after_discard
         server = self._server
         lines = b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s%s%s\r\n" % (
             server.status_lines[status],
@@ -297,7 +321,7 @@ class _Connection(asyncio.Protocol):
             len(body),
             extra,
             server.date_line(),
-            b"Connection: close\r\n" if close else b"",
+            b"Connection: close\r\n" if last else b"",
         )
         if len(body) < JOIN_BELOW_BYTES:
             transport.write(lines + body)
@@ -305,37 +329,42 @@ class _Connection(asyncio.Protocol):
             transport.write(lines)
             transport.write(body)
         self._idle_since = self._loop.time()
-        if close:
+        if last and close:
             transport.close()
 
     def _refuse_too_large(self, head: Head, head_end: int) -> None:
-        """413 from Content-Length alone; the body is read and thrown away for up to LINGER_S
-        so the client sees the answer, then the connection goes on (or closes if it did not
-        come). A client that waits for 100-continue sends no body: its connection closes."""
+        """413 from Content-Length alone. The body is read and thrown away for up to LINGER_S
+        (aiohttp's lingering), so the client reads the answer instead of a reset; then the
+        connection goes on, or closes if the client waited for 100-continue (it may never
+        send the body) or asked to close."""
         limit = self._server.max_request_bytes
         error = PayloadTooLargeError(
             f"request body of {head.content_length} bytes exceeds the limit of {limit} bytes"
         )
-        if head.expect_continue:
-            self._closing = True
-        self._error(head, error)
-        if self._transport is None or self._transport.is_closing():
-            return
         end = head_end + head.content_length
         if len(self._buffer) >= end:  # all here already: the next request follows it
             del self._buffer[:end]
+            self._error(head, error)
             return
         self._discard = end - len(self._buffer)
         self._buffer.clear()
+        self._close_after_discard = head.expect_continue or not head.keep_alive or self._closing
+        self._error(head, error, close=False)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._close_after_discard and transport.can_write_eof():
+            transport.write_eof()  # the answer, then our end closed; reading goes on
         self._linger = self._loop.call_later(LINGER_S, self._close)
 
     def _flow(self) -> None:
-        """Stop reading while answers lag behind and enough is read ahead; read on after."""
+        """Stop reading once more than PIPELINED_BYTES are buffered beyond the request being
+        read (its head and whole body); read on when the answers have caught up."""
         transport = self._transport
         if transport is None:
             return
-        waiting = self._task is not None or self._write_paused
-        if waiting and len(self._buffer) > PIPELINED_BYTES and self._head is None:
+        needed = 0 if self._head is None else self._head_end + self._head.content_length
+        if len(self._buffer) > needed + PIPELINED_BYTES:
             if not self._read_paused:
                 self._read_paused = True
                 transport.pause_reading()
@@ -384,5 +413,6 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            self._task = None
         if self._transport is not None:
             self._transport.abort()

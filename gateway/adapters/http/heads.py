@@ -40,12 +40,29 @@ class Headers(Mapping[str, str]):
         return len(self._lower)
 
 
+SINGLETON_HEADERS = frozenset(
+    {
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-type",
+        "etag",
+        "host",
+        "max-forwards",
+        "server",
+        "transfer-encoding",
+        "user-agent",
+    }
+)
+"""Headers aiohttp refuses to see twice (400); a head repeating one goes to aiohttp."""
+
+
 class _Collector:
     """httptools' callback target for one head. What the parser knows of the message is read
     when its headers are complete: a message without a body completes, and resets the
     parser, in the same call."""
 
-    __slots__ = ("headers", "keep_alive", "method", "parser", "url", "version")
+    __slots__ = ("headers", "keep_alive", "method", "parser", "repeated", "url", "version")
 
     def __init__(self) -> None:
         self.url = b""
@@ -54,12 +71,18 @@ class _Collector:
         self.method = b""
         self.version = ""
         self.keep_alive = False
+        self.repeated = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        # Decoded as aiohttp decodes them, so both front ends see the same values.
+        key = name.decode("utf-8", "surrogateescape").lower()
+        if key in self.headers:
+            self.repeated = self.repeated or key in SINGLETON_HEADERS
+            return
+        self.headers[key] = value.decode("utf-8", "surrogateescape")
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -78,8 +101,9 @@ class Head:
     keep_alive: bool
     expect_continue: bool
     plain: bool
-    """HTTP/1.1 with a Host, a body framed by Content-Length (or none), not compressed, no
-    upgrade, no Expect but 100-continue: what this front end serves itself."""
+    """HTTP/1.1 with one Host, a body framed by Content-Length (or none), not compressed, no
+    upgrade, no Expect but 100-continue, no singleton header repeated: what this front end
+    serves itself."""
 
 
 def parse_head(raw: bytes) -> Head | None:
@@ -104,6 +128,7 @@ def parse_head(raw: bytes) -> Head | None:
     plain = (
         collector.version == "1.1"
         and "host" in lower  # aiohttp answers its absence (400, as RFC 9112 asks)
+        and not collector.repeated
         and "transfer-encoding" not in lower
         and "content-encoding" not in lower
         and "upgrade" not in lower
@@ -131,6 +156,8 @@ def match_route(method: bytes, url: bytes) -> tuple[str, str, str] | None:
     routes them; None for everything else."""
     path = url.split(b"?", 1)[0]
     if not path.startswith(b"/v2") or b"%" in path or b"{" in path or b"}" in path:
+        return None
+    if b"#" in url:  # a fragment (llhttp passes it on): yarl's reading is aiohttp's to apply
         return None
     try:
         parts = path.decode("ascii").split("/")[2:]  # after "", "v2"
