@@ -40,16 +40,18 @@ def element_count(tensor: str, shape: Sequence[int]) -> int:
         raise InvalidInputError(
             f"{tensor}: shape has {len(shape)} dimensions, expected at most {MAX_RANK}"
         )
+    count = 1
+    for dim in shape:  # one pass; the error names the first problem in the same order as ever
+        if dim < 0 or dim > MAX_DIM:
+            break
+        count *= dim
+    else:
+        return count
     if any(dim > MAX_DIM for dim in shape):
         raise InvalidInputError(f"{tensor}: shape {list(shape)} has a dimension over {MAX_DIM}")
-    count = 1
-    for dim in shape:
-        if dim < 0:
-            raise InvalidInputError(
-                f"{tensor}: shape {list(shape)} has a negative dimension; dimensions must be >= 0"
-            )
-        count *= dim
-    return count
+    raise InvalidInputError(
+        f"{tensor}: shape {list(shape)} has a negative dimension; dimensions must be >= 0"
+    )
 
 
 def from_buffer(

@@ -42,10 +42,6 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
-    return _object(holder.get("parameters") or {}, f"{what} 'parameters'")
-
-
 def _shape(value: Any, what: str) -> list[int]:
     if type(value) is list:
         for dim in value:
@@ -88,23 +84,25 @@ def decode_request(
     for index, raw in enumerate(raw_inputs):
         # Messages are built only on the way to an error: this loop runs for every input of
         # every request.
-        if not isinstance(raw, dict):
+        if type(raw) is not dict:
             raise InvalidInputError(f"inputs[{index}] must be a JSON object")
         name = raw.get("name")
-        if not isinstance(name, str) or not name:
+        if type(name) is not str or not name:
             raise InvalidInputError(f"inputs[{index}]: 'name' must be a non-empty string")
-        what = f"input '{name}'"
         datatype_name = raw.get("datatype")
-        if not isinstance(datatype_name, str):
-            raise InvalidInputError(f"{what}: 'datatype' must be a string")
+        if type(datatype_name) is not str:
+            raise InvalidInputError(f"input '{name}': 'datatype' must be a string")
+        what = f"input '{name}'"
         datatype = tensors.lookup_datatype(what, datatype_name)
         shape = _shape(raw.get("shape"), what)
         parameters = raw.get("parameters")
         size = None
         if parameters:
-            size = _object(parameters, f"{what} 'parameters'").get("binary_data_size")
+            if type(parameters) is not dict:
+                raise InvalidInputError(f"{what} 'parameters' must be a JSON object")
+            size = parameters.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            if type(size) is not int or size < 0:
                 raise InvalidInputError(f"{what}: 'binary_data_size' must be an integer >= 0")
             if offset + size > len(binary_part):
                 raise InvalidInputError(
@@ -126,7 +124,9 @@ def decode_request(
             f"the body has {len(binary_part) - offset} bytes of binary data that no input claims"
         )
 
-    request_parameters = _parameters(document, "the request")
+    request_parameters = document.get("parameters") or {}
+    if type(request_parameters) is not dict:
+        raise InvalidInputError("the request 'parameters' must be a JSON object")
     encoding = OutputEncoding(binary_default=request_parameters.get("binary_data_output") is True)
     requested: list[str] | None = None
     raw_outputs = document.get("outputs")
@@ -135,16 +135,17 @@ def decode_request(
             raise InvalidInputError("'outputs' must be a list")
         requested, encoding.binary = [], {}
         for index, raw in enumerate(raw_outputs):
-            if not isinstance(raw, dict):
+            if type(raw) is not dict:
                 raise InvalidInputError(f"outputs[{index}] must be a JSON object")
             name = raw.get("name")
-            if not isinstance(name, str) or not name:
+            if type(name) is not str or not name:
                 raise InvalidInputError(f"outputs[{index}]: 'name' must be a non-empty string")
             params = raw.get("parameters")
             if not params:
                 requested.append(name)
                 continue
-            params = _object(params, f"output '{name}' 'parameters'")
+            if type(params) is not dict:
+                raise InvalidInputError(f"output '{name}' 'parameters' must be a JSON object")
             if params.get("classification"):
                 raise UnimplementedError(
                     f"output '{name}': the classification extension is not supported"
