@@ -47,13 +47,17 @@ class RecordingTransport(asyncio.Transport):
         return default
 
 
-def connect(pause_on: bytes = b"") -> tuple[Any, RecordingTransport]:
+LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def connect(pause_on: bytes = b"", **timeouts: float) -> tuple[Any, RecordingTransport]:
     service = SimpleNamespace(live=True)  # GET /v2/health/live reads only this
     server = FastPathServer(
         service,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]  # nothing here is handed to aiohttp
         max_request_bytes=1 << 20,
         compress_responses=False,
+        **timeouts,
     )
     connection = server()
     transport = RecordingTransport(pause_on)
@@ -82,9 +86,41 @@ async def test_reading_pauses_when_writes_stall_while_a_body_is_awaited() -> Non
 async def test_pipelined_requests_are_served_a_turn_at_a_time() -> None:
     connection, transport = connect()
     count = 3 * SERVED_PER_TURN + 5
-    connection.data_received(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+    connection.data_received(LIVE * count)
     assert len(transport.written) == SERVED_PER_TURN  # the loop serves others in between
     for _ in range(10):
         await asyncio.sleep(0)
     assert len(transport.written) == count
     assert all(b'{"live":true}' in answer for answer in transport.written)
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout() -> None:
+    connection, transport = connect(keepalive_timeout_s=0.05)
+    connection.data_received(LIVE)
+    assert len(transport.written) == 1 and not transport.closing
+    await asyncio.sleep(0.2)
+    assert transport.closing
+
+
+async def test_a_refused_body_is_read_and_thrown_away_then_the_connection_goes_on() -> None:
+    connection, transport = connect(linger_s=5.0)
+    connection.data_received(
+        b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 << 20)
+    )
+    assert transport.written[0].startswith(b"HTTP/1.1 413 ")
+    assert b"Connection: close" not in transport.written[0]
+    for _ in range(32):  # the 2 MiB body, in 64 KiB reads
+        connection.data_received(b"x" * 65536)
+    connection.data_received(LIVE)  # what follows the body is the next request
+    assert len(transport.written) == 2 and b'{"live":true}' in transport.written[1]
+    assert not transport.closing
+
+
+async def test_a_refused_body_that_never_comes_closes_the_connection() -> None:
+    connection, transport = connect(linger_s=0.05)
+    connection.data_received(
+        b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 << 20)
+    )
+    assert transport.written[0].startswith(b"HTTP/1.1 413 ")
+    await asyncio.sleep(0.2)
+    assert transport.closing

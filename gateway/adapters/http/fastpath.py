@@ -77,11 +77,15 @@ class FastPathServer:
         *,
         max_request_bytes: int,
         compress_responses: bool,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+        linger_s: float = LINGER_S,
     ) -> None:
         self.service = service
         self.aiohttp_server = aiohttp_server
         self.max_request_bytes = max_request_bytes
         self.compress_responses = compress_responses
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.linger_s = linger_s
         self.connections: set[_Connection] = set()
         self.status_lines = {int(status): _status_line(status) for status in HTTPStatus}
         self._date_second = 0
@@ -150,7 +154,7 @@ class _Connection(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._server.connections.add(self)
         self._idle_since = self._loop.time()
-        self._idle_timer = self._loop.call_later(KEEPALIVE_TIMEOUT_S, self._check_idle)
+        self._idle_timer = self._loop.call_later(self._server.keepalive_timeout_s, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -355,7 +359,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._close_after_discard and transport.can_write_eof():
             transport.write_eof()  # the answer, then our end closed; reading goes on
-        self._linger = self._loop.call_later(LINGER_S, self._close)
+        self._linger = self._loop.call_later(self._server.linger_s, self._close)
 
     def _flow(self) -> None:
         """Stop reading once more than PIPELINED_BYTES are buffered beyond the request being
@@ -394,11 +398,14 @@ class _Connection(asyncio.Protocol):
         self._idle_timer = None
         if self._transport is None:
             return
-        left = self._idle_since + KEEPALIVE_TIMEOUT_S - self._loop.time()
+        left = self._idle_since + self._server.keepalive_timeout_s - self._loop.time()
         if self._task is None and left <= 0:
             self._close()
         else:
-            self._idle_timer = self._loop.call_later(max(left, 1.0), self._check_idle)
+            timeout_s = self._server.keepalive_timeout_s
+            self._idle_timer = self._loop.call_later(
+                max(left, min(1.0, timeout_s)), self._check_idle
+            )
 
     def _close(self) -> None:
         if self._transport is not None:
