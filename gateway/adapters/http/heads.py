@@ -110,8 +110,10 @@ class Head:
         self.keep_alive = parser.should_keep_alive()
 
 
+@functools.lru_cache(maxsize=256)  # a client's requests often repeat their head byte for byte
 def parse_head(raw: bytes) -> Head | None:
-    """The head `raw` (up to and including its blank line), or None if llhttp refuses it."""
+    """The head `raw` (up to and including its blank line), or None if llhttp refuses it.
+    Heads are shared between the requests that repeat them: read them, never change them."""
     head = Head()
     head.parser = parser = httptools.HttpRequestParser(head)
     try:
