@@ -413,3 +413,42 @@ def test_stop_answers_in_flight_requests_and_closes_idle_connections(tmp_path: P
             stopping.join(60)
         else:
             running.stop()
+
+
+def test_a_repeated_binary_header_decodes_each_body_on_its_own(
+    connect: type[Connection],
+) -> None:
+    """The checked JSON header is reused across requests that repeat it; the bytes after it
+    are read, and checked against it, for every request."""
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": n, "datatype": "INT32", "shape": [1, 4],
+                 "parameters": {"binary_data_size": 16}}
+                for n in ("INPUT0", "INPUT1")
+            ],
+            "outputs": [{"name": "OUTPUT0"}],
+        }
+    )  # fmt: skip
+    length = str(len(header))
+
+    def send(body: bytes) -> Answer:
+        connection.send(
+            request("POST", "/v2/models/simple/infer", body, Inference_Header_Content_Length=length)
+        )
+        return connection.answer()
+
+    connection = connect()
+    ones = np.ones(4, np.int32).tobytes()
+    for base in (0, 10, 20):
+        a = np.arange(base, base + 4, dtype=np.int32).tobytes()
+        assert_sum(send(header + a + ones), base)
+    short = send(header + ones + ones[:8])
+    assert short.status == 400
+    assert "binary_data_size 16 runs past the end of the body (8 binary bytes left)" in str(
+        short.json()
+    )
+    extra = send(header + ones + ones + b"xxxx")
+    assert extra.status == 400
+    assert "4 bytes of binary data that no input claims" in str(extra.json())
+    assert_sum(send(header + np.arange(5, 9, dtype=np.int32).tobytes() + ones), 5)

@@ -8,6 +8,7 @@ the same way.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import orjson
 
 from gateway.core import tensors
+from gateway.core.datatypes import DataType
 from gateway.core.errors import InvalidInputError, UnimplementedError
 from gateway.core.types import InferRequest, InferResponse, Tensor
 
@@ -52,6 +54,34 @@ def _shape(value: Any, what: str) -> list[int]:
     raise InvalidInputError(f"{what}: 'shape' must be a list of integers")
 
 
+@dataclass(frozen=True, slots=True)
+class _InputPlan:
+    name: str
+    datatype: DataType
+    shape: list[int]
+    what: str
+    """"input '<name>'", for messages."""
+    size: int | None
+    """binary_data_size, or None when the data is in the JSON ('data')."""
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a request's JSON header asks for, checked: everything but the tensors' bytes."""
+
+    inputs: tuple[_InputPlan, ...]
+    requested: tuple[str, ...] | None
+    encoding: OutputEncoding
+    id: str
+    parameters: dict[str, Any]
+    binary_only: bool
+    """Every input's data is in the binary part: the plan holds no request data."""
+
+
+MAX_CACHED_HEADER_BYTES = 4096
+
+
 def decode_request(
     body: bytes, header_length: str | None, model_name: str, model_version: str
 ) -> tuple[InferRequest, OutputEncoding]:
@@ -70,6 +100,53 @@ def decode_request(
                 f"body length ({len(view)})"
             )
         json_part, binary_part = view[:length], view[length:]
+    plan = None
+    if header_length is not None and len(json_part) <= MAX_CACHED_HEADER_BYTES:
+        # A client sending binary tensors repeats its JSON header request after request.
+        plan = _cached_plan(bytes(json_part))
+    if plan is None:
+        plan = _plan(json_part)
+    inputs: list[Tensor] = []
+    offset = 0
+    for item in plan.inputs:
+        size = item.size
+        if size is None:
+            array = tensors.from_list(item.what, item.datatype, item.shape, item.data)
+        else:
+            if offset + size > len(binary_part):
+                raise InvalidInputError(
+                    f"{item.what}: binary_data_size {size} runs past the end of the body "
+                    f"({len(binary_part) - offset} binary bytes left)"
+                )
+            part = binary_part[offset : offset + size]
+            array = tensors.from_buffer(item.what, item.datatype, item.shape, part)
+            offset += size
+        inputs.append(Tensor(item.name, item.datatype.name, array))
+    if offset != len(binary_part):
+        raise InvalidInputError(
+            f"the body has {len(binary_part) - offset} bytes of binary data that no input claims"
+        )
+    request = InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
+        requested_outputs=None if plan.requested is None else list(plan.requested),
+        id=plan.id,
+        parameters=dict(plan.parameters),
+    )
+    return request, plan.encoding
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_plan(header: bytes) -> _Plan | None:
+    """The plan of a JSON header whose inputs are all binary (it holds no request data, so
+    requests repeating the header share it); None otherwise."""
+    plan = _plan(header)
+    return plan if plan.binary_only else None
+
+
+def _plan(json_part: bytes | memoryview) -> _Plan:
+    """Parse and check a request's JSON; messages are built only on the way to an error."""
     try:
         document = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
@@ -79,11 +156,9 @@ def decode_request(
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInputError("the request must have a non-empty 'inputs' list")
 
-    inputs: list[Tensor] = []
-    offset = 0
+    inputs: list[_InputPlan] = []
+    binary_only = True
     for index, raw in enumerate(raw_inputs):
-        # Messages are built only on the way to an error: this loop runs for every input of
-        # every request.
         if type(raw) is not dict:
             raise InvalidInputError(f"inputs[{index}] must be a JSON object")
         name = raw.get("name")
@@ -104,25 +179,15 @@ def decode_request(
         if size is not None:
             if type(size) is not int or size < 0:
                 raise InvalidInputError(f"{what}: 'binary_data_size' must be an integer >= 0")
-            if offset + size > len(binary_part):
-                raise InvalidInputError(
-                    f"{what}: binary_data_size {size} runs past the end of the body "
-                    f"({len(binary_part) - offset} binary bytes left)"
-                )
-            array = tensors.from_buffer(what, datatype, shape, binary_part[offset : offset + size])
-            offset += size
+            inputs.append(_InputPlan(name, datatype, shape, what, size))
         else:
             data = raw.get("data")
             if not isinstance(data, list):
                 raise InvalidInputError(
                     f"{what}: expected 'data' as a list, or 'binary_data_size' in parameters"
                 )
-            array = tensors.from_list(what, datatype, shape, data)
-        inputs.append(Tensor(name, datatype.name, array))
-    if offset != len(binary_part):
-        raise InvalidInputError(
-            f"the body has {len(binary_part) - offset} bytes of binary data that no input claims"
-        )
+            inputs.append(_InputPlan(name, datatype, shape, what, None, data))
+            binary_only = False
 
     request_parameters = document.get("parameters") or {}
     if type(request_parameters) is not dict:
@@ -153,19 +218,17 @@ def decode_request(
             if "binary_data" in params:
                 encoding.binary[name] = params["binary_data"] is True
             requested.append(name)
-        requested = requested or None
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidInputError("'id' must be a string")
-    request = InferRequest(
-        model_name=model_name,
-        model_version=model_version,
-        inputs=inputs,
-        requested_outputs=requested,
-        id=request_id,
-        parameters=request_parameters,
+    return _Plan(
+        tuple(inputs),
+        tuple(requested) if requested else None,
+        encoding,
+        request_id,
+        request_parameters,
+        binary_only,
     )
-    return request, encoding
 
 
 def encode_response(response: InferResponse, encoding: OutputEncoding) -> tuple[bytes, int | None]:
