@@ -161,6 +161,10 @@ SHARED_CASES = [
                  UNIMPLEMENTED, ["OUTPUT0", "classification"], id="classification-output"),
     pytest.param("reshape", "", RESHAPE_BAD, None, INVALID, ["reshape", "{3,3}"],
                  id="runtime-failure-depends-on-values"),
+    # Two faults: an input's data is checked before the outputs, on both protocols.
+    pytest.param("simple", "", [i0(1, 16, data=[1]), I1],
+                 [Out("OUTPUT0", (("classification", 2),))], INVALID, ["INPUT0"],
+                 id="bad-data-and-classification-output"),
 ]  # fmt: skip
 
 

@@ -8,7 +8,6 @@ the same way.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +24,10 @@ BINARY_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class OutputEncoding:
-    """How the client wants outputs: binary for all, and per-output overrides."""
+    """How the client wants outputs: binary for all, and per-output overrides. Shared by the
+    requests that repeat a header: read only."""
 
     binary_default: bool = False
     binary: dict[str, bool] | None = None
@@ -54,32 +54,26 @@ def _shape(value: Any, what: str) -> list[int]:
     raise InvalidInputError(f"{what}: 'shape' must be a list of integers")
 
 
-@dataclass(frozen=True, slots=True)
-class _InputPlan:
-    name: str
-    datatype: DataType
-    shape: list[int]
-    what: str
-    """"input '<name>'", for messages."""
-    size: int | None
-    """binary_data_size, or None when the data is in the JSON ('data')."""
-    data: Any = None
+_InputPlan = tuple[str, DataType, tuple[int, ...], str, int]
+"""One binary input of a checked header: name, datatype, shape, "input '<name>'", size."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """What a request's JSON header asks for, checked: everything but the tensors' bytes."""
+    """A checked JSON header whose inputs are all binary: everything a request needs but the
+    bytes after the header. Shared by the requests that repeat the header: read only."""
 
     inputs: tuple[_InputPlan, ...]
     requested: tuple[str, ...] | None
     encoding: OutputEncoding
-    id: str
     parameters: dict[str, Any]
-    binary_only: bool
-    """Every input's data is in the binary part: the plan holds no request data."""
 
 
-MAX_CACHED_HEADER_BYTES = 4096
+MAX_PLANS = 128
+MAX_PLANNED_HEADER_BYTES = 2048
+_plans: dict[bytes, _Plan] = {}
+"""Plans by the header's bytes, oldest first: clients sending binary tensors repeat their JSON
+header request after request. Headers with an id (different every time) are not kept."""
 
 
 def decode_request(
@@ -100,53 +94,69 @@ def decode_request(
                 f"body length ({len(view)})"
             )
         json_part, binary_part = view[:length], view[length:]
-    plan = None
-    if header_length is not None and len(json_part) <= MAX_CACHED_HEADER_BYTES:
-        # A client sending binary tensors repeats its JSON header request after request.
-        plan = _cached_plan(bytes(json_part))
-    if plan is None:
-        plan = _plan(json_part)
-    inputs: list[Tensor] = []
-    offset = 0
-    for item in plan.inputs:
-        size = item.size
-        if size is None:
-            array = tensors.from_list(item.what, item.datatype, item.shape, item.data)
-        else:
-            if offset + size > len(binary_part):
-                raise InvalidInputError(
-                    f"{item.what}: binary_data_size {size} runs past the end of the body "
-                    f"({len(binary_part) - offset} binary bytes left)"
-                )
-            part = binary_part[offset : offset + size]
-            array = tensors.from_buffer(item.what, item.datatype, item.shape, part)
-            offset += size
-        inputs.append(Tensor(item.name, item.datatype.name, array))
+    key = None
+    if header_length is not None and len(json_part) <= MAX_PLANNED_HEADER_BYTES:
+        key = bytes(json_part)
+        plan = _plans.get(key)
+        if plan is not None:
+            return _from_plan(plan, binary_part, model_name, model_version), plan.encoding
+    request, encoding, planned = _decode(json_part, binary_part, model_name, model_version)
+    if key is not None and planned is not None and not request.id:
+        if len(_plans) >= MAX_PLANS:
+            del _plans[next(iter(_plans))]
+        _plans[key] = _Plan(
+            planned,
+            None if request.requested_outputs is None else tuple(request.requested_outputs),
+            encoding,
+            dict(request.parameters),
+        )
+    return request, encoding
+
+
+def _binary_tensor(item: _InputPlan, binary_part: memoryview, offset: int) -> Tensor:
+    """Input `item`'s tensor from the binary part at `offset` (checked against the body)."""
+    name, datatype, shape, what, size = item
+    if offset + size > len(binary_part):
+        raise InvalidInputError(
+            f"{what}: binary_data_size {size} runs past the end of the body "
+            f"({len(binary_part) - offset} binary bytes left)"
+        )
+    array = tensors.from_buffer(what, datatype, shape, binary_part[offset : offset + size])
+    return Tensor(name, datatype.name, array)
+
+
+def _unclaimed(binary_part: memoryview, offset: int) -> None:
     if offset != len(binary_part):
         raise InvalidInputError(
             f"the body has {len(binary_part) - offset} bytes of binary data that no input claims"
         )
-    request = InferRequest(
+
+
+def _from_plan(
+    plan: _Plan, binary_part: memoryview, model_name: str, model_version: str
+) -> InferRequest:
+    inputs: list[Tensor] = []
+    offset = 0
+    for item in plan.inputs:
+        inputs.append(_binary_tensor(item, binary_part, offset))
+        offset += item[4]
+    _unclaimed(binary_part, offset)
+    return InferRequest(
         model_name=model_name,
         model_version=model_version,
         inputs=inputs,
         requested_outputs=None if plan.requested is None else list(plan.requested),
-        id=plan.id,
         parameters=dict(plan.parameters),
     )
-    return request, plan.encoding
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_plan(header: bytes) -> _Plan | None:
-    """The plan of a JSON header whose inputs are all binary (it holds no request data, so
-    requests repeating the header share it); None otherwise."""
-    plan = _plan(header)
-    return plan if plan.binary_only else None
-
-
-def _plan(json_part: bytes | memoryview) -> _Plan:
-    """Parse and check a request's JSON; messages are built only on the way to an error."""
+def _decode(
+    json_part: memoryview, binary_part: memoryview, model_name: str, model_version: str
+) -> tuple[InferRequest, OutputEncoding, tuple[_InputPlan, ...] | None]:
+    """The request, its output encoding and, when every input is binary, the plan of its
+    inputs. Checks in the order a client reads about its mistakes: each input and its data
+    in turn, the binary part, then parameters, outputs and id. Messages are built only on
+    the way to an error."""
     try:
         document = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
@@ -156,8 +166,9 @@ def _plan(json_part: bytes | memoryview) -> _Plan:
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInputError("the request must have a non-empty 'inputs' list")
 
-    inputs: list[_InputPlan] = []
-    binary_only = True
+    inputs: list[Tensor] = []
+    planned: list[_InputPlan] | None = []
+    offset = 0
     for index, raw in enumerate(raw_inputs):
         if type(raw) is not dict:
             raise InvalidInputError(f"inputs[{index}] must be a JSON object")
@@ -179,26 +190,32 @@ def _plan(json_part: bytes | memoryview) -> _Plan:
         if size is not None:
             if type(size) is not int or size < 0:
                 raise InvalidInputError(f"{what}: 'binary_data_size' must be an integer >= 0")
-            inputs.append(_InputPlan(name, datatype, shape, what, size))
+            item = (name, datatype, tuple(shape), what, size)
+            inputs.append(_binary_tensor(item, binary_part, offset))
+            offset += size
+            if planned is not None:
+                planned.append(item)
         else:
             data = raw.get("data")
             if not isinstance(data, list):
                 raise InvalidInputError(
                     f"{what}: expected 'data' as a list, or 'binary_data_size' in parameters"
                 )
-            inputs.append(_InputPlan(name, datatype, shape, what, None, data))
-            binary_only = False
+            array = tensors.from_list(what, datatype, shape, data)
+            inputs.append(Tensor(name, datatype.name, array))
+            planned = None
+    _unclaimed(binary_part, offset)
 
     request_parameters = document.get("parameters") or {}
     if type(request_parameters) is not dict:
         raise InvalidInputError("the request 'parameters' must be a JSON object")
-    encoding = OutputEncoding(binary_default=request_parameters.get("binary_data_output") is True)
     requested: list[str] | None = None
+    binary: dict[str, bool] | None = None
     raw_outputs = document.get("outputs")
     if raw_outputs is not None:
         if not isinstance(raw_outputs, list):
             raise InvalidInputError("'outputs' must be a list")
-        requested, encoding.binary = [], {}
+        requested, binary = [], {}
         for index, raw in enumerate(raw_outputs):
             if type(raw) is not dict:
                 raise InvalidInputError(f"outputs[{index}] must be a JSON object")
@@ -216,19 +233,22 @@ def _plan(json_part: bytes | memoryview) -> _Plan:
                     f"output '{name}': the classification extension is not supported"
                 )
             if "binary_data" in params:
-                encoding.binary[name] = params["binary_data"] is True
+                binary[name] = params["binary_data"] is True
             requested.append(name)
+        requested = requested or None
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidInputError("'id' must be a string")
-    return _Plan(
-        tuple(inputs),
-        tuple(requested) if requested else None,
-        encoding,
-        request_id,
-        request_parameters,
-        binary_only,
+    encoding = OutputEncoding(request_parameters.get("binary_data_output") is True, binary)
+    request = InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
+        requested_outputs=requested,
+        id=request_id,
+        parameters=request_parameters,
     )
+    return request, encoding, None if planned is None else tuple(planned)
 
 
 def encode_response(response: InferResponse, encoding: OutputEncoding) -> tuple[bytes, int | None]:
