@@ -201,13 +201,15 @@ class Gateway:
         self.service.start_accepting()
         admin = "".join(f"; admin calls on {where}" for where in (http_admin, grpc_admin) if where)
         logger.info(
-            "serving %d model(s) from %s: HTTP on %s:%d, gRPC on %s:%d%s%s",
+            "serving %d model(s) from %s: HTTP on %s:%d, gRPC on %s:%d (%s HTTP, %s gRPC)%s%s",
             len(self.registry.models()),
             settings.model_repository,
             settings.host,
             self.http_port,
             settings.host,
             self.grpc_port,
+            settings.http_server,
+            settings.grpc_server,
             admin,
             "; admin token required" if authorizer.required else "",
         )
