@@ -37,6 +37,8 @@ def build_main_repository(root: Path) -> Path:
     models.add_sub(root / "simple" / "1" / "model.onnx")
     models.write_config(root / "simple", SIMPLE_CONFIG)
     models.add_sub(root / "simple_fp32" / "1" / "model.onnx", TensorProto.FLOAT)
+    # Answers of hundreds of KiB: compressed off the event loop.
+    models.add_sub(root / "simple_fp32_wide" / "1" / "model.onnx", TensorProto.FLOAT, 8192)
     models.identity_all_types(root / "all_types" / "1" / "model.onnx")
     models.fixed_shape(root / "fixed" / "1" / "model.onnx")
     models.reshape(root / "reshape" / "1" / "model.onnx")

@@ -366,6 +366,50 @@ def test_http_compresses_only_bodies_worth_it(
     assert (encoding in ("gzip", "deflate")) is compressed
 
 
+@pytest.mark.parametrize(
+    ("accept", "coding"),
+    [("gzip, deflate", "deflate"), ("GZIP", "gzip"), ("br", None), ("identity", None)],
+)
+@pytest.mark.parametrize("width", [16, 8192])  # 8192: compressed on a thread
+def test_http_compressed_answers_decode_to_the_same_tensors(
+    server: RunningGateway, accept: str, coding: str | None, width: int
+) -> None:
+    """The coding is chosen from Accept-Encoding as aiohttp chooses it, on both HTTP front
+    ends; Inference-Header-Content-Length counts the JSON before compression, as in Triton."""
+    import http.client
+    import zlib
+
+    import orjson
+
+    rows = 16 if width == 16 else 12  # 384 KiB answers (the request stays under 1 MiB)
+    x = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": n, "shape": [rows, width], "datatype": "FP32",
+                 "parameters": {"binary_data_size": x.nbytes}}
+                for n in ("INPUT0", "INPUT1")
+            ],
+            "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}],
+        }
+    )  # fmt: skip
+    host, port = server.http_url.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Accept-Encoding": accept, "Inference-Header-Content-Length": str(len(header))}
+    model = "simple_fp32" if width == 16 else "simple_fp32_wide"
+    connection.request("POST", f"/v2/models/{model}/infer", header + 2 * x.tobytes(), headers)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.status == 200, body
+    assert response.getheader("Content-Encoding") == coding
+    if coding is not None:
+        body = zlib.decompress(body, zlib.MAX_WBITS | (16 if coding == "gzip" else 0))
+    length = int(response.getheader("Inference-Header-Content-Length") or 0)
+    assert orjson.loads(body[:length])["outputs"][0]["shape"] == [rows, width]
+    np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32), (2 * x).ravel())
+
+
 def test_responses_are_not_compressed_unless_enabled(main_repository: Path) -> None:
     plain = RunningGateway(main_repository)  # http_compress_responses defaults to off
     try:

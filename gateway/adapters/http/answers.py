@@ -7,6 +7,7 @@ front ends cannot drift apart: each only turns an answer into its own response t
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,28 @@ from gateway.core.types import RequestContext
 
 JsonAnswer = tuple[int, Any]
 """An HTTP status and the JSON document to send with it."""
+
+MIN_COMPRESSED_BYTES = 1024
+"""Smaller answers are sent as they are: compressing them gains nothing."""
+_WBITS = {"deflate": zlib.MAX_WBITS, "gzip": 16 + zlib.MAX_WBITS}
+
+
+def response_coding(accept_encoding: str | None) -> str | None:
+    """The coding for a compressed answer, chosen from Accept-Encoding as aiohttp chooses:
+    deflate if named, else gzip if named, else none."""
+    if not accept_encoding:
+        return None
+    accepted = accept_encoding.lower()
+    for coding in _WBITS:
+        if coding in accepted:
+            return coding
+    return None
+
+
+def compress(body: bytes, coding: str) -> bytes:
+    """`body` in `coding` (deflate: zlib-wrapped, as aiohttp sends it; gzip)."""
+    compressor = zlib.compressobj(wbits=_WBITS[coding])
+    return compressor.compress(body) + compressor.flush()
 
 
 def server_metadata(service: InferenceService) -> JsonAnswer:

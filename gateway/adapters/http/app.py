@@ -21,7 +21,6 @@ from gateway.core.lifecycle import LoadResult, labels_document
 from gateway.core.service import InferenceService
 
 SERVICE = web.AppKey("service", InferenceService)
-MIN_COMPRESSED_BYTES = 1024
 COMPRESS_RESPONSES = web.AppKey("compress_responses", bool)
 MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
 ADMIN_ELSEWHERE = web.AppKey("admin_elsewhere", str)
@@ -243,7 +242,11 @@ async def infer(request: web.Request) -> web.Response:
             headers={codec.HEADER_LENGTH: str(header_length)},
         )
     compress = request.app[COMPRESS_RESPONSES]
-    if compress and len(payload) >= MIN_COMPRESSED_BYTES and "Accept-Encoding" in request.headers:
+    if (
+        compress
+        and len(payload) >= answers.MIN_COMPRESSED_BYTES
+        and "Accept-Encoding" in request.headers
+    ):
         # gzip or deflate as the client asks (tritonclient's response_compression_algorithm);
         # Inference-Header-Content-Length counts the uncompressed JSON, as in Triton. Small
         # bodies gain nothing, and many clients send Accept-Encoding by default.

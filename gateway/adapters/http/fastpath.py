@@ -46,6 +46,8 @@ SERVED_PER_TURN = 32
 """Pipelined requests answered in one go before the loop serves others (then this goes on)."""
 JOIN_BELOW_BYTES = 64 * 1024
 """Answers smaller than this go out as one write (head and body joined)."""
+COMPRESS_INLINE_BYTES = 256 * 1024
+"""Larger answers (a few ms of zlib) are compressed on a thread, so the loop keeps serving."""
 
 _SERVER_ANSWERS = {
     "server_metadata": answers.server_metadata,
@@ -252,8 +254,6 @@ class _Connection(asyncio.Protocol):
             return None
         if route[0] != INFER:
             return route if head.content_length == 0 else None
-        if self._server.compress_responses and "accept-encoding" in head.headers:
-            return None  # compressed answers are aiohttp's to make (--http-compress-responses)
         return route
 
     def _dispatch(self, head: Head, body: bytes) -> None:
@@ -288,11 +288,19 @@ class _Connection(asyncio.Protocol):
             logger.exception("unexpected error handling POST %s", head.url.decode("latin-1"))
             self._respond(head, 500, error_body("internal error; see the gateway log"), _JSON)
         else:
-            if header_length is None:
-                self._respond(head, 200, payload, _JSON)
-            else:
+            extra = b""
+            if header_length is not None:  # it counts the JSON before any compression
                 extra = b"%s: %d\r\n" % (codec.HEADER_LENGTH.encode(), header_length)
-                self._respond(head, 200, payload, _BINARY, extra)
+            coding = None
+            if self._server.compress_responses and len(payload) >= answers.MIN_COMPRESSED_BYTES:
+                coding = answers.response_coding(head.headers.get("accept-encoding"))
+            if coding is not None:
+                if len(payload) > COMPRESS_INLINE_BYTES:  # large: off the event loop
+                    payload = await asyncio.to_thread(answers.compress, payload, coding)
+                else:
+                    payload = answers.compress(payload, coding)
+                extra += b"Content-Encoding: %s\r\n" % coding.encode()
+            self._respond(head, 200, payload, _JSON if header_length is None else _BINARY, extra)
         self._task = None
         self._serve()
 
