@@ -1,6 +1,6 @@
 """What the REST data plane answers, independent of the HTTP server that carries it.
 
-The aiohttp handlers (app.py) and the httptools connection (fastpath.py) both answer
+The aiohttp handlers (app.py) and the httptools connection (connection.py) both answer
 inference, health, metadata, config and statistics through these functions, so the two
 front ends cannot drift apart: each only turns an answer into its own response type.
 """

@@ -8,11 +8,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from gateway.adapters.http.fastpath import (
-    PIPELINED_BYTES,
-    SERVED_PER_TURN,
-    FastPathServer,
-)
+from gateway.adapters.http.connection import PIPELINED_BYTES, SERVED_PER_TURN
+from gateway.adapters.http.fastpath import FastPathServer
 
 
 class RecordingTransport(asyncio.Transport):
