@@ -47,10 +47,10 @@ from benchkit.report import markdown_report
 from benchkit.sweep import sweep
 
 ECHO_KINDS = {"grpc": ["grpc"], "http": ["http-binary", "http-json"]}
-LEAN_ECHO_KINDS = {"http-lean": ["http-binary", "http-json"]}
-"""The same HTTP answers from a bare httptools protocol: what a Python HTTP front end costs
-without a web framework. A reference only (--lean-http-echo): it sets no limit."""
 """Which echo server stands in for the gateway for each protocol."""
+LEAN_ECHO_KINDS = {"http-lean": ["http-binary", "http-json"]}
+"""The same HTTP answers from a bare httptools protocol, the gateway's own HTTP stack
+(--lean-http-echo): compared with in a section of its own, never the issue's limit."""
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -205,13 +205,13 @@ def analyse(results: dict[str, Any]) -> None:
     results["limits"] = limits(limit, results["echo_runs"], results["settings"]["protocols"])
     annotate(results["runs"], results["limits"])
     annotate(results["echo_runs"], results["limits"])
-    annotate(results.setdefault("lean_echo_runs", []), results["limits"])
     results["latency_targets"] = latency_targets(
         results["runs"], results["echo_runs"], results["baseline"]
     )
-    if results["lean_echo_runs"]:  # the gateway's own HTTP stack (httptools) as the front end
-        lean = results["lean_echo_runs"]
+    lean = results.setdefault("lean_echo_runs", [])
+    if lean:  # the gateway's own HTTP stack (httptools) as the front end
         results["lean_limits"] = limits(limit, lean, ["http-binary"])
+        annotate(lean, results["lean_limits"])
         http = [r for r in results["runs"] if r["protocol"] == "http-binary"]
         results["lean_latency_targets"] = latency_targets(http, lean, results["baseline"])
 

@@ -7,6 +7,7 @@ front ends cannot drift apart: each only turns an answer into its own response t
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -26,23 +27,27 @@ JsonAnswer = tuple[int, Any]
 
 MIN_COMPRESSED_BYTES = 1024
 """Smaller answers are sent as they are: compressing them gains nothing."""
+COMPRESS_INLINE_BYTES = 256 * 1024
+"""Larger answers (a few ms of zlib) are compressed on a thread, so the loop keeps serving."""
 _WBITS = {"deflate": zlib.MAX_WBITS, "gzip": 16 + zlib.MAX_WBITS}
 
 
-def response_coding(accept_encoding: str | None) -> str | None:
-    """The coding for a compressed answer, chosen from Accept-Encoding as aiohttp chooses:
-    deflate if named, else gzip if named, else none."""
-    if not accept_encoding:
-        return None
+async def compressed(payload: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
+    """`payload` in the coding the client accepts, chosen as aiohttp chooses (deflate if
+    named, else gzip if named), and that coding; as it is, with None, when it is small or no
+    coding is accepted. Deflate is zlib-wrapped, as aiohttp sends it."""
+    if len(payload) < MIN_COMPRESSED_BYTES or not accept_encoding:
+        return payload, None
     accepted = accept_encoding.lower()
-    for coding in _WBITS:
-        if coding in accepted:
-            return coding
-    return None
+    coding = next((c for c in _WBITS if c in accepted), None)
+    if coding is None:
+        return payload, None
+    if len(payload) > COMPRESS_INLINE_BYTES:
+        return await asyncio.to_thread(_compress, payload, coding), coding
+    return _compress(payload, coding), coding
 
 
-def compress(body: bytes, coding: str) -> bytes:
-    """`body` in `coding` (deflate: zlib-wrapped, as aiohttp sends it; gzip)."""
+def _compress(body: bytes, coding: str) -> bytes:
     compressor = zlib.compressobj(wbits=_WBITS[coding])
     return compressor.compress(body) + compressor.flush()
 
@@ -81,7 +86,7 @@ def model_statistics(service: InferenceService, name: str, version: str) -> Json
 
 async def infer(
     service: InferenceService,
-    body: bytes,
+    body: bytes | bytearray,
     headers: Mapping[str, str],
     name: str,
     version: str,

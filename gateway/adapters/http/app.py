@@ -233,25 +233,15 @@ async def infer(request: web.Request) -> web.Response:
     except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a broken gzip body
         raise InvalidInputError(f"the request body cannot be read: {exc}") from exc
     payload, header_length = await answers.infer(service, body, request.headers, *_target(request))
-    if header_length is None:
-        answer = web.Response(body=payload, content_type=codec.JSON_CONTENT_TYPE)
-    else:
-        answer = web.Response(
-            body=payload,
-            content_type=codec.BINARY_CONTENT_TYPE,
-            headers={codec.HEADER_LENGTH: str(header_length)},
-        )
-    compress = request.app[COMPRESS_RESPONSES]
-    if (
-        compress
-        and len(payload) >= answers.MIN_COMPRESSED_BYTES
-        and "Accept-Encoding" in request.headers
-    ):
+    headers = {} if header_length is None else {codec.HEADER_LENGTH: str(header_length)}
+    if request.app[COMPRESS_RESPONSES]:
         # gzip or deflate as the client asks (tritonclient's response_compression_algorithm);
-        # Inference-Header-Content-Length counts the uncompressed JSON, as in Triton. Small
-        # bodies gain nothing, and many clients send Accept-Encoding by default.
-        answer.enable_compression()
-    return answer
+        # Inference-Header-Content-Length counts the uncompressed JSON, as in Triton.
+        payload, coding = await answers.compressed(payload, request.headers.get("Accept-Encoding"))
+        if coding is not None:
+            headers["Content-Encoding"] = coding
+    content_type = codec.JSON_CONTENT_TYPE if header_length is None else codec.BINARY_CONTENT_TYPE
+    return web.Response(body=payload, content_type=content_type, headers=headers)
 
 
 async def not_implemented(request: web.Request) -> web.Response:

@@ -77,7 +77,7 @@ header request after request. Headers with an id (different every time) are not 
 
 
 def decode_request(
-    body: bytes, header_length: str | None, model_name: str, model_version: str
+    body: bytes | bytearray, header_length: str | None, model_name: str, model_version: str
 ) -> tuple[InferRequest, OutputEncoding]:
     """Parse an inference request body into the domain request and the output encoding."""
     view = memoryview(body)

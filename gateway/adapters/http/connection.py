@@ -32,8 +32,6 @@ SERVED_PER_TURN = 32
 """Pipelined requests answered in one go before the loop serves others (then this goes on)."""
 JOIN_BELOW_BYTES = 64 * 1024
 """Answers smaller than this go out as one write (head and body joined)."""
-COMPRESS_INLINE_BYTES = 256 * 1024
-"""Larger answers (a few ms of zlib) are compressed on a thread, so the loop keeps serving."""
 
 _SERVER_ANSWERS = {
     "server_metadata": answers.server_metadata,
@@ -49,6 +47,7 @@ _MODEL_ANSWERS = {
 _JSON = codec.JSON_CONTENT_TYPE.encode()
 _BINARY = codec.BINARY_CONTENT_TYPE.encode()
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HEADER_LENGTH_LINE = codec.HEADER_LENGTH.encode() + b": %d\r\n"
 
 
 class Connection(asyncio.Protocol):
@@ -59,9 +58,8 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._head: Head | None = None  # parsed, its body still arriving
+        self._head: Head | None = None  # parsed (and out of the buffer), its body arriving
         self._route: tuple[str, str, str] = ("", "", "")  # the head's (route, model, version)
-        self._head_end = 0
         self._task: asyncio.Task[None] | None = None
         self._write_paused = False
         self._read_paused = False
@@ -151,24 +149,30 @@ class Connection(asyncio.Protocol):
             if head_end > MAX_HEAD_BYTES:
                 self._hand_off()
                 return False
-            head = parse_head(bytes(buffer[:head_end]))
+            with memoryview(buffer) as view:
+                head = parse_head(bytes(view[:head_end]))
             route = None if head is None or not head.plain else self._route_of(head)
             if head is None or route is None:
                 self._hand_off()
                 return False
+            del buffer[:head_end]  # a bytearray drops its front without moving the rest
             if head.content_length > self._server.max_request_bytes:
-                self._refuse_too_large(head, head_end)
+                self._refuse_too_large(head)
                 return True
-            self._head, self._head_end, self._route = head, head_end, route
-            if head.expect_continue and len(buffer) < head_end + head.content_length:
+            self._head, self._route = head, route
+            if head.expect_continue and len(buffer) < head.content_length:
                 assert self._transport is not None
                 self._transport.write(_CONTINUE)
-        end = self._head_end + head.content_length
+        end = head.content_length
         if len(buffer) < end:
             return False
-        with memoryview(buffer) as view:
-            body = bytes(view[self._head_end : end])
-        del buffer[:end]
+        body: bytes | bytearray
+        if len(buffer) == end:  # the buffer holds just this body: hand it over, no copy
+            body, self._buffer = buffer, bytearray()
+        else:
+            with memoryview(buffer) as view:
+                body = bytes(view[:end])
+            del buffer[:end]
         self._head = None
         self._dispatch(head, body)
         return True
@@ -182,7 +186,7 @@ class Connection(asyncio.Protocol):
             return route if head.content_length == 0 else None
         return route
 
-    def _dispatch(self, head: Head, body: bytes) -> None:
+    def _dispatch(self, head: Head, body: bytes | bytearray) -> None:
         kind, name, version = self._route
         if kind == INFER:
             self._task = self._loop.create_task(self._infer(head, body, name, version))
@@ -203,7 +207,7 @@ class Connection(asyncio.Protocol):
             return
         self._respond(head, status, body, _JSON)
 
-    async def _infer(self, head: Head, body: bytes, name: str, version: str) -> None:
+    async def _infer(self, head: Head, body: bytes | bytearray, name: str, version: str) -> None:
         try:
             payload, header_length = await answers.infer(
                 self._server.service, body, head.headers, name, version
@@ -214,18 +218,13 @@ class Connection(asyncio.Protocol):
             logger.exception("unexpected error handling POST %s", head.url.decode("latin-1"))
             self._respond(head, 500, error_body("internal error; see the gateway log"), _JSON)
         else:
-            extra = b""
-            if header_length is not None:  # it counts the JSON before any compression
-                extra = b"%s: %d\r\n" % (codec.HEADER_LENGTH.encode(), header_length)
-            coding = None
-            if self._server.compress_responses and len(payload) >= answers.MIN_COMPRESSED_BYTES:
-                coding = answers.response_coding(head.headers.get("accept-encoding"))
-            if coding is not None:
-                if len(payload) > COMPRESS_INLINE_BYTES:  # large: off the event loop
-                    payload = await asyncio.to_thread(answers.compress, payload, coding)
-                else:
-                    payload = answers.compress(payload, coding)
-                extra += b"Content-Encoding: %s\r\n" % coding.encode()
+            # Inference-Header-Content-Length counts the JSON before any compression.
+            extra = b"" if header_length is None else _HEADER_LENGTH_LINE % header_length
+            if self._server.compress_responses:
+                accept = head.headers.get("accept-encoding")
+                payload, coding = await answers.compressed(payload, accept)
+                if coding is not None:
+                    extra += b"Content-Encoding: %s\r\n" % coding.encode()
             self._respond(head, 200, payload, _JSON if header_length is None else _BINARY, extra)
         self._task = None
         self._serve()
@@ -270,7 +269,7 @@ class Connection(asyncio.Protocol):
         if last and close:
             transport.close()
 
-    def _refuse_too_large(self, head: Head, head_end: int) -> None:
+    def _refuse_too_large(self, head: Head) -> None:
         """413 from Content-Length alone. The body is read and thrown away for up to LINGER_S
         (aiohttp's lingering), so the client reads the answer instead of a reset; then the
         connection goes on, or closes if the client waited for 100-continue (it may never
@@ -279,7 +278,7 @@ class Connection(asyncio.Protocol):
         error = PayloadTooLargeError(
             f"request body of {head.content_length} bytes exceeds the limit of {limit} bytes"
         )
-        end = head_end + head.content_length
+        end = head.content_length
         if len(self._buffer) >= end:  # all here already: the next request follows it
             del self._buffer[:end]
             self._error(head, error)
@@ -297,11 +296,11 @@ class Connection(asyncio.Protocol):
 
     def _flow(self) -> None:
         """Stop reading once more than PIPELINED_BYTES are buffered beyond the request being
-        read (its head and whole body); read on when the answers have caught up."""
+        read (its whole body); read on when the answers have caught up."""
         transport = self._transport
         if transport is None:
             return
-        needed = 0 if self._head is None else self._head_end + self._head.content_length
+        needed = 0 if self._head is None else self._head.content_length
         if len(self._buffer) > needed + PIPELINED_BYTES:
             if not self._read_paused:
                 self._read_paused = True
