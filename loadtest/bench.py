@@ -30,12 +30,13 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchkit.analysis import annotate, latency_targets, limits, model_limit
-from benchkit.baseline import baseline_main, run_baseline
+from benchkit.analysis import annotate, latency_targets, limits, model_limit, paced_gaps_ms
+from benchkit.baseline import baseline_main, paced_main, run_baseline, run_paced_baseline
 from benchkit.clients import PROTOCOLS
 from benchkit.echo import echo_main, echo_server
 from benchkit.gateway import gateway, gateway_command, model_signature, stats_path
@@ -44,13 +45,15 @@ from benchkit.measure import QUIET_SAMPLE_S, log, wait_for_quiet
 from benchkit.plots import draw
 from benchkit.processes import git_revision
 from benchkit.report import markdown_report
-from benchkit.sweep import sweep
+from benchkit.sweep import Target, interleaved
 
 ECHO_KINDS = {"grpc": ["grpc"], "http": ["http-binary", "http-json"]}
 """Which echo server stands in for the gateway for each protocol."""
 LEAN_ECHO_KINDS = {"http-lean": ["http-binary", "http-json"]}
 """The same HTTP answers from a bare httptools protocol, the gateway's own HTTP stack
 (--lean-http-echo): compared with in a section of its own, never the issue's limit."""
+ECHO_TARGETS = {f"echo-{kind}" for kind in ECHO_KINDS}
+LEAN_ECHO_TARGET = "echo-http-lean"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -170,32 +173,34 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def echo_lifetime_s(args: argparse.Namespace, protocols: list[str]) -> float:
-    """Longest an echo server may be needed: every row, every retry, every wait for quiet."""
+def echo_lifetime_s(args: argparse.Namespace, targets: int) -> float:
+    """Longest an echo server may be needed: every row of `targets` servers, every retry,
+    every wait for quiet."""
     row_s = args.warmup + args.duration + args.request_timeout + 30
     retry_s = args.retry_noisy * (row_s + args.wait_quiet + QUIET_SAMPLE_S)
-    rows = len(protocols) * len(args.concurrency)
+    rows = targets * len(args.protocols) * len(args.concurrency)
     return float(rows * (row_s + retry_s) + args.startup_timeout)
 
 
-def run_echo(
-    args: argparse.Namespace,
-    signature: dict[str, Any],
-    out_dir: Path,
-    kinds: dict[str, list[str]] = ECHO_KINDS,
-) -> list[dict[str, Any]]:
-    """Each echo server of `kinds` in turn, under the protocols it stands in for."""
-    runs: list[dict[str, Any]] = []
-    for kind, served in kinds.items():
-        protocols = [p for p in args.protocols if p in served]
-        if not protocols:
-            continue
+def start_echoes(
+    args: argparse.Namespace, signature: dict[str, Any], out_dir: Path, stack: ExitStack
+) -> list[Target]:
+    """The echo servers the run compares with, started and left running for its rows."""
+    kinds = {} if args.no_echo else dict(ECHO_KINDS)
+    if args.lean_http_echo:
+        kinds.update(LEAN_ECHO_KINDS)
+    needed = {
+        kind: tuple(p for p in args.protocols if p in served) for kind, served in kinds.items()
+    }
+    needed = {kind: protocols for kind, protocols in needed.items() if protocols}
+    lifetime_s = echo_lifetime_s(args, 1 + len(needed))
+    targets = []
+    for kind, protocols in needed.items():
         log_file = out_dir / f"echo-{kind}.log"
-        lifetime_s = echo_lifetime_s(args, protocols)
-        with echo_server(kind, args, signature, log_file, lifetime_s) as server:
-            log(f"{server.name} ready: pid {server.pid}")
-            runs += sweep(args, server, signature, f"echo-{kind}", protocols)
-    return runs
+        server = stack.enter_context(echo_server(kind, args, signature, log_file, lifetime_s))
+        log(f"{server.name} ready: pid {server.pid}")
+        targets.append(Target(f"echo-{kind}", server, protocols))
+    return targets
 
 
 def analyse(results: dict[str, Any]) -> None:
@@ -232,13 +237,21 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.wait_quiet > 0:
         wait_for_quiet(args.wait_quiet)
     baseline = run_baseline(args)
-    with gateway(args, out_dir / "gateway.log") as server:
+    with ExitStack() as stack:
+        server = stack.enter_context(gateway(args, out_dir / "gateway.log"))
         signature = model_signature(server, args.model, args.model_version)
         server_affinity = sorted(os.sched_getaffinity(server.pid))
+        echoes = start_echoes(args, signature, out_dir, stack)
         path = stats_path(args.model, args.model_version)
-        runs = sweep(args, server, signature, "gateway", args.protocols, path)
-    echo_runs = [] if args.no_echo else run_echo(args, signature, out_dir)
-    lean_runs = run_echo(args, signature, out_dir, LEAN_ECHO_KINDS) if args.lean_http_echo else []
+        gateway_target = Target("gateway", server, tuple(args.protocols), path)
+        # Each row's echo first, then the gateway, then the reference echo (if asked for).
+        order = [t for t in echoes if t.name in ECHO_TARGETS] + [gateway_target]
+        order += [t for t in echoes if t.name not in ECHO_TARGETS]
+        rows = interleaved(args, signature, order)
+    runs = rows.pop("gateway")
+    lean_runs = rows.pop(LEAN_ECHO_TARGET, [])
+    echo_runs = [run for target_rows in rows.values() for run in target_rows]
+    baseline["paced"] = run_paced_baseline(args, paced_gaps_ms(echo_runs))
     results: dict[str, Any] = {
         "meta": {
             "timestamp": timestamp,
@@ -247,6 +260,7 @@ def bench_main(args: argparse.Namespace) -> int:
             "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "server_affinity": server_affinity,
+            "order": "interleaved",
             "gateway_command": gateway_command(args.model_repository, args.gateway_arg),
         },
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -274,7 +288,7 @@ def render_main(out_dir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    jobs = {"_baseline": baseline_main, "_load": load_main}
+    jobs = {"_baseline": baseline_main, "_paced": paced_main, "_load": load_main}
     if argv and argv[0] in jobs:  # internal: a pinned subprocess, job on stdin, result on stdout
         print(json.dumps(jobs[argv[0]](json.load(sys.stdin))))
         return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .gateway import load_document
@@ -35,34 +37,66 @@ def measure_row(
     return run
 
 
-def sweep(
+def measure(
     args: argparse.Namespace,
     server: RunningServer,
     signature: dict[str, Any],
     target: str,
-    protocols: list[str],
+    protocol: str,
+    concurrency: int,
     stats_path: str = "",
-) -> list[dict[str, Any]]:
-    """Every protocol x concurrency against `server`; `target` names it in the results."""
-    runs = []
-    for protocol in protocols:
+) -> dict[str, Any]:
+    """One row against `server`; `target` names it in the results."""
+    job = load_document(
+        args,
+        server,
+        signature,
+        target=target,
+        protocol=protocol,
+        concurrency=concurrency,
+        model_version=args.model_version,
+        stats_path=stats_path,
+    )
+    log(f"{target} {protocol} x {concurrency}: {args.warmup:g} s + {args.duration:g} s")
+    run = measure_row(args, server, job)
+    batch = run["server_stats"]["mean_batch_size"]
+    log(
+        f"  {run['requests_per_s']:.0f} req/s, p50 {run['latency_ms']['p50'] or 0:.3f} ms"
+        f", {run['errors']} errors" + ("" if batch is None else f", mean batch {batch:.2f}")
+    )
+    return run
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A server under test and what its rows are called and which protocols it serves."""
+
+    name: str
+    server: RunningServer
+    protocols: tuple[str, ...]
+    stats_path: str = ""
+
+
+def interleaved(
+    args: argparse.Namespace, signature: dict[str, Any], targets: Sequence[Target]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every protocol x concurrency, measured on each target that serves the protocol one
+    after the other, so that a gateway row and the echo rows it is compared with are taken
+    seconds apart, not minutes: this VM's speed drifts by 10-20 % over minutes. The rows of
+    each target, by its name."""
+    rows: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+    for protocol in args.protocols:
         for concurrency in args.concurrency:
-            job = load_document(
-                args,
-                server,
-                signature,
-                target=target,
-                protocol=protocol,
-                concurrency=concurrency,
-                model_version=args.model_version,
-                stats_path=stats_path,
-            )
-            log(f"{target} {protocol} x {concurrency}: {args.warmup:g} s + {args.duration:g} s")
-            run = measure_row(args, server, job)
-            batch = run["server_stats"]["mean_batch_size"]
-            log(
-                f"  {run['requests_per_s']:.0f} req/s, p50 {run['latency_ms']['p50'] or 0:.3f} ms"
-                f", {run['errors']} errors" + ("" if batch is None else f", mean batch {batch:.2f}")
-            )
-            runs.append(run)
-    return runs
+            for target in targets:
+                if protocol in target.protocols:
+                    run = measure(
+                        args,
+                        target.server,
+                        signature,
+                        target.name,
+                        protocol,
+                        concurrency,
+                        target.stats_path,
+                    )
+                    rows[target.name].append(run)
+    return rows
