@@ -29,6 +29,7 @@ from gateway.core.errors import (
     UnavailableError,
 )
 from gateway.core.ports import ModelRunner
+from gateway.core.telemetry import BatchEvent, RequestEvent, Telemetry
 from gateway.core.workers import WorkerPool
 
 Array = npt.NDArray[Any]
@@ -272,6 +273,43 @@ async def test_requests_arriving_while_a_batch_runs_are_merged_into_the_next(
     assert [run.request_ids for run in gated.runs] == [(0,), (1, 2, 3, 4)]
     assert [run.rows for run in gated.runs] == [1, 6]
     assert batcher.stats == BatcherStats(batches=2, rows=7, requests=5)
+
+
+class SubmitWhenABatchEnds:
+    """A telemetry observer that sends one more request as the first batch ends: it arrives
+    after the batch ended but in the same loop turn, as a request the loop reads meanwhile."""
+
+    def __init__(self) -> None:
+        self.batcher: DynamicBatcher | None = None
+        self.late: asyncio.Task[list[Array]] | None = None
+
+    def request_finished(self, event: RequestEvent) -> None:
+        pass
+
+    def batch_finished(self, event: BatchEvent) -> None:
+        if self.late is None and self.batcher is not None:
+            self.late = submit(self.batcher, feed(9))
+
+
+async def test_the_next_batch_forms_a_loop_turn_after_one_ends_taking_late_arrivals(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    observer = SubmitWhenABatchEnds()
+    config = make(gated, workers).config
+    batcher = DynamicBatcher(
+        "m:1", gated, workers, config, OUTPUTS, telemetry=Telemetry([observer])
+    )
+    observer.batcher = batcher
+    first = await hold(batcher, gated)
+    waiting = submit(batcher, feed(1))
+    await until(lambda: batcher.waiting == 1, "a request in line")
+
+    gated.release(3)  # enough for the late request to run alone, were it left behind
+    assert_answer(await first, feed(0), OUTPUTS)
+    assert_answer(await waiting, feed(1), OUTPUTS)
+    assert observer.late is not None
+    assert_answer(await observer.late, feed(9), OUTPUTS)
+    assert [run.request_ids for run in gated.runs] == [(0,), (1, 9)]
 
 
 async def test_max_batch_size_is_never_exceeded_and_counts_rows(
