@@ -124,14 +124,23 @@ class ModelSignature:
     outputs_by_name: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
     input_shapes: Mapping[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     """Full expected shape of each input, batch dimension (-1) included when batched."""
+    input_fixed_dims: Mapping[str, tuple[tuple[int, int], ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    """(axis, size) of each input's dimensions that are not variable (-1)."""
     output_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         batch = (-1,) if self.max_batch_size > 0 else ()
+        shapes = {t.name: batch + t.dims for t in self.inputs}
         values = {
             "inputs_by_name": {t.name: t for t in self.inputs},
             "outputs_by_name": {t.name: t for t in self.outputs},
-            "input_shapes": {t.name: batch + t.dims for t in self.inputs},
+            "input_shapes": shapes,
+            "input_fixed_dims": {
+                name: tuple((axis, size) for axis, size in enumerate(shape) if size != -1)
+                for name, shape in shapes.items()
+            },
             "output_names": tuple(t.name for t in self.outputs),
         }
         for name, value in values.items():

@@ -102,6 +102,14 @@ class ModelEntry:
     def ready_versions(self) -> list[ModelVersion]:
         return [v for _, v in sorted(self.versions.items()) if v.ready]
 
+    def latest_ready(self) -> ModelVersion | None:
+        """The highest READY version (what a request without a version gets), or None."""
+        latest: ModelVersion | None = None
+        for number, version in self.versions.items():
+            if version.ready and (latest is None or number > latest.version):
+                latest = version
+        return latest
+
     def why_not_ready(self) -> str:
         """': <reasons>' for a model without a READY version, from its or its versions' errors."""
         reasons = [self.error] if self.error else []
@@ -282,19 +290,14 @@ class ModelRegistry:
             found = entry.versions.get(number)
             if found is not None and found.ready:
                 return found, "primary" if number == policy.primary else "canary"
-        return self.resolve(entry.name, ""), "primary"
+        return self._latest(entry), "primary"
 
     # -- requests -----------------------------------------------------------------------
     def resolve(self, name: str, version: str) -> ModelVersion:
         """The READY version a request names: a number, a label, or '' for the latest."""
         entry = self.get_model(name)
         if not version:
-            ready = entry.ready_versions()
-            if not ready:
-                raise UnavailableError(
-                    f"model '{name}' has no ready version{entry.why_not_ready()}"
-                )
-            return ready[-1]
+            return self._latest(entry)
         if version.isascii() and version.isdigit():
             number = int(version)
         elif version in entry.labels:
@@ -310,6 +313,15 @@ class ModelRegistry:
                 f"version {version} of model '{name}' is not ready ({found.state.name}){why}"
             )
         return found
+
+    @staticmethod
+    def _latest(entry: ModelEntry) -> ModelVersion:
+        latest = entry.latest_ready()
+        if latest is None:
+            raise UnavailableError(
+                f"model '{entry.name}' has no ready version{entry.why_not_ready()}"
+            )
+        return latest
 
     def all_versions(self) -> Iterator[ModelVersion]:
         for entry in self.models():

@@ -71,9 +71,13 @@ def validate_request(
             )
         shape = tensor.array.shape
         expected_shape = signature.input_shapes[name]
-        if len(shape) != len(expected_shape) or any(
-            want not in (-1, got) for want, got in zip(expected_shape, shape, strict=True)
-        ):
+        fits = len(shape) == len(expected_shape)
+        if fits:
+            for axis, size in signature.input_fixed_dims[name]:
+                if shape[axis] != size:
+                    fits = False
+                    break
+        if not fits:
             raise InvalidInputError(
                 f"input '{name}': shape {list(shape)} does not match the model, "
                 f"expected {list(expected_shape)}"

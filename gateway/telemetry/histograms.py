@@ -64,6 +64,11 @@ class LoopHistogramFamily(Collector):
             child = self._children[values] = LoopHistogram(self._bounds)
         return child
 
+    def counts(self) -> Iterator[tuple[tuple[str, ...], int]]:
+        """(label values, observations) of each child, in label order."""
+        for values, child in sorted(self._children.items()):
+            yield values, sum(child.counts)
+
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self._documentation, labels=self._label_names)
         bounds = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]

@@ -48,6 +48,7 @@ DURATION_BUCKETS = (
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 NS = 1e-9
+REQUEST_LABELS = ("model", "version", "role", "protocol", "code")
 
 
 class GatewayMetrics:
@@ -55,14 +56,8 @@ class GatewayMetrics:
 
     def __init__(self, models: ModelRegistry) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        request_labels = ("model", "version", "role", "protocol", "code")
+        request_labels = REQUEST_LABELS
         version_labels = ("model", "version", "role")
-        self._requests = Counter(
-            "gateway_requests",
-            "Inference requests answered, by outcome code ('ok' or the error code).",
-            request_labels,
-            registry=self.registry,
-        )
         self._failures = Counter(
             "gateway_request_failures",
             "Inference requests that failed, by reason (the error code).",
@@ -90,6 +85,9 @@ class GatewayMetrics:
             DURATION_BUCKETS,
             registry=self.registry,
         )
+        # Every answered request is one duration observation: the request counter is read
+        # from the histogram's counts at scrape, not incremented (with a lock) per request.
+        self.add_collector(self._request_counts)
         self._batch_size = LoopHistogramFamily(
             "gateway_batch_size",
             "Rows of each model execution.",
@@ -106,8 +104,7 @@ class GatewayMetrics:
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = self._make_children(key)
-        requests, duration, queue, compute, failures = children
-        requests.inc()
+        duration, queue, compute, failures = children
         duration.observe((event.ended_ns - event.started_ns) * NS)
         timing = event.timing
         if timing.launched_ns:  # it reached a batch (not refused or expired in line)
@@ -119,7 +116,6 @@ class GatewayMetrics:
     def _make_children(self, key: tuple[str, ...]) -> tuple[Any, ...]:
         model, version, role, _, code = key
         return (
-            self._requests.labels(*key),
             self._duration.labels(*key),
             self._queue.labels(model, version, role),
             self._compute.labels(model, version, role),
@@ -128,6 +124,16 @@ class GatewayMetrics:
 
     def batch_finished(self, event: BatchEvent) -> None:
         self._batch_size.labels(event.model, event.version).observe(event.rows)
+
+    def _request_counts(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "gateway_requests",
+            "Inference requests answered, by outcome code ('ok' or the error code).",
+            labels=REQUEST_LABELS,
+        )
+        for values, count in self._duration.counts():
+            family.add_metric(list(values), count)
+        yield family
 
     def add_collector(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Another part of the gateway (feedback, shadows) contributes metrics at scrape."""

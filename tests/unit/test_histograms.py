@@ -38,6 +38,8 @@ def test_a_bound_counts_in_its_own_bucket_and_buckets_are_cumulative() -> None:
     buckets = {s.labels["le"]: s.value for s in metric.samples if s.name == "h_bucket"}
     assert buckets == {"1.0": 1, "2.0": 3, "+Inf": 4}
     assert family.labels("x") is child
+    family.labels("a").observe(0.5)
+    assert list(family.counts()) == [(("a",), 1), (("x",), 4)]  # read for gateway_requests_total
 
 
 def test_bad_bounds_and_labels_are_refused() -> None:
