@@ -29,7 +29,6 @@ from gateway.core.errors import (
     UnavailableError,
 )
 from gateway.core.ports import ModelRunner
-from gateway.core.telemetry import BatchEvent, RequestEvent, Telemetry
 from gateway.core.workers import WorkerPool
 
 Array = npt.NDArray[Any]
@@ -275,41 +274,62 @@ async def test_requests_arriving_while_a_batch_runs_are_merged_into_the_next(
     assert batcher.stats == BatcherStats(batches=2, rows=7, requests=5)
 
 
-class SubmitWhenABatchEnds:
-    """A telemetry observer that sends one more request as the first batch ends: it arrives
-    after the batch ended but in the same loop turn, as a request the loop reads meanwhile."""
+class LateRunner(GatedRunner):
+    """As it returns from its first execution, hands the loop a callback that starts one more
+    request: the loop runs it before the batch's end, but the request's first step (joining the
+    line) after it, as with a request the loop read just before the batch ended."""
 
-    def __init__(self) -> None:
-        self.batcher: DynamicBatcher | None = None
-        self.late: asyncio.Task[list[Array]] | None = None
+    late: asyncio.Task[list[Array]] | None = None
+    batcher: DynamicBatcher | None = None
 
-    def request_finished(self, event: RequestEvent) -> None:
-        pass
+    def compute(self, x: Array, output_names: Sequence[str]) -> list[Array]:
+        if self.batcher is not None and self.late is None and len(self.runs) == 1:
+            self._loop.call_soon_threadsafe(self._start_late)
+        return super().compute(x, output_names)
 
-    def batch_finished(self, event: BatchEvent) -> None:
-        if self.late is None and self.batcher is not None:
-            self.late = submit(self.batcher, feed(9))
+    def _start_late(self) -> None:
+        assert self.batcher is not None
+        self.late = submit(self.batcher, feed(9))
 
 
 async def test_the_next_batch_forms_a_loop_turn_after_one_ends_taking_late_arrivals(
-    workers: WorkerPool, gated: GatedRunner
+    workers: WorkerPool,
 ) -> None:
-    observer = SubmitWhenABatchEnds()
-    config = make(gated, workers).config
-    batcher = DynamicBatcher(
-        "m:1", gated, workers, config, OUTPUTS, telemetry=Telemetry([observer])
-    )
-    observer.batcher = batcher
-    first = await hold(batcher, gated)
-    waiting = submit(batcher, feed(1))
-    await until(lambda: batcher.waiting == 1, "a request in line")
+    runner = LateRunner(asyncio.get_running_loop())
+    batcher = runner.batcher = make(runner, workers)
+    try:
+        first = await hold(batcher, runner)
+        waiting = submit(batcher, feed(1))
+        await until(lambda: batcher.waiting == 1, "a request in line")
 
-    gated.release(3)  # enough for the late request to run alone, were it left behind
-    assert_answer(await first, feed(0), OUTPUTS)
-    assert_answer(await waiting, feed(1), OUTPUTS)
-    assert observer.late is not None
-    assert_answer(await observer.late, feed(9), OUTPUTS)
-    assert [run.request_ids for run in gated.runs] == [(0,), (1, 9)]
+        runner.release(3)  # enough for the late request to run alone, were it left behind
+        assert_answer(await first, feed(0), OUTPUTS)
+        assert_answer(await waiting, feed(1), OUTPUTS)
+        assert runner.late is not None
+        assert_answer(await runner.late, feed(9), OUTPUTS)
+        assert [run.request_ids for run in runner.runs] == [(0,), (1, 9)]
+    finally:
+        runner.release(1000)
+
+
+async def test_a_line_that_fills_a_batch_launches_it_at_once(
+    workers: WorkerPool,
+) -> None:
+    runner = LateRunner(asyncio.get_running_loop())
+    batcher = runner.batcher = make(runner, workers, max_batch_size=2)
+    try:
+        first = await hold(batcher, runner)
+        waiting = [submit(batcher, feed(i)) for i in (1, 2)]
+        await until(lambda: batcher.waiting == 2, "two requests in line")
+
+        runner.release(3)
+        for i, task in zip((0, 1, 2), [first, *waiting], strict=True):
+            assert_answer(await task, feed(i), OUTPUTS)
+        assert runner.late is not None
+        assert_answer(await runner.late, feed(9), OUTPUTS)
+        assert [run.request_ids for run in runner.runs] == [(0,), (1, 2), (9,)]
+    finally:
+        runner.release(1000)
 
 
 async def test_max_batch_size_is_never_exceeded_and_counts_rows(
