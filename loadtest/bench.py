@@ -205,7 +205,9 @@ def start_echoes(
 
 def analyse(results: dict[str, Any]) -> None:
     """Limits, ratios and the latency target, from the measured figures (also on render)."""
-    limit = model_limit(results["baseline"], results["signature"]["max_batch_size"])
+    limit = model_limit(
+        results["baseline"], results["signature"]["max_batch_size"], results.get("baseline_end")
+    )
     results["model_limit"] = limit
     results["limits"] = limits(limit, results["echo_runs"], results["settings"]["protocols"])
     annotate(results["runs"], results["limits"])
@@ -251,6 +253,7 @@ def bench_main(args: argparse.Namespace) -> int:
     runs = rows.pop("gateway")
     lean_runs = rows.pop(LEAN_ECHO_TARGET, [])
     echo_runs = [run for target_rows in rows.values() for run in target_rows]
+    baseline_end = run_baseline(args)  # the model's limit again, after the servers' rows
     baseline["paced"] = run_paced_baseline(args, paced_gaps_ms(echo_runs))
     results: dict[str, Any] = {
         "meta": {
@@ -266,6 +269,7 @@ def bench_main(args: argparse.Namespace) -> int:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "signature": signature,
         "baseline": baseline,
+        "baseline_end": baseline_end,
         "runs": runs,
         "echo_runs": echo_runs,
         "lean_echo_runs": lean_runs,

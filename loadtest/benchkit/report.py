@@ -46,9 +46,17 @@ def limits_section(results: dict[str, Any]) -> list[str]:
         "best / combined",
         "c=1 latency",
     ]
+    model = results["model_limit"]
+    drift = ""
+    if model.get("end_samples_per_s") is not None:
+        drift = (
+            f" (b{model['batch_size']}: the mean of {fmt(model['start_samples_per_s'])} before "
+            f"the servers' rows and {fmt(model['end_samples_per_s'])} after them)"
+        )
     lines = [
-        "Model limit: bare onnxruntime at its best batch size. Front-end limit: the bare echo "
-        "server's best req/s over the concurrencies. Combined: 1 / (1/model + 1/front end).",
+        f"Model limit: bare onnxruntime at its best batch size{drift}. Front-end limit: the "
+        "bare echo server's best req/s over the concurrencies. Combined: 1 / (1/model + 1/front "
+        "end).",
         "",
         *table(header, rows),
     ]
@@ -277,6 +285,11 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"## Bare onnxruntime (same file, core {core}, intra_op_num_threads=1)",
         "",
         *baseline_section(results["baseline"]),
+        *(
+            ["", "After the servers' rows:", "", *baseline_section(results["baseline_end"])]
+            if results.get("baseline_end")
+            else []
+        ),
         "",
     ]
     if results.get("plots"):

@@ -48,6 +48,16 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
     assert [r["target"] for r in results["echo_runs"]] == ["echo-http", "echo-http"]
     assert [r["target"] for r in results["lean_echo_runs"]] == ["echo-http-lean"] * 2
 
+    # The model's limit: each batch size's mean of the runs before and after the rows.
+    limit = results["model_limit"]
+    before, after = (
+        {step["batch_size"]: step["samples_per_s"] for step in results[key]["sweep"]}
+        for key in ("baseline", "baseline_end")
+    )
+    assert limit["samples_per_s"] == (before[limit["batch_size"]] + after[limit["batch_size"]]) / 2
+    assert limit["samples_per_s"] == max((before[b] + after[b]) / 2 for b in (1, 8))
+    assert results["limits"]["http-binary"]["model_samples_per_s"] == limit["samples_per_s"]
+
     # Bare onnxruntime spaced as the latency target spaces requests: echo p50 + slack.
     echo_p50 = results["echo_runs"][0]["latency_ms"]["p50"]
     spaced = results["baseline"]["paced"]["http-binary"]
@@ -65,3 +75,4 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
         "| target, spaced | met |"
     ) in report
     assert "*Spaced*" in report
+    assert "before the servers' rows" in report and "After the servers' rows:" in report
