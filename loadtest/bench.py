@@ -49,11 +49,14 @@ from benchkit.sweep import Target, interleaved
 
 ECHO_KINDS = {"grpc": ["grpc"], "http": ["http-binary", "http-json"]}
 """Which echo server stands in for the gateway for each protocol."""
-LEAN_ECHO_KINDS = {"http-lean": ["http-binary", "http-json"]}
-"""The same HTTP answers from a bare httptools protocol, the gateway's own HTTP stack
-(--lean-http-echo): compared with in a section of its own, never the issue's limit."""
+LEAN_ECHO_KINDS = {"http-lean": ["http-binary", "http-json"], "grpc-threaded": ["grpc"]}
+"""Echoes on the gateway's own stacks: the same HTTP answers from a bare httptools protocol
+(--lean-http-echo), the same gRPC answers from grpcio's threaded server (--threaded-grpc-echo).
+Compared with in a section of their own, never the issue's limit."""
 ECHO_TARGETS = {f"echo-{kind}" for kind in ECHO_KINDS}
-LEAN_ECHO_TARGET = "echo-http-lean"
+LEAN_ECHO_TARGETS = [f"echo-{kind}" for kind in LEAN_ECHO_KINDS]
+LEAN_PROTOCOLS = ["http-binary", "grpc"]
+"""The protocols whose limit and latency target are also given against the lean echoes."""
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -127,6 +130,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="also measure the HTTP echo on a bare httptools protocol (a reference: what a "
         "Python HTTP front end costs without a web framework; it sets no limit)",
     )
+    parser.add_argument(
+        "--threaded-grpc-echo",
+        action="store_true",
+        help="also measure the gRPC echo on grpcio's threaded server, the gateway's own gRPC "
+        "stack (a reference; it sets no limit)",
+    )
     add("--server-core", type=int, default=0, help="core for the servers and bare onnxruntime")
     add("--client-core", type=int, default=1, help="core for the load generator")
     add("--request-timeout", type=float, default=10.0, help="seconds before a request fails")
@@ -187,8 +196,8 @@ def start_echoes(
 ) -> list[Target]:
     """The echo servers the run compares with, started and left running for its rows."""
     kinds = {} if args.no_echo else dict(ECHO_KINDS)
-    if args.lean_http_echo:
-        kinds.update(LEAN_ECHO_KINDS)
+    wanted = {"http-lean": args.lean_http_echo, "grpc-threaded": args.threaded_grpc_echo}
+    kinds.update((kind, served) for kind, served in LEAN_ECHO_KINDS.items() if wanted[kind])
     needed = {
         kind: tuple(p for p in args.protocols if p in served) for kind, served in kinds.items()
     }
@@ -216,11 +225,12 @@ def analyse(results: dict[str, Any]) -> None:
         results["runs"], results["echo_runs"], results["baseline"]
     )
     lean = results.setdefault("lean_echo_runs", [])
-    if lean:  # the gateway's own HTTP stack (httptools) as the front end
-        results["lean_limits"] = limits(limit, lean, ["http-binary"])
+    if lean:  # the gateway's own stacks (httptools, threaded grpcio) as the front ends
+        protocols = [p for p in LEAN_PROTOCOLS if any(r["protocol"] == p for r in lean)]
+        results["lean_limits"] = limits(limit, lean, protocols)
         annotate(lean, results["lean_limits"])
-        http = [r for r in results["runs"] if r["protocol"] == "http-binary"]
-        results["lean_latency_targets"] = latency_targets(http, lean, results["baseline"])
+        runs = [r for r in results["runs"] if r["protocol"] in protocols]
+        results["lean_latency_targets"] = latency_targets(runs, lean, results["baseline"])
 
 
 def write(results: dict[str, Any], out_dir: Path) -> None:
@@ -251,7 +261,7 @@ def bench_main(args: argparse.Namespace) -> int:
         order += [t for t in echoes if t.name not in ECHO_TARGETS]
         rows = interleaved(args, signature, order)
     runs = rows.pop("gateway")
-    lean_runs = rows.pop(LEAN_ECHO_TARGET, [])
+    lean_runs = [run for target in LEAN_ECHO_TARGETS for run in rows.pop(target, [])]
     echo_runs = [run for target_rows in rows.values() for run in target_rows]
     baseline_end = run_baseline(args)  # the model's limit again, after the servers' rows
     baseline["paced"] = run_paced_baseline(args, paced_gaps_ms(echo_runs))

@@ -1,4 +1,5 @@
-"""Bare grpc.aio and aiohttp echo servers: the same payloads as the gateway, no model behind.
+"""Bare echo servers (grpc.aio and aiohttp; and, as references, httptools and threaded grpcio):
+the same payloads as the gateway, no model behind.
 
 Each decodes the request into numpy as the gateway does (np.frombuffer on raw bytes, or the JSON
 `data` lists), and answers the outputs the model would produce for that many rows (zeros), encoded
@@ -23,8 +24,12 @@ from .clients import BINARY_HEADER
 from .processes import RunningServer, bench_command, started
 from .tensors import TensorInfo, concrete_shape, numpy_dtype
 
-KINDS = ("grpc", "http", "http-lean")
-READY_LINE = re.compile(r"echo (?P<kind>grpc|http-lean|http) on (?P<host>\S+):(?P<port>\d+)")
+KINDS = ("grpc", "http", "http-lean", "grpc-threaded")
+READY_LINE = re.compile(
+    r"echo (?P<kind>grpc-threaded|grpc|http-lean|http) on (?P<host>\S+):(?P<port>\d+)"
+)
+GRPC_THREADS = 256
+"""Worker threads of the threaded gRPC echo, as the gateway's default --grpc-threads."""
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """As the gateway's default --max-request-bytes."""
 
@@ -49,42 +54,78 @@ class Echo:
         return int(first_input.shape[0])
 
 
+def answer_grpc(echo: Echo, request: Any) -> Any:
+    """The ModelInferResponse the gateway would send for `request` (zeros for its rows)."""
+    from gateway.generated import grpc_service_pb2 as pb
+
+    arrays = [
+        np.frombuffer(raw, numpy_dtype(tensor.datatype)).reshape(tuple(tensor.shape))
+        for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=False)
+    ]
+    response = pb.ModelInferResponse(
+        model_name=request.model_name,
+        model_version=request.model_version or "1",
+        id=request.id,
+    )
+    for out, shape, data in echo.answer(echo.rows(arrays[0] if arrays else None)):
+        response.outputs.add(name=out.name, datatype=out.datatype, shape=shape)
+        response.raw_output_contents.append(data.tobytes())
+    return response
+
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
 async def serve_grpc(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
     """grpc.aio with the generated servicer: ModelInfer only, the gateway's server options."""
     import grpc
 
-    from gateway.generated import grpc_service_pb2 as pb
     from gateway.generated import grpc_service_pb2_grpc as pb_grpc
 
     class EchoServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def ModelInfer(self, request: Any, context: Any) -> Any:
-            arrays = [
-                np.frombuffer(raw, numpy_dtype(tensor.datatype)).reshape(tuple(tensor.shape))
-                for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=False)
-            ]
-            response = pb.ModelInferResponse(
-                model_name=request.model_name,
-                model_version=request.model_version or "1",
-                id=request.id,
-            )
-            for out, shape, data in echo.answer(echo.rows(arrays[0] if arrays else None)):
-                response.outputs.add(name=out.name, datatype=out.datatype, shape=shape)
-                response.raw_output_contents.append(data.tobytes())
-            return response
+            return answer_grpc(echo, request)
 
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", 2**31 - 1),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    server = grpc.aio.server(options=GRPC_OPTIONS)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(EchoServicer(), server)
     port = server.add_insecure_port(f"{host}:0")
     await server.start()
 
     async def stop() -> None:
         await server.stop(grace=1)
+
+    return stop, port
+
+
+async def serve_grpc_threaded(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
+    """grpcio's synchronous thread-pool server, the gateway's default gRPC stack, answering on
+    its worker threads: what a call costs that stack without the gateway's hand-off to its
+    event loop. A reference, as the lean HTTP echo is."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from gateway.generated import grpc_service_pb2_grpc as pb_grpc
+
+    class EchoServicer(pb_grpc.GRPCInferenceServiceServicer):
+        def ModelInfer(self, request: Any, context: Any) -> Any:
+            return answer_grpc(echo, request)
+
+    server = grpc.server(
+        ThreadPoolExecutor(GRPC_THREADS, thread_name_prefix="echo"),
+        options=GRPC_OPTIONS,
+        maximum_concurrent_rpcs=2 * GRPC_THREADS,
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(EchoServicer(), server)
+    port = server.add_insecure_port(f"{host}:0")
+    server.start()
+
+    async def stop() -> None:
+        await asyncio.to_thread(lambda: server.stop(grace=1).wait())
 
     return stop, port
 
@@ -237,7 +278,12 @@ async def serve_http_lean(echo: Echo, host: str) -> tuple[Callable[[], Awaitable
     return stop, server.sockets[0].getsockname()[1]
 
 
-SERVERS = {"grpc": serve_grpc, "http": serve_http, "http-lean": serve_http_lean}
+SERVERS = {
+    "grpc": serve_grpc,
+    "http": serve_http,
+    "http-lean": serve_http_lean,
+    "grpc-threaded": serve_grpc_threaded,
+}
 
 
 async def serve(job: dict[str, Any]) -> None:
@@ -289,6 +335,6 @@ def echo_server(
             process=process,
             host=match["host"],
             http_port=port if kind.startswith("http") else 0,
-            grpc_port=port if kind == "grpc" else 0,
+            grpc_port=port if kind.startswith("grpc") else 0,
             log_file=log_file,
         )

@@ -211,23 +211,33 @@ def baseline_section(baseline: dict[str, Any]) -> list[str]:
     ]
 
 
+LEAN_STACKS = {
+    "http-binary": ("httptools", "aiohttp's"),
+    "http-json": ("httptools", "aiohttp's"),
+    "grpc": ("threaded grpcio", "grpc.aio's"),
+}
+
+
 def lean_section(results: dict[str, Any]) -> list[str]:
     runs = results.get("lean_echo_runs") or []
     if not runs:
         return []
+    stacks = sorted({LEAN_STACKS[r["protocol"]][0] for r in runs})
     lines = [
-        "## Lean HTTP echo (httptools on asyncio, no web framework: the gateway's own stack)",
+        f"## Echoes on the gateway's own stacks ({', '.join(stacks)}; no framework, no gateway)",
         "",
         *load_table(runs, gateway=False),
         "",
     ]
-    limit = (results.get("lean_limits") or {}).get("http-binary")
-    gateway = [r for r in results["runs"] if r["protocol"] == "http-binary" and r["requests"]]
-    if limit and limit["combined_samples_per_s"] and gateway:
+    for protocol, limit in (results.get("lean_limits") or {}).items():
+        gateway = [r for r in results["runs"] if r["protocol"] == protocol and r["requests"]]
+        if not (limit["combined_samples_per_s"] and gateway):
+            continue
         best = max(gateway, key=lambda r: r["samples_per_s"])
         bound = "" if limit["echo_saturated"] else " (the echo was client-bound: a lower bound)"
+        stack, instead_of = LEAN_STACKS[protocol]
         lines += [
-            f"Against this echo instead of aiohttp's: front-end limit "
+            f"{protocol}, against the {stack} echo instead of {instead_of}: front-end limit "
             f"{fmt(limit['echo_requests_per_s'])} req/s{bound}, combined "
             f"{fmt(limit['combined_samples_per_s'])}, gateway best {fmt(best['samples_per_s'])} "
             f"(c{best['concurrency']}) = "
@@ -238,7 +248,7 @@ def lean_section(results: dict[str, Any]) -> list[str]:
         if check["target_ms"] is None:
             continue
         lines += [
-            f"Latency at concurrency 1 against this echo: gateway p50 "
+            f"{check['protocol']} latency at concurrency 1 against this echo: gateway p50 "
             f"{fmt(check['gateway_p50_ms'], 3)} ms, target {fmt(check['echo_p50_ms'], 3)} + "
             f"{fmt(check['ort_batch1_p50_ms'], 3)} + {check['slack_ms']} = "
             f"{fmt(check['target_ms'], 3)} ms: {'met' if check['met'] else 'missed'}.",
@@ -260,7 +270,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"loop, {window}. "
         + (
             "Rows interleaved: each protocol and concurrency measured on the echo server, the "
-            "gateway (and the lean echo) one after the other."
+            "gateway (and the echoes on its own stacks) one after the other."
             if meta.get("order") == "interleaved"
             else "Rows in blocks: all gateway rows, then each echo server's."
         ),
