@@ -9,6 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gateway.config.model_config import read_model_policy
+from gateway.core.ports import SourceError
+
 from .measure import NOISY_PCT, CpuSample, cpu_figures, latency_ms, log, wait_for_quiet
 from .processes import run_pinned
 from .tensors import ORT_TYPES, Feeds, TensorInfo, random_feeds
@@ -151,20 +154,33 @@ def model_file(args: argparse.Namespace) -> Path:
     return max(versions, key=lambda p: int(p.name)) / "model.onnx"
 
 
+def batch_sizes(args: argparse.Namespace) -> list[int]:
+    """--batch-sizes, and the model's max_batch_size from its config.pbtxt (the largest batch
+    the gateway forms, often the model's best) when it is not among them."""
+    sizes = set(args.batch_sizes)
+    try:
+        configured = read_model_policy(args.model_repository / args.model).max_batch_size
+    except SourceError as exc:  # the gateway will say so too; the sweep goes on without it
+        log(f"cannot read the model's config: {exc}")
+        configured = None
+    if configured:
+        sizes.add(configured)
+    return sorted(sizes)
+
+
 def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     """Bare onnxruntime in a subprocess pinned to the server core."""
+    sizes = batch_sizes(args)
     job = {
         "model_file": str(model_file(args).resolve()),
         "seed": args.seed,
         "warmup_s": args.warmup,
         "duration_s": args.baseline_duration,
-        "batch_sizes": args.batch_sizes,
+        "batch_sizes": sizes,
         "sweep_s": args.sweep_duration,
     }
     log(f"bare onnxruntime on core {args.server_core}: {job['model_file']}")
-    budget = (
-        args.warmup + args.baseline_duration + len(args.batch_sizes) * (args.sweep_duration + 1)
-    )
+    budget = args.warmup + args.baseline_duration + len(sizes) * (args.sweep_duration + 1)
     result = run_pinned(args.server_core, "_baseline", job, budget + 60)
     for _ in range(args.retry_noisy):  # disturbed: wait for quiet, measure again
         busy = result["batch1"]["other_cpu_pct"] + result["batch1"]["steal_pct"]
