@@ -100,6 +100,13 @@ instance_group [
     kind: KIND_CPU
   }}
 ]
+{parameters}"""
+RETURNING_WAIT_TEMPLATE = """# The gateway's own batching knob (see README, Dynamic batching): after a batch ends, the next
+# waits up to this long for the callers just answered to send their next requests.
+parameters {{
+  key: "returning_wait_microseconds"
+  value: {{ string_value: "{returning_wait_us}" }}
+}}
 """
 
 # Fixed timestamp for zip members (the zip epoch), so the .npz is byte-for-byte reproducible.
@@ -311,7 +318,12 @@ def make_dense_mlp(name: str, sizes: Sequence[int], seed: int) -> Any:
 
 
 def build_dense(
-    model_dir: Path, sizes: Sequence[int], seed: int, max_batch_size: int, max_queue_delay_us: int
+    model_dir: Path,
+    sizes: Sequence[int],
+    seed: int,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    returning_wait_us: int = 0,
 ) -> dict[str, Any]:
     name = model_dir.name
     path = model_dir / "1" / "model.onnx"
@@ -322,6 +334,9 @@ def build_dense(
         n_in=sizes[0],
         n_out=sizes[-1],
         max_queue_delay_us=max_queue_delay_us,
+        parameters=RETURNING_WAIT_TEMPLATE.format(returning_wait_us=returning_wait_us)
+        if returning_wait_us
+        else "",
     )
     _write_bytes(model_dir / "config.pbtxt", config.encode())
 
@@ -366,6 +381,8 @@ def build(output: Path, skip_wide: bool = False) -> dict[str, dict[str, Any]]:
                 seed=1,
                 max_batch_size=64,
                 max_queue_delay_us=0,
+                # The model is the bottleneck: batches of 64 cost 15 % less a row than of 32.
+                returning_wait_us=20_000,
             )
         for path in staging.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)

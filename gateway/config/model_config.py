@@ -46,6 +46,7 @@ KNOWN_PARAMETERS: dict[str, str] = {
     "prediction_output": "the name of an output (which output holds the prediction)",
     "prediction": "one of label, argmax, value (how the prediction is read)",
     "class_names": "comma-separated class names, in class index order",
+    "returning_wait_microseconds": "a non-negative integer (see README, Dynamic batching)",
 }
 _PREDICTIONS = frozenset({"label", "argmax", "value"})
 _VERBATIM = frozenset({"prediction_output", "class_names"})
@@ -192,6 +193,7 @@ def _parameters(path: Path, config: Any) -> dict[str, str]:
         valid = {
             "intra_op_thread_count": text.isdigit(),
             "inter_op_thread_count": text.isdigit(),
+            "returning_wait_microseconds": text.isdigit(),
             "graph_optimization_level": text in _GRAPH_LEVELS,
             "execution_mode": text in _EXECUTION_MODES,
             "prediction_output": bool(text),

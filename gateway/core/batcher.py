@@ -11,6 +11,14 @@ has read but not yet queued (each is a task whose first step waits its turn) joi
 core that makes batches 10-20 % bigger for the price of a loop turn. With a delay, a batch
 smaller than max_batch_size (or than a preferred size) waits up to max_queue_delay for company.
 
+Triton's delay holds a lone request too. The gateway's `returning_wait_microseconds` parameter
+(one instance, no max_queue_delay) waits only for callers expected back: when a batch ends, the
+next may wait up to that long to hold the rows then in line plus the finished batch's, as the
+callers of a closed loop send their next requests once answered. A lone caller's next request
+completes its target and launches at once; under heavy load the line fills a batch anyway. For
+a model that is the bottleneck on a shared core, bigger batches cost less per row, and the core
+answers and reads requests meanwhile.
+
 A request waits at most until its deadline; if that passes while it is in line it is answered
 DeadlineExceededError and never run. A caller that leaves (cancelled, disconnected) is taken out
 of the line; if its batch is already running the result is dropped and its batch-mates are not
@@ -67,6 +75,9 @@ class BatcherConfig:
     """Input bytes that may wait in line; beyond it new ones are refused (bounds memory)."""
     max_queue_delay_s: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
+    returning_wait_s: float = 0.0
+    """How long, after a batch ends, the next may wait for its callers to come back (the
+    gateway's `returning_wait_microseconds` parameter; 0: never). See DynamicBatcher."""
 
 
 @dataclass(eq=False, slots=True)
@@ -117,6 +128,7 @@ def batcher_config(
         max_queue_bytes=max_queue_bytes,
         max_queue_delay_s=batching.max_queue_delay_us / 1e6 if batching else 0.0,
         preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
+        returning_wait_s=int(policy.parameters.get("returning_wait_microseconds", "0")) / 1e6,
     )
 
 
@@ -158,6 +170,10 @@ class DynamicBatcher:
         self._idle.set()
         self._dispatch_due = False
         """A dispatch is scheduled for the next loop turn: arrivals wait for it."""
+        self._returning_rows = 0
+        """Rows the next batch may wait for: those in line when the last batch ended plus
+        that batch's (its callers coming back); 0 when not waiting for anyone."""
+        self._returning_since_s = 0.0
 
     @property
     def waiting(self) -> int:
@@ -268,9 +284,11 @@ class DynamicBatcher:
                 self._answer_expired(head)
                 continue
             batch, rows = self._collect()
-            if self._should_wait(rows):
-                self._arm_timer()
+            due_s = self._wait_until(rows)
+            if due_s is not None:
+                self._arm_timer(due_s)
                 return
+            self._returning_rows = 0
             if len(batch) == 1:
                 self._line.popleft()
             else:
@@ -304,22 +322,29 @@ class DynamicBatcher:
                 rows += request.rows
         return batch, rows
 
-    def _should_wait(self, rows: int) -> bool:
+    def _wait_until(self, rows: int) -> float | None:
+        """When the batch of `rows` may launch at the latest (loop time), if it should wait for
+        company; None to launch it now."""
         config = self.config
-        if not config.merge or config.max_queue_delay_s <= 0 or rows >= config.max_batch_size:
-            return False
-        preferred = config.preferred_batch_sizes
-        if preferred and (rows in preferred or rows >= max(preferred)):
-            return False
-        waited_s = asyncio.get_running_loop().time() - self._line[0].enqueued_s
-        return waited_s < config.max_queue_delay_s
+        if not config.merge or rows >= config.max_batch_size:
+            return None
+        if config.max_queue_delay_s > 0:  # Triton's queue delay, and then only it
+            preferred = config.preferred_batch_sizes
+            if preferred and (rows in preferred or rows >= max(preferred)):
+                return None
+            due_s = self._line[0].enqueued_s + config.max_queue_delay_s
+        elif rows < self._returning_rows:
+            due_s = self._returning_since_s + config.returning_wait_s
+        else:
+            return None
+        return due_s if asyncio.get_running_loop().time() < due_s else None
 
-    def _arm_timer(self) -> None:
+    def _arm_timer(self, due_s: float) -> None:
         if self._timer is not None:
-            return
-        loop = asyncio.get_running_loop()
-        due_s = self._line[0].enqueued_s + self.config.max_queue_delay_s
-        self._timer = loop.call_at(due_s, self._timer_fired)
+            if self._timer.when() <= due_s:
+                return
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(due_s, self._timer_fired)
 
     def _timer_fired(self) -> None:
         self._timer = None
@@ -379,6 +404,10 @@ class DynamicBatcher:
         self._running -= 1
         # The next batch forms a loop turn later, before this one's answers are sent: the
         # requests already read and on their way to the line join it (module docstring).
+        if self.config.returning_wait_s > 0 and self.config.concurrency == 1:
+            waiting = sum(request.rows for request in self._line)
+            self._returning_rows = min(self.config.max_batch_size, waiting + rows)
+            self._returning_since_s = asyncio.get_running_loop().time()
         fills = len(self._line) >= self.config.max_batch_size
         if self._line and not fills and self.config.merge and not self._dispatch_due:
             self._dispatch_due = True

@@ -211,6 +211,7 @@ def make(
     max_queue_bytes: int = 2**30,
     delay_s: float = 0.0,
     preferred: tuple[int, ...] = (),
+    returning_wait_s: float = 0.0,
 ) -> DynamicBatcher:
     config = BatcherConfig(
         max_batch_size=max_batch_size,
@@ -220,6 +221,7 @@ def make(
         max_queue_bytes=max_queue_bytes,
         max_queue_delay_s=delay_s,
         preferred_batch_sizes=preferred,
+        returning_wait_s=returning_wait_s,
     )
     return DynamicBatcher("m:1", _implements_protocol(runner), workers, config, OUTPUTS)
 
@@ -488,6 +490,55 @@ async def test_queue_delay_ends_early_when_the_batch_is_ready(
 
 
 # -- deadlines, cancellation, overload ---------------------------------------------------------
+
+
+# -- waiting for returning callers ------------------------------------------------------------
+
+
+async def test_the_next_batch_waits_for_the_callers_of_the_last_to_come_back(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    batcher = make(gated, workers, returning_wait_s=WAIT_S)
+    first = await hold(batcher, gated)
+    second = submit(batcher, feed(1))
+    await until(lambda: batcher.waiting == 1, "request 1 in line")
+    gated.release(2)
+    assert_answer(await first, feed(0), OUTPUTS)
+    await until(lambda: batcher.running == 0, "batch (0,) over")
+    for _ in range(5):  # request 1 alone is short of its target (1 waiting + 1 answered)
+        await asyncio.sleep(0)
+    assert batcher.waiting == 1 and batcher.running == 0
+    third = submit(batcher, feed(2))  # request 0's caller comes back
+    assert (await gated.next_start()).request_ids == (1, 2)
+    assert_answer(await second, feed(1), OUTPUTS)
+    assert_answer(await third, feed(2), OUTPUTS)
+
+
+async def test_a_lone_callers_next_request_does_not_wait(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    batcher = make(gated, workers, returning_wait_s=WAIT_S)
+    gated.release(2)
+    assert_answer(await submit(batcher, feed(0)), feed(0), OUTPUTS)
+    started = time.monotonic()
+    assert_answer(await submit(batcher, feed(1)), feed(1), OUTPUTS)
+    assert time.monotonic() - started < WAIT_S / 5
+    assert [run.request_ids for run in gated.runs] == [(0,), (1,)]
+
+
+async def test_callers_that_do_not_come_back_are_waited_for_no_longer_than_the_wait(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    batcher = make(gated, workers, returning_wait_s=0.05)
+    first = await hold(batcher, gated)
+    second = submit(batcher, feed(1))
+    await until(lambda: batcher.waiting == 1, "request 1 in line")
+    gated.release(2)
+    assert_answer(await first, feed(0), OUTPUTS)
+    ended = time.monotonic()
+    assert (await gated.next_start()).request_ids == (1,)
+    assert 0.04 <= time.monotonic() - ended < WAIT_S
+    assert_answer(await second, feed(1), OUTPUTS)
 
 
 async def test_a_deadline_passing_in_line_fails_the_request_which_never_runs(

@@ -157,3 +157,35 @@ def test_rebuild_is_byte_identical_and_replaces_old_contents(repo: Path, tmp_pat
     assert not stale.exists()
     assert _hashes(second) == _hashes(repo)
     assert [p.name for p in tmp_path.iterdir()] == ["repository"]
+
+
+def test_a_dense_model_with_a_returning_wait_gets_a_config_the_gateway_reads(
+    tmp_path: Path,
+) -> None:
+    """mlp_wide's config (not built here: ~80 MB) carries the gateway's returning wait."""
+    import importlib.util
+
+    from gateway.config.model_config import read_model_policy
+    from gateway.core.batcher import batcher_config
+    from gateway.core.model import ModelSignature, TensorSpec
+
+    spec = importlib.util.spec_from_file_location("build_repository", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model_dir = tmp_path / "wide"
+    module.build_dense(
+        model_dir,
+        (4, 3, 2),
+        seed=0,
+        max_batch_size=8,
+        max_queue_delay_us=0,
+        returning_wait_us=20_000,
+    )
+    policy = read_model_policy(model_dir)
+    assert policy.parameters["returning_wait_microseconds"] == "20000"
+    signature = ModelSignature(
+        (TensorSpec("input", "FP32", (4,)),), (TensorSpec("logits", "FP32", (2,)),), 8
+    )
+    config = batcher_config(policy, signature, 1, 1024, 2**20)
+    assert config.returning_wait_s == 0.02 and config.max_queue_delay_s == 0

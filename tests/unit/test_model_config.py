@@ -111,6 +111,10 @@ def test_version_policies() -> None:
             'parameters { key: "allow_cpu_fallback" value: { string_value: "maybe" } }',
             ["true or false"],
         ),
+        (
+            'parameters { key: "returning_wait_microseconds" value: { string_value: "-5" } }',
+            ["'returning_wait_microseconds' is '-5'", "non-negative integer"],
+        ),
         ('model_warmup [ { name: "w", batch_size: 1 } ]', ["model_warmup"]),
     ],
 )
