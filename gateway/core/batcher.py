@@ -165,7 +165,8 @@ class DynamicBatcher:
         self._line: deque[_Request] = deque()
         self._line_bytes = 0
         self._running = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_due_s = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
         self._dispatch_due = False
@@ -341,9 +342,11 @@ class DynamicBatcher:
 
     def _arm_timer(self, due_s: float) -> None:
         if self._timer is not None:
-            if self._timer.when() <= due_s:
+            if self._timer_due_s <= due_s:
                 return
             self._timer.cancel()
+        # uvloop hands back a plain Handle (no when()) for a time already past: keep our own.
+        self._timer_due_s = due_s
         self._timer = asyncio.get_running_loop().call_at(due_s, self._timer_fired)
 
     def _timer_fired(self) -> None:

@@ -541,6 +541,22 @@ async def test_callers_that_do_not_come_back_are_waited_for_no_longer_than_the_w
     assert_answer(await second, feed(1), OUTPUTS)
 
 
+def test_the_wait_timer_survives_uvloop_handing_back_a_plain_handle(workers: WorkerPool) -> None:
+    """uvloop's call_at returns a Handle without when() for a time already past (seen under
+    load: the due time passed between computing it and arming the timer)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        runner = ArithRunner()
+        batcher = make(runner, workers, returning_wait_s=0.05)
+        loop = asyncio.get_running_loop()
+        batcher._arm_timer(loop.time() - 1)
+        batcher._arm_timer(loop.time() + 1)
+        assert_answer(await batcher.infer(feed(1), list(OUTPUTS), 1, None), feed(1), OUTPUTS)
+
+    uvloop.run(scenario())
+
+
 async def test_a_deadline_passing_in_line_fails_the_request_which_never_runs(
     workers: WorkerPool, gated: GatedRunner
 ) -> None:
