@@ -416,8 +416,10 @@ def test_grpc_callers_that_give_up_in_line_do_not_disturb_the_others(
     batcher = batcher_of(server, "slow_one")
     wait_idle(batcher)
     with Clients(server) as clients, ThreadPoolExecutor(8) as pool, Counting(batcher) as counted:
+        # The long batch must outlast the impatient callers' 0.3 s by a wide margin: at 1,024
+        # rows it ran 0.36 s in the gateway, and under a loaded suite it sometimes ended first.
         long: Future[np.ndarray] = pool.submit(
-            lambda: infer_slow(clients.get("grpc"), "slow_one", 0, rows=1024)
+            lambda: infer_slow(clients.get("grpc"), "slow_one", 0, rows=2048)
         )
         wait_until(lambda: batcher.running == 1, "the long batch running")
         patient = [
@@ -440,7 +442,7 @@ def test_grpc_callers_that_give_up_in_line_do_not_disturb_the_others(
             with pytest.raises(InferenceServerException) as raised:
                 future.result(WAIT_S)
             assert raised.value.status() == "StatusCode.DEADLINE_EXCEEDED"
-        assert long.result(60).shape == (1024, SLOW_WIDTH)
+        assert long.result(60).shape == (2048, SLOW_WIDTH)
         for i, future in zip((1, 2), patient, strict=True):
             y = future.result(WAIT_S)
             single = infer_slow(clients.get("grpc"), "slow_one", i)
