@@ -101,7 +101,8 @@ instance_group [
   }}
 ]
 {parameters}"""
-RETURNING_WAIT_TEMPLATE = """# The gateway's own batching knob (see README, Dynamic batching): after a batch ends, the next
+RETURNING_WAIT_TEMPLATE = """\
+# The gateway's own batching knob (see README, Dynamic batching): after a batch ends, the next
 # waits up to this long for the callers just answered to send their next requests.
 parameters {{
   key: "returning_wait_microseconds"
