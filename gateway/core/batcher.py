@@ -276,7 +276,22 @@ class DynamicBatcher:
 
     # -- forming and launching batches ------------------------------------------------------
     def _dispatch(self) -> None:
-        """Launch every batch the free slots allow; then note whether the batcher is idle."""
+        """Launch every batch the free slots allow; then note whether the batcher is idle.
+        Never raises: a bug here answers the line with an error rather than strand it (a
+        request left in line after its caller was told it failed, or a line no one
+        dispatches again until the next arrival)."""
+        try:
+            self._dispatch_line()
+        except Exception:
+            logger.exception("model %s: dispatching its line failed", self.name)
+            stranded = list(self._line)
+            for request in stranded:
+                self._take_out(request)
+            self._fail(stranded, InternalError(f"model '{self.name}' failed; see the gateway log"))
+            if not self._running:
+                self._idle.set()
+
+    def _dispatch_line(self) -> None:
         loop = asyncio.get_running_loop()
         while self._running < self.config.concurrency and self._line:
             head = self._line[0]

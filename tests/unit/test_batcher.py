@@ -778,6 +778,42 @@ async def test_a_base_exception_from_the_runner_fails_its_batch_not_the_loop(
     assert batcher.running == 0 and batcher.waiting == 0
 
 
+class BuggyBatcher(DynamicBatcher):
+    """A batcher whose batch forming raises while `broken` (a bug, as the uvloop timer was)."""
+
+    broken = False
+
+    def _collect(self) -> Any:
+        if self.broken:
+            raise AttributeError("a bug")
+        return super()._collect()
+
+
+async def test_a_bug_while_dispatching_answers_the_line_and_strands_no_one(
+    workers: WorkerPool, gated: GatedRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make(gated, workers).config
+    batcher = BuggyBatcher("m:1", gated, workers, config, OUTPUTS)
+    first = await hold(batcher, gated)
+    waiting = [submit(batcher, feed(i)) for i in (1, 2)]
+    await until(lambda: batcher.waiting == 2, "two requests in line")
+    batcher.broken = True
+    with caplog.at_level(logging.ERROR, logger="gateway.core.batcher"):
+        gated.release()
+        assert_answer(await first, feed(0), OUTPUTS)
+        for task in waiting:  # answered with an error, not left waiting for a dispatch
+            with pytest.raises(InternalError, match="model 'm:1' failed"):
+                await asyncio.wait_for(task, WAIT_S)
+        # A request whose own arrival hits the bug is not left in line either.
+        with pytest.raises(InternalError):
+            await asyncio.wait_for(submit(batcher, feed(3)), WAIT_S)
+    assert "dispatching its line failed" in caplog.text
+    assert batcher.waiting == 0 and batcher.running == 0
+    batcher.broken = False
+    gated.release()
+    assert_answer(await submit(batcher, feed(4)), feed(4), OUTPUTS)  # and it goes on serving
+
+
 async def test_a_wrong_first_dimension_fails_the_batch_with_internal_error(
     workers: WorkerPool, wrong_rows: GatedRunner
 ) -> None:
