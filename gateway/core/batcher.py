@@ -420,12 +420,13 @@ class DynamicBatcher:
         raised: BaseException | None,
     ) -> None:
         self._running -= 1
-        # The next batch forms a loop turn later, before this one's answers are sent: the
-        # requests already read and on their way to the line join it (module docstring).
         if self.config.returning_wait_s > 0 and self.config.concurrency == 1:
+            # The next batch may wait for this one's callers to come back (module docstring).
             waiting = sum(request.rows for request in self._line)
             self._returning_rows = min(self.config.max_batch_size, waiting + rows)
             self._returning_since_s = asyncio.get_running_loop().time()
+        # The next batch forms a loop turn later, before this one's answers are sent: the
+        # requests already read and on their way to the line join it (module docstring).
         fills = len(self._line) >= self.config.max_batch_size
         if self._line and not fills and self.config.merge and not self._dispatch_due:
             self._dispatch_due = True

@@ -56,7 +56,6 @@ class GatewayMetrics:
 
     def __init__(self, models: ModelRegistry) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        request_labels = REQUEST_LABELS
         version_labels = ("model", "version", "role")
         self._failures = Counter(
             "gateway_request_failures",
@@ -67,7 +66,7 @@ class GatewayMetrics:
         self._duration = LoopHistogramFamily(
             "gateway_request_duration_seconds",
             "Time from the request reaching the service to its answer.",
-            request_labels,
+            REQUEST_LABELS,
             DURATION_BUCKETS,
             registry=self.registry,
         )

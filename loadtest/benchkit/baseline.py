@@ -65,9 +65,7 @@ def paced_runs(session: Any, feeds: Feeds, gap_s: float, seconds: float) -> dict
 
 def paced_main(job: dict[str, Any]) -> dict[str, Any]:
     """In the pinned subprocess: batch-1 latency when runs are `gaps_ms` apart (per protocol)."""
-    session = ort_session(job["model_file"])
-    inputs = ort_inputs(session)
-    batched = all(t.shape and t.shape[0] == -1 for t in inputs)
+    session, inputs, batched = open_model(job["model_file"])
     feeds = random_feeds(inputs, 1, batched, job["seed"])[0]
     timed_runs(session, [feeds], job["warmup_s"])
     return {
@@ -76,24 +74,25 @@ def paced_main(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ort_session(model_file: str) -> Any:
-    """A CPU session with one intra-op thread, as the gateway runs on one core."""
+def open_model(model_file: str) -> tuple[Any, list[TensorInfo], bool]:
+    """A CPU session with one intra-op thread, as the gateway runs on one core; its inputs,
+    and whether they all have a batch dimension."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     cpu = ["CPUExecutionProvider"]
-    return ort.InferenceSession(model_file, sess_options=options, providers=cpu)
+    session = ort.InferenceSession(model_file, sess_options=options, providers=cpu)
+    inputs = ort_inputs(session)
+    return session, inputs, all(t.shape and t.shape[0] == -1 for t in inputs)
 
 
 def baseline_main(job: dict[str, Any]) -> dict[str, Any]:
     """In the pinned subprocess: batch-1 latency and runs/s, then samples/s per batch size."""
     import onnxruntime as ort
 
-    session = ort_session(job["model_file"])
-    inputs = ort_inputs(session)
-    batched = all(t.shape and t.shape[0] == -1 for t in inputs)
+    session, inputs, batched = open_model(job["model_file"])
     timed_runs(session, random_feeds(inputs, 1, batched, job["seed"]), job["warmup_s"])
     before = CpuSample.take(None)
     latencies, elapsed = timed_runs(

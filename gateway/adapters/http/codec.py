@@ -58,11 +58,6 @@ _InputPlan = tuple[str, DataType, tuple[int, ...], str, int]
 """One binary input of a checked header: name, datatype, shape, "input '<name>'", size."""
 
 
-_FixedInput = tuple[str, str, np.dtype[Any], tuple[int, ...], int, int]
-"""One fixed-size binary input of a checked header: name, datatype name, numpy dtype, shape,
-element count, size in bytes (which the shape was checked to fill)."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """A checked JSON header whose inputs are all binary: everything a request needs but the
@@ -72,26 +67,10 @@ class _Plan:
     requested: tuple[str, ...] | None
     encoding: OutputEncoding
     parameters: dict[str, Any]
-    fixed: tuple[_FixedInput, ...] | None = None
-    """The inputs again when none is BYTES, for a body of exactly `binary_bytes`."""
-    binary_bytes: int = 0
-
-    @classmethod
-    def of(
-        cls,
-        inputs: tuple[_InputPlan, ...],
-        requested: tuple[str, ...] | None,
-        encoding: OutputEncoding,
-        parameters: dict[str, Any],
-    ) -> _Plan:
-        fixed = None
-        if not any(datatype.is_bytes for _, datatype, _, _, _ in inputs):
-            fixed = tuple(
-                (name, datatype.name, datatype.numpy_dtype, shape, size // datatype.itemsize, size)
-                for name, datatype, shape, _, size in inputs
-            )
-        total = sum(size for *_, size in inputs)
-        return cls(inputs, requested, encoding, parameters, fixed, total)
+    binary_bytes: int
+    """The binary part's length when the inputs fill it exactly."""
+    fixed_size: bool
+    """No input is BYTES: each input's size is its element count times its item size."""
 
 
 MAX_PLANS = 128
@@ -129,11 +108,13 @@ def decode_request(
     if key is not None and planned is not None and not request.id:
         if len(_plans) >= MAX_PLANS:
             del _plans[next(iter(_plans))]
-        _plans[key] = _Plan.of(
+        _plans[key] = _Plan(
             planned,
             None if request.requested_outputs is None else tuple(request.requested_outputs),
             encoding,
             dict(request.parameters),
+            binary_bytes=sum(item[4] for item in planned),
+            fixed_size=not any(item[1].is_bytes for item in planned),
         )
     return request, encoding
 
@@ -162,14 +143,13 @@ def _from_plan(
 ) -> InferRequest:
     inputs: list[Tensor] = []
     offset = 0
-    if plan.fixed is not None and len(binary_part) == plan.binary_bytes:
+    if plan.fixed_size and len(binary_part) == plan.binary_bytes:
         # The header was checked when the plan was made: its sizes fill its shapes, and a body
         # of this length holds every input's bytes and nothing more.
-        for name, type_name, dtype, shape, count, size in plan.fixed:
-            array = np.frombuffer(binary_part, dtype, count, offset)
-            if not array.flags.aligned:  # as tensors.from_buffer: copy, holding the GIL
-                array = np.frombuffer(bytes(binary_part[offset : offset + size]), dtype)
-            inputs.append(Tensor(name, type_name, array.reshape(shape)))
+        for name, datatype, shape, _, size in plan.inputs:
+            count = size // datatype.itemsize
+            array = tensors.array_at(binary_part, datatype.numpy_dtype, count, offset)
+            inputs.append(Tensor(name, datatype.name, array.reshape(shape)))
             offset += size
     else:  # checked input by input, for the error a client should read
         for item in plan.inputs:
