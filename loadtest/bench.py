@@ -12,6 +12,9 @@ One run measures, on the same machine, the same model file and the same payloads
 3. **Bare echo servers** (grpc.aio, aiohttp) on the server core under the same load generator:
    the same requests decoded and the same outputs encoded, no model. The best req/s of each is
    **the front end's limit** for its protocol.
+4. Optionally, **minimal servers** (--minimal-servers): the gateway's own front ends (httptools,
+   threaded grpcio) running the model inline on each request, no batching: what a lone request
+   costs any server on those stacks, and what batching buys over none.
 
 Each protocol's gateway figures are compared with the **combined limit** 1 / (1/model + 1/front
 end), and at concurrency 1 with the latency target echo p50 + onnxruntime batch-1 p50 + 0.2 ms.
@@ -35,8 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchkit.analysis import annotate, latency_targets, limits, model_limit, paced_gaps_ms
-from benchkit.baseline import baseline_main, paced_main, run_baseline, run_paced_baseline
+from benchkit.analysis import annotate, latency_targets, limits, minimal_checks, model_limit
+from benchkit.baseline import baseline_main, model_file, run_baseline
 from benchkit.clients import PROTOCOLS
 from benchkit.echo import echo_main, echo_server
 from benchkit.gateway import gateway, gateway_command, model_signature, stats_path
@@ -57,6 +60,8 @@ ECHO_TARGETS = {f"echo-{kind}" for kind in ECHO_KINDS}
 LEAN_ECHO_TARGETS = [f"echo-{kind}" for kind in LEAN_ECHO_KINDS]
 LEAN_PROTOCOLS = ["http-binary", "grpc"]
 """The protocols whose limit and latency target are also given against the lean echoes."""
+MINIMAL_TARGETS = [f"minimal-{kind}" for kind in LEAN_ECHO_KINDS]
+"""The same stacks as the lean echoes with the model inline (--minimal-servers)."""
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -136,6 +141,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="also measure the gRPC echo on grpcio's threaded server, the gateway's own gRPC "
         "stack (a reference; it sets no limit)",
     )
+    add(
+        "--minimal-servers",
+        action="store_true",
+        help="also measure minimal servers: the gateway's own front ends (httptools, threaded "
+        "grpcio) running the model inline on each request, no batching (a reference)",
+    )
     add("--server-core", type=int, default=0, help="core for the servers and bare onnxruntime")
     add("--client-core", type=int, default=1, help="core for the load generator")
     add("--request-timeout", type=float, default=10.0, help="seconds before a request fails")
@@ -202,13 +213,28 @@ def start_echoes(
         kind: tuple(p for p in args.protocols if p in served) for kind, served in kinds.items()
     }
     needed = {kind: protocols for kind, protocols in needed.items() if protocols}
-    lifetime_s = echo_lifetime_s(args, 1 + len(needed))
+    minimal: dict[str, tuple[str, ...]] = {}
+    if args.minimal_servers:
+        minimal = {
+            kind: tuple(p for p in args.protocols if p in served)
+            for kind, served in LEAN_ECHO_KINDS.items()
+        }
+        minimal = {kind: protocols for kind, protocols in minimal.items() if protocols}
+    lifetime_s = echo_lifetime_s(args, 1 + len(needed) + len(minimal))
     targets = []
     for kind, protocols in needed.items():
         log_file = out_dir / f"echo-{kind}.log"
         server = stack.enter_context(echo_server(kind, args, signature, log_file, lifetime_s))
         log(f"{server.name} ready: pid {server.pid}")
         targets.append(Target(f"echo-{kind}", server, protocols))
+    model = model_file(args).resolve()
+    for kind, protocols in minimal.items():
+        log_file = out_dir / f"minimal-{kind}.log"
+        server = stack.enter_context(
+            echo_server(kind, args, signature, log_file, lifetime_s, model_file=model)
+        )
+        log(f"{server.name} ready: pid {server.pid}")
+        targets.append(Target(f"minimal-{kind}", server, protocols))
     return targets
 
 
@@ -231,6 +257,9 @@ def analyse(results: dict[str, Any]) -> None:
         annotate(lean, results["lean_limits"])
         runs = [r for r in results["runs"] if r["protocol"] in protocols]
         results["lean_latency_targets"] = latency_targets(runs, lean, results["baseline"])
+    minimal = results.setdefault("minimal_runs", [])
+    annotate(minimal, results["limits"])
+    results["minimal_checks"] = minimal_checks(results["runs"], minimal)
 
 
 def write(results: dict[str, Any], out_dir: Path) -> None:
@@ -256,15 +285,15 @@ def bench_main(args: argparse.Namespace) -> int:
         echoes = start_echoes(args, signature, out_dir, stack)
         path = stats_path(args.model, args.model_version)
         gateway_target = Target("gateway", server, tuple(args.protocols), path)
-        # Each row's echo first, then the gateway, then the reference echo (if asked for).
+        # Each row's echo first, then the gateway, then the references (if asked for).
         order = [t for t in echoes if t.name in ECHO_TARGETS] + [gateway_target]
         order += [t for t in echoes if t.name not in ECHO_TARGETS]
         rows = interleaved(args, signature, order)
     runs = rows.pop("gateway")
     lean_runs = [run for target in LEAN_ECHO_TARGETS for run in rows.pop(target, [])]
+    minimal_runs = [run for target in MINIMAL_TARGETS for run in rows.pop(target, [])]
     echo_runs = [run for target_rows in rows.values() for run in target_rows]
     baseline_end = run_baseline(args)  # the model's limit again, after the servers' rows
-    baseline["paced"] = run_paced_baseline(args, paced_gaps_ms(echo_runs))
     results: dict[str, Any] = {
         "meta": {
             "timestamp": timestamp,
@@ -283,12 +312,13 @@ def bench_main(args: argparse.Namespace) -> int:
         "runs": runs,
         "echo_runs": echo_runs,
         "lean_echo_runs": lean_runs,
+        "minimal_runs": minimal_runs,
     }
     analyse(results)
     write(results, out_dir)
     print(markdown_report(results))
     log(f"results in {out_dir}")
-    return 1 if any(r["flagged"] for r in runs + echo_runs) else 0
+    return 1 if any(r["flagged"] for r in runs + echo_runs + minimal_runs) else 0
 
 
 def render_main(out_dir: Path) -> int:
@@ -302,7 +332,7 @@ def render_main(out_dir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    jobs = {"_baseline": baseline_main, "_paced": paced_main, "_load": load_main}
+    jobs = {"_baseline": baseline_main, "_load": load_main}
     if argv and argv[0] in jobs:  # internal: a pinned subprocess, job on stdin, result on stdout
         print(json.dumps(jobs[argv[0]](json.load(sys.stdin))))
         return 0

@@ -42,38 +42,6 @@ def timed_runs(session: Any, feeds: list[Feeds], seconds: float) -> tuple[list[f
     return latencies, now - start
 
 
-def paced_runs(session: Any, feeds: Feeds, gap_s: float, seconds: float) -> dict[str, Any]:
-    """Batch-1 runs, each after sleeping `gap_s`, as a server at concurrency 1 runs the model
-    once per request with the rest of the round trip between runs: per-run latencies, and the
-    gap actually slept (a sleep overshoots)."""
-    latencies: list[float] = []
-    slept = 0.0
-    end = time.perf_counter() + seconds
-    while (now := time.perf_counter()) < end:
-        time.sleep(gap_s)
-        started = time.perf_counter()
-        session.run(None, feeds)
-        latencies.append(time.perf_counter() - started)
-        slept += started - now
-    return {
-        "runs": len(latencies),
-        "gap_ms": gap_s * 1e3,
-        "slept_ms_mean": slept / max(len(latencies), 1) * 1e3,
-        "latency_ms": latency_ms(latencies),
-    }
-
-
-def paced_main(job: dict[str, Any]) -> dict[str, Any]:
-    """In the pinned subprocess: batch-1 latency when runs are `gaps_ms` apart (per protocol)."""
-    session, inputs, batched = open_model(job["model_file"])
-    feeds = random_feeds(inputs, 1, batched, job["seed"])[0]
-    timed_runs(session, [feeds], job["warmup_s"])
-    return {
-        protocol: paced_runs(session, feeds, gap_ms / 1e3, job["duration_s"])
-        for protocol, gap_ms in job["gaps_ms"].items()
-    }
-
-
 def open_model(model_file: str) -> tuple[Any, list[TensorInfo], bool]:
     """A CPU session with one intra-op thread, as the gateway runs on one core; its inputs,
     and whether they all have a batch dimension."""
@@ -189,24 +157,4 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
         if args.wait_quiet > 0:
             wait_for_quiet(args.wait_quiet)
         result = run_pinned(args.server_core, "_baseline", job, budget + 60)
-    return result
-
-
-def run_paced_baseline(args: argparse.Namespace, gaps_ms: dict[str, float]) -> dict[str, Any]:
-    """Bare onnxruntime batch-1 runs spaced as the latency target spaces requests at
-    concurrency 1 (`gaps_ms` per protocol), pinned to the server core once the servers are gone.
-    On a shared host a run that follows an idle gap finds the model's weights evicted from the
-    caches, so it is slower than the back-to-back runs of the batch-1 figure."""
-    if not gaps_ms:
-        return {}
-    job = {
-        "model_file": str(model_file(args).resolve()),
-        "seed": args.seed,
-        "warmup_s": min(args.warmup, 1.0),
-        "duration_s": args.sweep_duration,
-        "gaps_ms": gaps_ms,
-    }
-    log(f"bare onnxruntime, runs spaced {', '.join(f'{g:.2f}' for g in gaps_ms.values())} ms")
-    budget = job["warmup_s"] + len(gaps_ms) * (args.sweep_duration + 1) + 60
-    result: dict[str, Any] = run_pinned(args.server_core, "_paced", job, budget)
     return result

@@ -4,6 +4,10 @@ the same payloads as the gateway, no model behind.
 Each decodes the request into numpy as the gateway does (np.frombuffer on raw bytes, or the JSON
 `data` lists), and answers the outputs the model would produce for that many rows (zeros), encoded
 as the gateway encodes them. Their requests/s is the Python front end's limit on one core.
+
+Given a model file, the same servers are *minimal servers*: each request's inputs go through the
+model inline, in the handler, and its outputs are the answer. No batching, no queue, no thread
+hand-off: what the gateway's own stacks do with the model and nothing else.
 """
 
 from __future__ import annotations
@@ -35,13 +39,29 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class Echo:
-    """Turns a request's rows into the model's outputs (zeros) for that many rows."""
+    """Turns a request's inputs into the model's outputs: zeros for that many rows, or, with
+    `model_file` in the job, what the model computes from them (a minimal server)."""
 
     def __init__(self, job: dict[str, Any]) -> None:
         self.batched: bool = job["batched"]
         self.outputs = [TensorInfo(**t) for t in job["outputs"]]
+        self.session: Any = None
+        if job.get("model_file"):
+            from .baseline import open_model
 
-    def answer(self, rows: int) -> list[tuple[TensorInfo, list[int], np.ndarray[Any, Any]]]:
+            self.session = open_model(job["model_file"])[0]
+        self._output_names = [out.name for out in self.outputs]
+
+    def answer(
+        self, inputs: dict[str, np.ndarray[Any, Any]]
+    ) -> list[tuple[TensorInfo, list[int], np.ndarray[Any, Any]]]:
+        if self.session is not None:
+            arrays = self.session.run(self._output_names, inputs)
+            return [
+                (out, list(array.shape), array)
+                for out, array in zip(self.outputs, arrays, strict=True)
+            ]
+        rows = self.rows(next(iter(inputs.values()), None))
         shapes = [concrete_shape(out, rows, self.batched) for out in self.outputs]
         return [
             (out, shape, np.zeros(shape, numpy_dtype(out.datatype)))
@@ -58,16 +78,16 @@ def answer_grpc(echo: Echo, request: Any) -> Any:
     """The ModelInferResponse the gateway would send for `request` (zeros for its rows)."""
     from gateway.generated import grpc_service_pb2 as pb
 
-    arrays = [
-        np.frombuffer(raw, numpy_dtype(tensor.datatype)).reshape(tuple(tensor.shape))
+    inputs = {
+        tensor.name: np.frombuffer(raw, numpy_dtype(tensor.datatype)).reshape(tuple(tensor.shape))
         for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=False)
-    ]
+    }
     response = pb.ModelInferResponse(
         model_name=request.model_name,
         model_version=request.model_version or "1",
         id=request.id,
     )
-    for out, shape, data in echo.answer(echo.rows(arrays[0] if arrays else None)):
+    for out, shape, data in echo.answer(inputs):
         response.outputs.add(name=out.name, datatype=out.datatype, shape=shape)
         response.raw_output_contents.append(data.tobytes())
     return response
@@ -139,7 +159,7 @@ def answer_http(
 
     offset = int(header_length) if header_length is not None else len(body)
     header = orjson.loads(body[:offset])
-    arrays = []
+    inputs = {}
     for tensor in header["inputs"]:
         dtype = numpy_dtype(tensor["datatype"])
         size = (tensor.get("parameters") or {}).get("binary_data_size")
@@ -148,10 +168,10 @@ def answer_http(
         else:
             array = np.frombuffer(body, dtype, count=size // dtype.itemsize, offset=offset)
             offset += size
-        arrays.append(array.reshape(tensor["shape"]))
+        inputs[tensor["name"]] = array.reshape(tensor["shape"])
     binary = (header.get("parameters") or {}).get("binary_data_output") is True
     outputs, chunks = [], []
-    for out, shape, data in echo.answer(echo.rows(arrays[0] if arrays else None)):
+    for out, shape, data in echo.answer(inputs):
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": shape}
         if binary:
             chunks.append(data.tobytes())
@@ -317,21 +337,24 @@ def echo_server(
     signature: dict[str, Any],
     log_file: Path,
     lifetime_s: float,
+    model_file: Path | None = None,
 ) -> Iterator[RunningServer]:
     """An echo server pinned to the server core, answering for the model in `signature`; it
-    exits by itself after `lifetime_s` should the bench die without stopping it."""
+    exits by itself after `lifetime_s` should the bench die without stopping it. With
+    `model_file`, a minimal server: the model runs inline on each request."""
     job = {
         "kind": kind,
         "host": "127.0.0.1",
         "batched": signature["max_batch_size"] > 0,
         "outputs": signature["outputs"],
         "lifetime_s": lifetime_s,
+        "model_file": None if model_file is None else str(model_file),
     }
     command = bench_command(args.server_core, "_echo", json.dumps(job))
     with started(command, log_file, READY_LINE, args.startup_timeout) as (process, match):
         port = int(match["port"])
         yield RunningServer(
-            name=f"the {kind} echo server",
+            name=f"the {kind} {'minimal' if model_file else 'echo'} server",
             process=process,
             host=match["host"],
             http_port=port if kind.startswith("http") else 0,

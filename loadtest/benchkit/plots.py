@@ -52,7 +52,8 @@ def _figure(count: int, height: float) -> tuple[Any, list[Any]]:
 
 
 def throughput_plot(results: dict[str, Any], path: Path) -> None:
-    """Per protocol: gateway samples/s and echo req/s versus concurrency, limits as lines."""
+    """Per protocol: gateway samples/s, echo req/s and minimal-server samples/s (if measured)
+    versus concurrency, limits as lines."""
     protocols = list(results["limits"])
     concurrencies = sorted({r["concurrency"] for r in results["runs"] + results["echo_runs"]})
     figure, axes = _figure(len(protocols), 6.2)
@@ -63,6 +64,16 @@ def throughput_plot(results: dict[str, Any], path: Path) -> None:
         axis.plot(x, y, "o-", color="tab:blue", linewidth=2.2, label="gateway samples/s")
         ex, ey = _series(results["echo_runs"], protocol, "requests_per_s")
         axis.plot(ex, ey, "s--", color="tab:gray", linewidth=1.2, label="echo req/s")
+        mx, my = _series(results.get("minimal_runs") or [], protocol, "samples_per_s")
+        if mx:
+            axis.plot(
+                mx,
+                my,
+                "d-",
+                color="tab:purple",
+                linewidth=1.2,
+                label="minimal server (no batching)",
+            )
         lines = [
             ("model_samples_per_s", "black", "-", f"model limit (b{limit['model_batch_size']})"),
             (
@@ -84,7 +95,7 @@ def throughput_plot(results: dict[str, Any], path: Path) -> None:
                     label=f"{label}: {limit[key]:,.0f}",
                 )
                 values.append(limit[key])
-        values += y + ey
+        values += y + ey + my
         axis.set_title(protocol)
         _concurrency_axis(axis, concurrencies)
         _legend_below(axis)

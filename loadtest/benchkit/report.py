@@ -1,4 +1,5 @@
-"""The markdown report: limits, gateway rows, the latency target, echo rows, bare onnxruntime."""
+"""The markdown report: limits, gateway rows, the latency target, echo rows, minimal servers,
+bare onnxruntime."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 from .analysis import LATENCY_SLACK_MS, SATURATED_PCT
 from .measure import CLIENT_BOUND_PCT, NOISY_PCT
+
+VERDICT = {True: "yes", False: "**no**", None: "-"}
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -146,48 +149,68 @@ def load_table(runs: list[dict[str, Any]], gateway: bool) -> list[str]:
     return lines
 
 
-def latency_section(checks: list[dict[str, Any]], paced: dict[str, Any]) -> list[str]:
+def latency_section(checks: list[dict[str, Any]]) -> list[str]:
     header = ["protocol", "gateway p50", "echo p50", "ORT b1 p50", "target", "met"]
-    if paced:
-        header += ["ORT b1 p50 spaced", "target, spaced", "met"]
-    verdict = {True: "yes", False: "**no**", None: "-"}
-    rows = []
-    for c in checks:
-        row = [
+    rows = [
+        [
             c["protocol"],
             fmt(c["gateway_p50_ms"], 3),
             fmt(c["echo_p50_ms"], 3),
             fmt(c["ort_batch1_p50_ms"], 3),
             fmt(c["target_ms"], 3),
-            verdict[c["met"]],
+            VERDICT[c["met"]],
         ]
-        if paced:
-            row += [
-                fmt(c.get("ort_paced_p50_ms"), 3),
-                fmt(c.get("paced_target_ms"), 3),
-                verdict[c.get("met_paced")],
-            ]
-        rows.append(row)
-    lines = [
+        for c in checks
+    ]
+    return [
         f"Target: gateway p50 <= echo p50 + bare onnxruntime batch-1 p50 + {LATENCY_SLACK_MS} ms "
         "(all in ms).",
         "",
         *table(header, rows),
     ]
-    if paced:
-        gaps = ", ".join(
-            f"{protocol} {fmt(step['gap_ms'], 2)} ms (slept {fmt(step['slept_ms_mean'], 2)})"
-            for protocol, step in paced.items()
-        )
-        lines += [
-            "",
-            "*Spaced*: bare onnxruntime's batch-1 p50 when each run follows an idle gap as long "
-            "as the rest of the target's round trip (echo p50 + slack), as a server's runs do at "
-            f"concurrency 1: {gaps}. On a shared host a run after an idle gap is slower than back "
-            "to back, most likely because the model's weights are no longer in the caches; the "
-            "issue's target uses the back-to-back figure.",
+
+
+def minimal_section(results: dict[str, Any]) -> list[str]:
+    runs = results.get("minimal_runs") or []
+    if not runs:
+        return []
+    rows = [
+        [
+            c["protocol"],
+            fmt(c["gateway_p50_ms"], 3),
+            fmt(c["minimal_p50_ms"], 3),
+            fmt(c["target_ms"], 3),
+            VERDICT[c["met"]],
+            f"{fmt(c['gateway_best_samples_per_s'])} (c{c['gateway_best_concurrency']})",
+            f"{fmt(c['minimal_best_samples_per_s'])} (c{c['minimal_best_concurrency']})",
+            fmt(c["batching_gain"], 2),
         ]
-    return lines
+        for c in results.get("minimal_checks") or []
+    ]
+    header = [
+        "protocol",
+        "gateway c=1 p50",
+        "minimal c=1 p50",
+        f"minimal + {LATENCY_SLACK_MS}",
+        "met",
+        "gateway best samples/s",
+        "minimal best samples/s",
+        "gateway / minimal",
+    ]
+    return [
+        "## Minimal servers (the gateway's own front ends, the model inline; no batching)",
+        "",
+        "Each request is decoded, run through the model in its handler (httptools: on the event "
+        "loop; threaded grpcio: on the worker thread) and answered. At concurrency 1 that is the "
+        "least any server on these stacks can do: the model's run there includes what sharing the "
+        "core with a front end costs it (its weights leave the caches between requests), which "
+        "the back-to-back batch-1 figure does not.",
+        "",
+        *load_table(runs, gateway=False),
+        "",
+        *table(header, rows),
+        "",
+    ]
 
 
 def baseline_section(baseline: dict[str, Any]) -> list[str]:
@@ -285,13 +308,14 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         "## Latency at concurrency 1",
         "",
-        *latency_section(results["latency_targets"], results["baseline"].get("paced") or {}),
+        *latency_section(results["latency_targets"]),
         "",
         "## Echo servers (the front end's limit; same payloads, no model)",
         "",
         *load_table(results["echo_runs"], gateway=False),
         "",
         *lean_section(results),
+        *minimal_section(results),
         f"## Bare onnxruntime (same file, core {core}, intra_op_num_threads=1)",
         "",
         *baseline_section(results["baseline"]),

@@ -1,5 +1,6 @@
-"""loadtest/bench.py end to end, in miniature: bare onnxruntime, the gateway and the echo
-servers measured in one run, rows interleaved, the report written from what was measured."""
+"""loadtest/bench.py end to end, in miniature: bare onnxruntime, the gateway, the echo servers
+and the minimal servers measured in one run, rows interleaved, the report written from what was
+measured."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+from gateway.generated import grpc_service_pb2 as pb
+from loadtest.benchkit.echo import Echo, answer_grpc, answer_http
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,19 +33,19 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
         *("--protocols", "http-binary", "grpc", "--concurrency", "1", "4"),
         *("--duration", "0.3", "--warmup", "0.1", "--baseline-duration", "0.3"),
         *("--sweep-duration", "0.2", "--batch-sizes", "1", "8"),
-        *("--retry-noisy", "0", "--lean-http-echo", "--threaded-grpc-echo"),
+        *("--retry-noisy", "0", "--lean-http-echo", "--threaded-grpc-echo", "--minimal-servers"),
         *("--server-core", str(server_core), "--client-core", str(client_core)),
         *("--out", str(tmp_path)),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=110, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    # Each concurrency on the echo, the gateway and the echo on the gateway's own stack, one
-    # after the other.
+    # Each concurrency on the echo, the gateway, the echo on the gateway's own stack and the
+    # minimal server on it, one after the other.
     measured = re.findall(r"\[bench\] (\S+) (http-binary|grpc) x (\d+):", done.stderr)
     targets = {
-        "http-binary": ("echo-http", "gateway", "echo-http-lean"),
-        "grpc": ("echo-grpc", "gateway", "echo-grpc-threaded"),
+        "http-binary": ("echo-http", "gateway", "echo-http-lean", "minimal-http-lean"),
+        "grpc": ("echo-grpc", "gateway", "echo-grpc-threaded", "minimal-grpc-threaded"),
     }
     assert measured == [
         (target, protocol, concurrency)
@@ -50,7 +58,9 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
     results = json.loads((out_dir / "results.json").read_text())
     assert results["meta"]["order"] == "interleaved"
     assert [r["concurrency"] for r in results["runs"]] == [1, 4, 1, 4]
-    every_row = results["runs"] + results["echo_runs"] + results["lean_echo_runs"]
+    every_row = (
+        results["runs"] + results["echo_runs"] + results["lean_echo_runs"] + results["minimal_runs"]
+    )
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in every_row)
     assert [r["target"] for r in results["echo_runs"]] == ["echo-grpc"] * 2 + ["echo-http"] * 2
     assert [r["target"] for r in results["lean_echo_runs"]] == [
@@ -70,25 +80,67 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
     assert limit["samples_per_s"] == max((before[b] + after[b]) / 2 for b in before)
     assert results["limits"]["http-binary"]["model_samples_per_s"] == limit["samples_per_s"]
 
-    # Bare onnxruntime spaced as the latency target spaces requests: echo p50 + slack.
-    (echo,) = (
-        r for r in results["echo_runs"] if r["protocol"] == "http-binary" and r["concurrency"] == 1
-    )
-    echo_p50 = echo["latency_ms"]["p50"]
-    spaced = results["baseline"]["paced"]["http-binary"]
-    assert abs(spaced["gap_ms"] - (echo_p50 + 0.2)) < 1e-9
-    assert spaced["runs"] > 0 and spaced["slept_ms_mean"] >= spaced["gap_ms"]
-    (check,) = (c for c in results["latency_targets"] if c["protocol"] == "http-binary")
-    assert check["ort_paced_p50_ms"] == spaced["latency_ms"]["p50"]
-    assert check["paced_target_ms"] == echo_p50 + spaced["latency_ms"]["p50"] + 0.2
-    assert check["met_paced"] == (check["gateway_p50_ms"] <= check["paced_target_ms"])
+    # The minimal servers ran the model: their rows are checked answers with the model's
+    # latency in them, and each protocol's c=1 check is their p50 + slack.
+    assert [r["target"] for r in results["minimal_runs"]] == [
+        *["minimal-http-lean"] * 2,
+        *["minimal-grpc-threaded"] * 2,
+    ]
+    for protocol in ("http-binary", "grpc"):
+        (alone,) = (
+            r
+            for r in results["minimal_runs"]
+            if r["protocol"] == protocol and r["concurrency"] == 1
+        )
+        (check,) = (c for c in results["minimal_checks"] if c["protocol"] == protocol)
+        assert check["minimal_p50_ms"] == alone["latency_ms"]["p50"]
+        assert check["target_ms"] == alone["latency_ms"]["p50"] + 0.2
+        assert check["met"] == (check["gateway_p50_ms"] <= check["target_ms"])
+        assert check["batching_gain"] == (
+            check["gateway_best_samples_per_s"] / check["minimal_best_samples_per_s"]
+        )
 
     report = (out_dir / "report.md").read_text()
     assert "Rows interleaved" in report
-    assert (
-        "| protocol | gateway p50 | echo p50 | ORT b1 p50 | target | met | ORT b1 p50 spaced "
-        "| target, spaced | met |"
-    ) in report
-    assert "*Spaced*" in report
+    assert "| protocol | gateway p50 | echo p50 | ORT b1 p50 | target | met |" in report
+    assert "## Minimal servers" in report
+    assert "| gateway / minimal |" in report
     assert "before the servers' rows" in report and "After the servers' rows:" in report
     assert "grpc, against the threaded grpcio echo instead of grpc.aio's" in report
+
+
+def test_a_minimal_server_answers_what_the_model_computes(demo_repository: Path) -> None:
+    """The minimal servers' answers are the model's outputs for the request's rows (not the
+    echo's zeros), on both stacks' answer paths."""
+    model = demo_repository / "mlp" / "1" / "model.onnx"
+    outputs = [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    echo = Echo({"batched": True, "outputs": outputs, "model_file": str(model)})
+    rows = np.random.default_rng(0).random((3, 784), dtype=np.float32)
+    (expected,) = ort.InferenceSession(str(model)).run(["logits"], {"input": rows})
+    assert np.abs(expected).sum() > 0
+
+    request = pb.ModelInferRequest(model_name="mlp")
+    request.inputs.add(name="input", datatype="FP32", shape=[3, 784])
+    request.raw_input_contents.append(rows.tobytes())
+    answer = answer_grpc(echo, request)
+    assert list(answer.outputs[0].shape) == [3, 10]
+    got = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(3, 10)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [3, 784],
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    body, header_length = answer_http(echo, header + rows.tobytes(), str(len(header)), "mlp", "1")
+    assert header_length is not None
+    got = np.frombuffer(body[header_length:], np.float32).reshape(3, 10)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
