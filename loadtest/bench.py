@@ -227,9 +227,9 @@ def start_echoes(
         server = stack.enter_context(echo_server(kind, args, signature, log_file, lifetime_s))
         log(f"{server.name} ready: pid {server.pid}")
         targets.append(Target(f"echo-{kind}", server, protocols))
-    model = model_file(args).resolve()
     for kind, protocols in minimal.items():
         log_file = out_dir / f"minimal-{kind}.log"
+        model = model_file(args).resolve()
         server = stack.enter_context(
             echo_server(kind, args, signature, log_file, lifetime_s, model_file=model)
         )
@@ -318,7 +318,7 @@ def bench_main(args: argparse.Namespace) -> int:
     write(results, out_dir)
     print(markdown_report(results))
     log(f"results in {out_dir}")
-    return 1 if any(r["flagged"] for r in runs + echo_runs + minimal_runs) else 0
+    return 1 if any(r["flagged"] for r in runs + echo_runs + lean_runs + minimal_runs) else 0
 
 
 def render_main(out_dir: Path) -> int:

@@ -18,6 +18,7 @@ import contextlib
 import json
 import re
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class Echo:
         self.batched: bool = job["batched"]
         self.outputs = [TensorInfo(**t) for t in job["outputs"]]
         self.session: Any = None
+        self._one_run = threading.Lock()
+        """One run at a time, as the gateway's one instance runs one batch: on grpcio's
+        threaded server, calls would otherwise time-slice the core."""
         if job.get("model_file"):
             from .baseline import open_model
 
@@ -56,7 +60,8 @@ class Echo:
         self, inputs: dict[str, np.ndarray[Any, Any]]
     ) -> list[tuple[TensorInfo, list[int], np.ndarray[Any, Any]]]:
         if self.session is not None:
-            arrays = self.session.run(self._output_names, inputs)
+            with self._one_run:
+                arrays = self.session.run(self._output_names, inputs)
             return [
                 (out, list(array.shape), array)
                 for out, array in zip(self.outputs, arrays, strict=True)
@@ -75,7 +80,8 @@ class Echo:
 
 
 def answer_grpc(echo: Echo, request: Any) -> Any:
-    """The ModelInferResponse the gateway would send for `request` (zeros for its rows)."""
+    """The ModelInferResponse the gateway would send for `request` (zeros for its rows, or the
+    model's outputs in a minimal server)."""
     from gateway.generated import grpc_service_pb2 as pb
 
     inputs = {
@@ -154,7 +160,8 @@ def answer_http(
     echo: Echo, body: bytes, header_length: str | None, model: str, version: str
 ) -> tuple[bytes, int | None]:
     """A V2 infer request (binary tensor extension or JSON) -> (answer body, its JSON header
-    length for a binary answer, None for JSON): what the gateway's HTTP route does, no model."""
+    length for a binary answer, None for JSON): what the gateway's HTTP route does (no model,
+    but in a minimal server)."""
     import orjson
 
     offset = int(header_length) if header_length is not None else len(body)

@@ -200,15 +200,15 @@ def minimal_section(results: dict[str, Any]) -> list[str]:
     return [
         "## Minimal servers (the gateway's own front ends, the model inline; no batching)",
         "",
-        "Each request is decoded, run through the model in its handler (httptools: on the event "
-        "loop; threaded grpcio: on the worker thread) and answered. At concurrency 1 that is the "
-        "least any server on these stacks can do: the model's run there includes what sharing the "
-        "core with a front end costs it (its weights leave the caches between requests), which "
-        "the back-to-back batch-1 figure does not.",
+        "Each request is decoded, run through the model in its handler, one run at a time "
+        "(httptools: on the event loop; threaded grpcio: on the call's worker thread), and "
+        "answered. At concurrency 1 that is the least any server on these stacks can do: its "
+        "model runs share the core with the front end's work, which the back-to-back batch-1 "
+        "figure does not.",
         "",
         *load_table(runs, gateway=False),
         "",
-        *table(header, rows),
+        *(table(header, rows) if rows else ["No protocol has successful rows on both."]),
         "",
     ]
 
@@ -293,7 +293,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"loop, {window}. "
         + (
             "Rows interleaved: each protocol and concurrency measured on the echo server, the "
-            "gateway (and the echoes on its own stacks) one after the other."
+            "gateway (and the echoes and minimal servers on its own stacks) one after the other."
             if meta.get("order") == "interleaved"
             else "Rows in blocks: all gateway rows, then each echo server's."
         ),

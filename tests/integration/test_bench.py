@@ -108,6 +108,14 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
     assert "before the servers' rows" in report and "After the servers' rows:" in report
     assert "grpc, against the threaded grpcio echo instead of grpc.aio's" in report
 
+    # A run from before the minimal servers renders without them.
+    del results["minimal_runs"]
+    (out_dir / "results.json").write_text(json.dumps(results))
+    render = [sys.executable, str(ROOT / "loadtest" / "bench.py"), "render", str(out_dir)]
+    rendered = subprocess.run(render, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert "## Minimal servers" not in (out_dir / "report.md").read_text()
+
 
 def test_a_minimal_server_answers_what_the_model_computes(demo_repository: Path) -> None:
     """The minimal servers' answers are the model's outputs for the request's rows (not the
@@ -144,3 +152,11 @@ def test_a_minimal_server_answers_what_the_model_computes(demo_repository: Path)
     assert header_length is not None
     got = np.frombuffer(body[header_length:], np.float32).reshape(3, 10)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+    as_json = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 784]}]}
+    as_json["inputs"][0]["data"] = rows.ravel().tolist()
+    body, header_length = answer_http(echo, orjson.dumps(as_json), None, "mlp", "1")
+    assert header_length is None
+    (output,) = orjson.loads(body)["outputs"]
+    assert output["shape"] == [3, 10]
+    np.testing.assert_allclose(np.asarray(output["data"]).reshape(3, 10), expected, rtol=1e-5)
