@@ -70,11 +70,17 @@ def build_tracing(settings: GatewaySettings) -> OtelTracing | None:
 def _lower_priority(priority: str) -> None:
     """Thread initializer of the load pool: loads and warm-ups yield the CPU to serving.
     Linux keeps niceness and policy per thread; threads onnxruntime starts here inherit them."""
-    with contextlib.suppress(OSError, AttributeError):
-        if priority == "low":
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        elif priority == "idle":
+    if priority == "low":
+        _set_nice(10)
+    elif priority == "idle":
+        with contextlib.suppress(OSError, AttributeError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _set_nice(nice: int) -> None:
+    """Thread initializer: this thread's niceness (Linux keeps it per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 def admin_tokens(settings: GatewaySettings) -> dict[str, str]:
@@ -95,7 +101,13 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self._inference_pool = WorkerPool(settings.resolved_inference_threads(), "inference")
+        self._inference_pool = WorkerPool(
+            settings.resolved_inference_threads(),
+            "inference",
+            functools.partial(_set_nice, settings.inference_nice)
+            if settings.inference_nice
+            else None,
+        )
         self.tracing = build_tracing(settings)  # tracing
         self.telemetry = Telemetry(tracing=self.tracing)
         self._shadow_pool = WorkerPool(

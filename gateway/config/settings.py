@@ -136,6 +136,16 @@ class GatewaySettings(BaseSettings):
         description="Threads that run model executions, and the executions one model version "
         "may run at once when its config sets no instance_group count; 0 = usable cores.",
     )
+    inference_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Niceness of the threads that run model executions (Linux keeps it per "
+        "thread); 0 = as the rest of the server. Where the model shares a core with grpcio's "
+        "threads, a higher value lets them bring requests in while a batch runs, so batches "
+        "grow (see README, Benchmarks). In a container it weighs only against the gateway's own "
+        "threads; on a host shared with other busy processes, against theirs too.",
+    )
     load_threads: int = Field(2, ge=1, description="Threads that load and warm models.")
     intra_op_threads: int = Field(
         0,

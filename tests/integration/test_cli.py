@@ -8,16 +8,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tritonclient.http as httpclient
 
 from gateway.config.settings import GatewaySettings
 from tests.support import models
+from tests.support.server import RunningGateway
 
 PORTS = re.compile(r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)")
 
@@ -153,3 +157,34 @@ def test_port_in_use_is_a_clear_startup_error(small_repository: Path) -> None:
         )
     assert result.returncode == 1
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
+
+
+def test_inference_nice_sets_the_niceness_of_the_threads_that_run_models(
+    small_repository: Path,
+) -> None:
+    """--inference-nice applies to the threads that run model executions, and to no other."""
+    gateway = RunningGateway(small_repository, inference_nice=7, inference_threads=2)
+    try:
+        client = httpclient.InferenceServerClient(gateway.http_url)
+        tensor = httpclient.InferInput("X", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 4), np.float32))
+        assert client.infer("plus", [tensor]).as_numpy("Y").tolist() == [[1.0] * 4]
+        nice = {
+            thread.name: os.getpriority(os.PRIO_PROCESS, thread.native_id)
+            for thread in threading.enumerate()
+            if thread.native_id is not None
+        }
+    finally:
+        gateway.stop()
+    assert {name: value for name, value in nice.items() if name.startswith("inference")} == {
+        "inference_0": 7,
+        "inference_1": 7,
+    }
+    assert nice[threading.current_thread().name] == os.getpriority(os.PRIO_PROCESS, 0)
+    assert all(value != 7 for name, value in nice.items() if not name.startswith("inference"))
+
+
+def test_inference_nice_beyond_19_is_refused() -> None:
+    result = run_to_exit("serve", "--inference-nice", "20")
+    assert result.returncode == 2
+    assert "inference_nice" in result.stderr
