@@ -202,39 +202,41 @@ def echo_lifetime_s(args: argparse.Namespace, targets: int) -> float:
     return float(rows * (row_s + retry_s) + args.startup_timeout)
 
 
+def _serving(kinds: dict[str, list[str]], protocols: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Each kind that serves any of `protocols`, with those it serves."""
+    chosen = {kind: tuple(p for p in protocols if p in served) for kind, served in kinds.items()}
+    return {kind: serves for kind, serves in chosen.items() if serves}
+
+
 def start_echoes(
     args: argparse.Namespace, signature: dict[str, Any], out_dir: Path, stack: ExitStack
 ) -> list[Target]:
-    """The echo servers the run compares with, started and left running for its rows."""
+    """The echo (and minimal) servers the run compares with, started and left running for its
+    rows."""
     kinds = {} if args.no_echo else dict(ECHO_KINDS)
     wanted = {"http-lean": args.lean_http_echo, "grpc-threaded": args.threaded_grpc_echo}
     kinds.update((kind, served) for kind, served in LEAN_ECHO_KINDS.items() if wanted[kind])
-    needed = {
-        kind: tuple(p for p in args.protocols if p in served) for kind, served in kinds.items()
-    }
-    needed = {kind: protocols for kind, protocols in needed.items() if protocols}
-    minimal: dict[str, tuple[str, ...]] = {}
+    servers: list[tuple[str, str, tuple[str, ...], Path | None]] = [
+        ("echo", kind, protocols, None)
+        for kind, protocols in _serving(kinds, args.protocols).items()
+    ]
     if args.minimal_servers:
-        minimal = {
-            kind: tuple(p for p in args.protocols if p in served)
-            for kind, served in LEAN_ECHO_KINDS.items()
-        }
-        minimal = {kind: protocols for kind, protocols in minimal.items() if protocols}
-    lifetime_s = echo_lifetime_s(args, 1 + len(needed) + len(minimal))
-    targets = []
-    for kind, protocols in needed.items():
-        log_file = out_dir / f"echo-{kind}.log"
-        server = stack.enter_context(echo_server(kind, args, signature, log_file, lifetime_s))
-        log(f"{server.name} ready: pid {server.pid}")
-        targets.append(Target(f"echo-{kind}", server, protocols))
-    for kind, protocols in minimal.items():
-        log_file = out_dir / f"minimal-{kind}.log"
         model = model_file(args).resolve()
+        servers += [
+            ("minimal", kind, protocols, model)
+            for kind, protocols in _serving(LEAN_ECHO_KINDS, args.protocols).items()
+        ]
+    lifetime_s = echo_lifetime_s(args, 1 + len(servers))
+    targets = []
+    for role, kind, protocols, model_path in servers:
+        name = f"{role}-{kind}"
         server = stack.enter_context(
-            echo_server(kind, args, signature, log_file, lifetime_s, model_file=model)
+            echo_server(
+                kind, args, signature, out_dir / f"{name}.log", lifetime_s, model_file=model_path
+            )
         )
         log(f"{server.name} ready: pid {server.pid}")
-        targets.append(Target(f"minimal-{kind}", server, protocols))
+        targets.append(Target(name, server, protocols))
     return targets
 
 
