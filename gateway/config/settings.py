@@ -146,6 +146,14 @@ class GatewaySettings(BaseSettings):
         "grow (see README, Benchmarks). In a container it weighs only against the gateway's own "
         "threads; on a host shared with other busy processes, against theirs too.",
     )
+    gc_threshold: int = Field(
+        10_000,
+        ge=0,
+        description="Allocations between the garbage collector's young-generation collections "
+        "(Python's default is 700, which requests in flight reach a hundred times a second); "
+        "0 = Python's default. Objects alive at start-up are frozen out of collections either "
+        "way (see gateway/app/heap.py).",
+    )
     load_threads: int = Field(2, ge=1, description="Threads that load and warm models.")
     intra_op_threads: int = Field(
         0,

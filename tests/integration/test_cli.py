@@ -188,3 +188,9 @@ def test_inference_nice_beyond_19_is_refused() -> None:
     result = run_to_exit("serve", "--inference-nice", "20")
     assert result.returncode == 2
     assert "inference_nice" in result.stderr
+
+
+def test_a_negative_gc_threshold_is_refused() -> None:
+    result = run_to_exit("serve", "--gc-threshold", "-1")
+    assert result.returncode == 2
+    assert "gc_threshold" in result.stderr
