@@ -30,7 +30,7 @@ from gateway.core.rollout import RolloutController
 from gateway.core.service import InferenceService
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import Telemetry
-from gateway.core.workers import WorkerPool
+from gateway.core.workers import WorkerPool, name_os_thread
 from gateway.runtime.onnx_runner import installation_problem
 from gateway.runtime.repository import FileRepository
 from gateway.telemetry.metrics import (
@@ -70,6 +70,7 @@ def build_tracing(settings: GatewaySettings) -> OtelTracing | None:
 def _lower_priority(priority: str) -> None:
     """Thread initializer of the load pool: loads and warm-ups yield the CPU to serving.
     Linux keeps niceness and policy per thread; threads onnxruntime starts here inherit them."""
+    name_os_thread()
     if priority == "low":
         _set_nice(10)
     elif priority == "idle":

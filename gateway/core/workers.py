@@ -27,6 +27,17 @@ Done = Callable[[Any, BaseException | None], None]
 """Called on the submitter's loop with (result, None) or (None, the error `work` raised)."""
 
 
+def name_os_thread() -> None:
+    """Give the calling thread its Python name at the OS level too (its first 15 characters, as
+    Linux keeps them), so that `top -H`, `ps -L` and /proc/<pid>/task/*/comm tell the gateway's
+    threads apart: the loadtest bench reads the server's CPU by thread from there. A thread
+    initializer; where /proc cannot be written it does nothing."""
+    name = threading.current_thread().name[:15]
+    path = f"/proc/self/task/{threading.get_native_id()}/comm"
+    with contextlib.suppress(OSError), open(path, "w") as comm:
+        comm.write(name)
+
+
 class PoolShutDownError(RuntimeError):
     """The pool was shut down before the work could run; it never ran."""
 
@@ -95,6 +106,7 @@ class WorkerPool:
                 _post(item, None, error)
 
     def _work(self) -> None:
+        name_os_thread()
         if self._initializer is not None:
             try:
                 self._initializer()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +47,55 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+POOL_THREAD = re.compile(r"(?P<pool>[a-z]+)_\d+")
+THREAD_ROLE_ORDER = ("loop", "inference", "grpc", "event_engine", "other")
+"""How the report orders the server's threads; roles not named here follow, sorted."""
+
+
+def thread_role(pid: int, tid: int, comm: str) -> str:
+    """What a server thread does, from its OS name: the main thread is the event loop; the
+    gateway names its pools' threads `<pool>_<n>` (inference, grpc, load, shadow) and gRPC's
+    C-core names its own (event_engine); anything else (grpcio's poller, onnxruntime's
+    threads, a server that names none) is `other`."""
+    if tid == pid:
+        return "loop"
+    if comm == "event_engine":
+        return comm
+    pool = POOL_THREAD.fullmatch(comm)
+    return pool["pool"] if pool else "other"
+
+
+def cpu_by_thread(pid: int) -> dict[str, float]:
+    """utime + stime of a process's live threads, in seconds, summed by thread_role. A thread
+    that ended is missing from it (the process total in cpu_seconds still counts it)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    roles: dict[str, float] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return roles
+    for task in tasks:
+        try:
+            comm = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        role = thread_role(pid, int(task), comm)
+        roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return roles
+
+
 @dataclass(frozen=True, slots=True)
 class CpuSample:
-    """CPU seconds used so far: by the server, by this process, and by the whole machine."""
+    """CPU seconds used so far: by the server (also by its threads' roles), by this process,
+    and by the whole machine."""
 
     wall: float
     server: float
     own: float
     machine_busy: float
     machine_steal: float
+    server_threads: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def take(cls, server_pid: int | None) -> CpuSample:
@@ -64,6 +105,7 @@ class CpuSample:
         return cls(
             wall=time.perf_counter(),
             server=0.0 if server_pid is None else cpu_seconds(server_pid),
+            server_threads={} if server_pid is None else cpu_by_thread(server_pid),
             own=time.process_time(),
             machine_busy=(user + nice + system + irq + softirq) / tick,
             machine_steal=steal / tick,
@@ -81,6 +123,10 @@ def cpu_figures(before: CpuSample, after: CpuSample) -> dict[str, float]:
         "own_cpu_pct": 100 * own / wall,
         "other_cpu_pct": max(0.0, 100 * other / wall),
         "steal_pct": 100 * (after.machine_steal - before.machine_steal) / wall,
+        "server_cpu_s_by_thread": {
+            role: seconds - before.server_threads.get(role, 0.0)
+            for role, seconds in after.server_threads.items()
+        },
     }
 
 

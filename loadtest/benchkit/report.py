@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .analysis import LATENCY_SLACK_MS, SATURATED_PCT
-from .measure import CLIENT_BOUND_PCT, NOISY_PCT
+from .measure import CLIENT_BOUND_PCT, NOISY_PCT, THREAD_ROLE_ORDER
 
 VERDICT = {True: "yes", False: "**no**", None: "-"}
 
@@ -147,6 +147,45 @@ def load_table(runs: list[dict[str, Any]], gateway: bool) -> list[str]:
     if gateway and unknown:
         lines += ["", f"Mean batch size unknown where `-`: statistics said {', '.join(unknown)}."]
     return lines
+
+
+def thread_section(runs: list[dict[str, Any]]) -> list[str]:
+    """The gateway's server CPU a request, by thread role (see measure.thread_role); nothing
+    for runs recorded before the bench read it."""
+    measured = [r for r in runs if r.get("server_cpu_us_per_request_by_thread")]
+    if not measured:
+        return []
+    seen = {  # roles that did something (the load pool's threads idle, say, do not)
+        role
+        for r in measured
+        for role, us in r["server_cpu_us_per_request_by_thread"].items()
+        if us >= 0.5
+    }
+    roles = [role for role in THREAD_ROLE_ORDER if role in seen]
+    roles += sorted(seen - set(roles))
+    rows = []
+    for run in measured:
+        by_thread = run["server_cpu_us_per_request_by_thread"]
+        rows.append(
+            [
+                run["protocol"] + flags(run),
+                str(run["concurrency"]),
+                *(fmt(by_thread.get(role)) for role in roles),
+                fmt(run["server_cpu_us_per_request"]),
+            ]
+        )
+    return [
+        "## Where the gateway's CPU goes (us a request, by thread)",
+        "",
+        "`loop`: the event loop (HTTP, routing, validation, batching); `inference`: the "
+        "threads that run the model; `grpc`: the threaded gRPC server's workers (decode, "
+        "encode, grpcio's per-call Python); `event_engine`: gRPC's C-core; `other`: the rest "
+        "(grpcio's poller, which accepts each call, among them). Threads that ended during the "
+        "window count in the total only.",
+        "",
+        *table(["protocol", "conc", *roles, "total"], rows),
+        "",
+    ]
 
 
 def latency_section(checks: list[dict[str, Any]]) -> list[str]:
@@ -306,6 +345,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         *load_table(results["runs"], gateway=True),
         "",
+        *thread_section(results["runs"]),
         "## Latency at concurrency 1",
         "",
         *latency_section(results["latency_targets"]),

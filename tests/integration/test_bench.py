@@ -100,7 +100,23 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
             check["gateway_best_samples_per_s"] / check["minimal_best_samples_per_s"]
         )
 
+    # The gateway's CPU by thread: over gRPC its loop, model, worker and C-core threads all
+    # worked, over HTTP its loop and model threads only, and the roles add up to at most the
+    # process's total (threads that ended count in the total only).
+    for run in results["runs"]:
+        by_thread = run["server_cpu_us_per_request_by_thread"]
+        busy = {role for role, us in by_thread.items() if us > 0}
+        assert {"loop", "inference"} <= busy
+        if run["protocol"] == "grpc":
+            assert "grpc" in busy
+        else:
+            assert "grpc" not in by_thread or by_thread["grpc"] == 0
+        two_ticks_us = 2e6 / os.sysconf("SC_CLK_TCK") / run["requests"]  # read apart
+        assert sum(by_thread.values()) <= run["server_cpu_us_per_request"] + two_ticks_us
+
     report = (out_dir / "report.md").read_text()
+    assert "## Where the gateway's CPU goes (us a request, by thread)" in report
+    assert "| protocol | conc | loop | inference | grpc |" in report
     assert "Rows interleaved" in report
     assert "| protocol | gateway p50 | echo p50 | ORT b1 p50 | target | met |" in report
     assert "## Minimal servers" in report

@@ -184,6 +184,26 @@ def test_inference_nice_sets_the_niceness_of_the_threads_that_run_models(
     assert all(value != 7 for name, value in nice.items() if not name.startswith("inference"))
 
 
+def test_the_threads_that_run_models_carry_their_names_at_the_os_level(
+    small_repository: Path,
+) -> None:
+    """What `top -H` shows, and what the bench sorts the server's CPU by."""
+    gateway = RunningGateway(small_repository, inference_threads=2)
+    try:
+        client = httpclient.InferenceServerClient(gateway.http_url)
+        tensor = httpclient.InferInput("X", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 4), np.float32))
+        client.infer("plus", [tensor])
+        names = {
+            Path(f"/proc/self/task/{thread.native_id}/comm").read_text().strip()
+            for thread in threading.enumerate()
+            if thread.name.startswith("inference")
+        }
+    finally:
+        gateway.stop()
+    assert names == {"inference_0", "inference_1"}
+
+
 def test_inference_nice_beyond_19_is_refused() -> None:
     result = run_to_exit("serve", "--inference-nice", "20")
     assert result.returncode == 2

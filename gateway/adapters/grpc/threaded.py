@@ -34,6 +34,7 @@ from gateway.adapters.grpc.server import (
 )
 from gateway.core.errors import GatewayError, UnavailableError
 from gateway.core.service import InferenceService
+from gateway.core.workers import name_os_thread
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +359,7 @@ def start_threaded_grpc_server(
     """Start the threaded server (call from the event loop it feeds)."""
     front = ThreadedFrontEnd(service, asyncio.get_running_loop(), admin_elsewhere)
     server = grpc.server(
-        ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
+        ThreadPoolExecutor(workers, thread_name_prefix="grpc", initializer=name_os_thread),
         options=grpc_options(max_request_bytes),
         # Each call (and each open stream) holds a worker while it runs; as many calls again
         # may wait for one (grpcio counts a call until its end is processed, so a client that
