@@ -8,8 +8,9 @@ rest was about a hundred young-generation collections a second, each triggered b
 container objects that requests in flight hold at once, and each finding nothing to free.
 
 So at start-up, before any model loads, the objects already alive are moved out of the
-collector's sight (gc.freeze, as CPython's documentation suggests for forking servers), and the
-young generation's threshold is raised so that requests in flight no longer trigger it.
+collector's sight (gc.freeze, which CPython's documentation describes for servers that fork
+workers; here it is for what it spares every full collection), and the young generation's
+threshold is raised so that requests in flight no longer trigger it.
 Reference counting frees everything as before; only garbage in reference cycles waits longer,
 and model versions, loaded after the freeze, stay collectable.
 """
@@ -20,7 +21,8 @@ import gc
 
 
 def tune_garbage_collector(young_threshold: int) -> None:
-    """Freeze what is alive now and set the young generation's threshold (0: keep Python's).
+    """Freeze what is alive now and set the young generation's threshold (0: keep the
+    interpreter's).
     Call once, at start-up, after the imports and before the models load."""
     gc.collect()
     gc.freeze()

@@ -151,8 +151,8 @@ class GatewaySettings(BaseSettings):
         ge=0,
         description="Allocations between the garbage collector's young-generation collections "
         "(Python's default is 700, which requests in flight reach a hundred times a second); "
-        "0 = Python's default. Objects alive at start-up are frozen out of collections either "
-        "way (see gateway/app/heap.py).",
+        "0 = the interpreter's default. Objects alive at start-up are frozen out of collections "
+        "either way (see gateway/app/heap.py).",
     )
     load_threads: int = Field(2, ge=1, description="Threads that load and warm models.")
     intra_op_threads: int = Field(

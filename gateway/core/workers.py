@@ -32,9 +32,8 @@ def name_os_thread() -> None:
     Linux keeps them), so that `top -H`, `ps -L` and /proc/<pid>/task/*/comm tell the gateway's
     threads apart: the loadtest bench reads the server's CPU by thread from there. A thread
     initializer; where /proc cannot be written it does nothing."""
-    name = threading.current_thread().name[:15]
-    path = f"/proc/self/task/{threading.get_native_id()}/comm"
-    with contextlib.suppress(OSError), open(path, "w") as comm:
+    name = threading.current_thread().name.encode("ascii", "replace")[:15]
+    with contextlib.suppress(OSError), open("/proc/thread-self/comm", "wb") as comm:
         comm.write(name)
 
 

@@ -110,11 +110,14 @@ async def run_load(job: LoadJob) -> dict[str, Any]:
         "server_cpu_us_per_request": (
             1e6 * observed["server_cpu_s"] / requests if requests else None
         ),
-        "server_cpu_us_per_request_by_thread": {
-            role: 1e6 * seconds / requests
-            for role, seconds in observed["server_cpu_s_by_thread"].items()
+        "server_cpu_us_per_request_by_thread": (
+            {
+                role: 1e6 * seconds / requests
+                for role, seconds in observed["server_cpu_s_by_thread"].items()
+            }
             if requests
-        },
+            else {}
+        ),
         "client_cpu_affinity": sorted(os.sched_getaffinity(0)),
     }
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,15 +49,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 POOL_THREAD = re.compile(r"(?P<pool>[a-z]+)_\d+")
-THREAD_ROLE_ORDER = ("loop", "inference", "grpc", "event_engine", "other")
+THREAD_ROLE_ORDER = ("loop", "inference", "grpc", "event_engine", "other", "ended")
 """How the report orders the server's threads; roles not named here follow, sorted."""
 
 
 def thread_role(pid: int, tid: int, comm: str) -> str:
     """What a server thread does, from its OS name: the main thread is the event loop; the
     gateway names its pools' threads `<pool>_<n>` (inference, grpc, load, shadow) and gRPC's
-    C-core names its own (event_engine); anything else (grpcio's poller, onnxruntime's
-    threads, a server that names none) is `other`."""
+    C-core names its own (event_engine); anything else (grpcio's poller, a server that names
+    none) is `other`. A new Linux thread inherits its creator's name: onnxruntime's intra-op
+    threads (intra_op_threads > 1) are started while a load thread builds the session, so
+    they count as `load`."""
     if tid == pid:
         return "loop"
     if comm == "event_engine":
@@ -65,29 +68,53 @@ def thread_role(pid: int, tid: int, comm: str) -> str:
     return pool["pool"] if pool else "other"
 
 
-def cpu_by_thread(pid: int) -> dict[str, float]:
-    """utime + stime of a process's live threads, in seconds, summed by thread_role. A thread
-    that ended is missing from it (the process total in cpu_seconds still counts it)."""
+@dataclass(frozen=True, slots=True)
+class ThreadCpu:
+    role: str
+    seconds: float
+    """utime + stime so far."""
+
+
+def cpu_by_thread(pid: int) -> dict[int, ThreadCpu]:
+    """Each live thread of a process (by thread id): its role (thread_role) and CPU so far."""
     tick = os.sysconf("SC_CLK_TCK")
-    roles: dict[str, float] = {}
+    threads: dict[int, ThreadCpu] = {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return roles
+        return threads
     for task in tasks:
         try:
             comm = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
             fields = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
             continue
-        role = thread_role(pid, int(task), comm)
-        roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        tid = int(task)
+        threads[tid] = ThreadCpu(
+            thread_role(pid, tid, comm), (int(fields[11]) + int(fields[12])) / tick
+        )
+    return threads
+
+
+def cpu_by_role(
+    before: Mapping[int, ThreadCpu], after: Mapping[int, ThreadCpu], total_s: float
+) -> dict[str, float]:
+    """CPU seconds by role between two samples of cpu_by_thread: each thread alive at the end
+    counts from the first sample (from 0 if it started since); `ended` is what the process
+    used beyond them (threads that ended in between, and the rounding of each thread's clock
+    to ticks), 0 if none."""
+    roles: dict[str, float] = {}
+    for tid, thread in after.items():
+        start = before.get(tid)
+        used = thread.seconds - (start.seconds if start is not None else 0.0)
+        roles[thread.role] = roles.get(thread.role, 0.0) + used
+    roles["ended"] = max(0.0, total_s - sum(roles.values()))
     return roles
 
 
 @dataclass(frozen=True, slots=True)
 class CpuSample:
-    """CPU seconds used so far: by the server (also by its threads' roles), by this process,
+    """CPU seconds used so far: by the server (and by each of its threads), by this process,
     and by the whole machine."""
 
     wall: float
@@ -95,24 +122,26 @@ class CpuSample:
     own: float
     machine_busy: float
     machine_steal: float
-    server_threads: Mapping[str, float] = field(default_factory=dict)
+    server_threads: Mapping[int, ThreadCpu] = field(default_factory=dict)
+    """Read before `server`, so that the process's total includes what they used."""
 
     @classmethod
     def take(cls, server_pid: int | None) -> CpuSample:
+        threads = {} if server_pid is None else cpu_by_thread(server_pid)
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields)
         tick = os.sysconf("SC_CLK_TCK")
         return cls(
             wall=time.perf_counter(),
             server=0.0 if server_pid is None else cpu_seconds(server_pid),
-            server_threads={} if server_pid is None else cpu_by_thread(server_pid),
             own=time.process_time(),
             machine_busy=(user + nice + system + irq + softirq) / tick,
             machine_steal=steal / tick,
+            server_threads=threads,
         )
 
 
-def cpu_figures(before: CpuSample, after: CpuSample) -> dict[str, float]:
+def cpu_figures(before: CpuSample, after: CpuSample) -> dict[str, Any]:
     """CPU use between two samples, in % of one core. `other` is everything but server + own."""
     wall = after.wall - before.wall
     server, own = after.server - before.server, after.own - before.own
@@ -123,10 +152,8 @@ def cpu_figures(before: CpuSample, after: CpuSample) -> dict[str, float]:
         "own_cpu_pct": 100 * own / wall,
         "other_cpu_pct": max(0.0, 100 * other / wall),
         "steal_pct": 100 * (after.machine_steal - before.machine_steal) / wall,
-        "server_cpu_s_by_thread": {
-            role: seconds - before.server_threads.get(role, 0.0)
-            for role, seconds in after.server_threads.items()
-        },
+        "server_cpu_s_by_thread": cpu_by_role(before.server_threads, after.server_threads, server),
+        "server_threads": len(after.server_threads),
     }
 
 

@@ -180,8 +180,8 @@ def thread_section(runs: list[dict[str, Any]]) -> list[str]:
         "`loop`: the event loop (HTTP, routing, validation, batching); `inference`: the "
         "threads that run the model; `grpc`: the threaded gRPC server's workers (decode, "
         "encode, grpcio's per-call Python); `event_engine`: gRPC's C-core; `other`: the rest "
-        "(grpcio's poller, which accepts each call, among them). Threads that ended during the "
-        "window count in the total only.",
+        "(grpcio's poller, which accepts each call, among them); `ended`: what the process used "
+        "beyond its threads alive at the window's end (threads that ended, clock ticks).",
         "",
         *table(["protocol", "conc", *roles, "total"], rows),
         "",

@@ -194,14 +194,20 @@ def test_the_threads_that_run_models_carry_their_names_at_the_os_level(
         tensor = httpclient.InferInput("X", [1, 4], "FP32")
         tensor.set_data_from_numpy(np.zeros((1, 4), np.float32))
         client.infer("plus", [tensor])
-        names = {
-            Path(f"/proc/self/task/{thread.native_id}/comm").read_text().strip()
-            for thread in threading.enumerate()
-            if thread.name.startswith("inference")
-        }
+
+        def names() -> set[str]:  # a thread names itself once it runs: wait for both
+            return {
+                Path(f"/proc/self/task/{thread.native_id}/comm").read_text().strip()
+                for thread in threading.enumerate()
+                if thread.name.startswith("inference")
+            }
+
+        deadline = time.monotonic() + 10
+        while names() != {"inference_0", "inference_1"} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert names() == {"inference_0", "inference_1"}
     finally:
         gateway.stop()
-    assert names == {"inference_0", "inference_1"}
 
 
 def test_inference_nice_beyond_19_is_refused() -> None:

@@ -65,14 +65,19 @@ async def test_work_runs_in_submission_order_on_one_thread() -> None:
 
 async def test_shutdown_answers_work_not_started_and_refuses_new_work() -> None:
     pool = WorkerPool(1, "unit")
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
+
+    def first() -> None:
+        running.set()
+        gate.wait()
+
     loop = asyncio.get_running_loop()
     answers: list[asyncio.Future[BaseException | None]] = []
-    for _ in range(3):  # the first runs and waits at the gate; two wait in the queue
+    for work in (first, gate.wait, gate.wait):  # the first runs, at the gate; two wait in line
         answer: asyncio.Future[BaseException | None] = loop.create_future()
         answers.append(answer)
-        pool.submit(gate.wait, loop, lambda _r, e, a=answer: a.set_result(e))
-    await asyncio.sleep(0.05)
+        pool.submit(work, loop, lambda _r, e, a=answer: a.set_result(e))
+    assert await asyncio.to_thread(running.wait, WAIT_S)  # not a sleep: a slow host lags
     stopping = asyncio.create_task(asyncio.to_thread(pool.shutdown, wait=True))
     errors = [await asyncio.wait_for(a, WAIT_S) for a in answers[1:]]
     assert all(isinstance(e, PoolShutDownError) for e in errors)
