@@ -8,6 +8,7 @@ The last tests check that the server still answers a correct request after all o
 from __future__ import annotations
 
 import contextlib
+import gc
 import http.client
 import json
 import math
@@ -802,3 +803,31 @@ def test_grpc_still_serves_after_bad_input(stub: pb_grpc.GRPCInferenceServiceStu
     np.testing.assert_array_equal(got["OUTPUT0"], [np.add(A, B)])
     np.testing.assert_array_equal(got["OUTPUT1"], [np.subtract(A, B)])
     assert response.model_version == "1"
+
+
+def test_a_refused_grpc_call_leaves_no_reference_cycle(
+    server: RunningGateway, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """A refused call's request must be freed when the call ends, not when the garbage
+    collector next runs: with the collector's young threshold at 10,000 (gateway/app/heap.py),
+    cycles holding 1.6 MB requests grew the server by 500 MB under a flood of refused calls."""
+    if server.settings.grpc_server != "threaded":
+        pytest.skip(
+            "the grpc.aio front end (not the default) still leaves them in cycles: not traced"
+        )
+    message = pb.ModelInferRequest(model_name="all_types")
+    message.inputs.add(name="IN_FP32", datatype="FP64", shape=[1, 3])  # the wrong datatype
+    message.raw_input_contents.append(b"\0" * 24)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            assert_grpc_error(grpc_error(stub.ModelInfer, message), S.INVALID_ARGUMENT, [])
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, pb.ModelInferRequest)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []

@@ -114,12 +114,16 @@ def translated(method: Method[Response]) -> Method[Response]:
         try:
             return await method(self, request, context)
         except GatewayError as error:
-            await context.abort(GRPC_STATUS[error.code], error.message)
+            status = (GRPC_STATUS[error.code], error.message)
         except grpc.aio.AbortError:
             raise
         except Exception:
             logger.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+            status = (grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+        # Aborted outside the handlers: abort() raises, and raised while `error` is bound it
+        # would keep the error, its traceback and these frames (with the request) in a
+        # reference cycle that only the garbage collector frees.
+        await context.abort(*status)
         raise AssertionError("unreachable: abort() raises")
 
     return wrapper
