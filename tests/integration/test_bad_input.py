@@ -806,15 +806,11 @@ def test_grpc_still_serves_after_bad_input(stub: pb_grpc.GRPCInferenceServiceStu
 
 
 def test_a_refused_grpc_call_leaves_no_reference_cycle(
-    server: RunningGateway, stub: pb_grpc.GRPCInferenceServiceStub
+    stub: pb_grpc.GRPCInferenceServiceStub,
 ) -> None:
     """A refused call's request must be freed when the call ends, not when the garbage
     collector next runs: with the collector's young threshold at 10,000 (gateway/app/heap.py),
     cycles holding 1.6 MB requests grew the server by 500 MB under a flood of refused calls."""
-    if server.settings.grpc_server != "threaded":
-        pytest.skip(
-            "the grpc.aio front end (not the default) still leaves them in cycles: not traced"
-        )
     message = pb.ModelInferRequest(model_name="all_types")
     message.inputs.add(name="IN_FP32", datatype="FP64", shape=[1, 3])  # the wrong datatype
     message.raw_input_contents.append(b"\0" * 24)

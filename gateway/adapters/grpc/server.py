@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format
@@ -110,7 +110,9 @@ def translated(method: Method[Response]) -> Method[Response]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
         if isinstance(request, MalformedMessage):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_details(request.message)
+            return cast(Response, None)  # as below
         try:
             return await method(self, request, context)
         except GatewayError as error:
@@ -120,11 +122,14 @@ def translated(method: Method[Response]) -> Method[Response]:
         except Exception:
             logger.exception("unexpected error in %s", method.__name__)
             status = (grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
-        # Aborted outside the handlers: abort() raises, and raised while `error` is bound it
-        # would keep the error, its traceback and these frames (with the request) in a
-        # reference cycle that only the garbage collector frees.
-        await context.abort(*status)
-        raise AssertionError("unreachable: abort() raises")
+        # Ended by setting the status, not by abort(): grpc.aio's AbortError keeps the frames
+        # it is raised through (and with them the request) in a reference cycle that only the
+        # garbage collector frees. A unary call whose code is not OK sends no message, so
+        # nothing is returned.
+        code, details = status
+        context.set_code(code)
+        context.set_details(details)
+        return cast(Response, None)
 
     return wrapper
 

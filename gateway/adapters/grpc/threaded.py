@@ -52,6 +52,14 @@ class _LoopContext:
 
     def __init__(self, context: grpc.ServicerContext) -> None:
         self._context = context
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    def set_code(self, code: grpc.StatusCode) -> None:  # applied by via_loop's handler
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
 
     def time_remaining(self) -> float | None:
         remaining: float | None = self._context.time_remaining()
@@ -361,7 +369,11 @@ class ThreadedFrontEnd:
         method = getattr(self._servicer, name, None) or unimplemented(name)
 
         def handler(request: Any, context: grpc.ServicerContext) -> Any:
-            return self._on_loop(method(request, _LoopContext(context)), context)
+            on_loop = _LoopContext(context)
+            response = self._on_loop(method(request, on_loop), context)
+            if on_loop.code is not None:
+                context.abort(on_loop.code, on_loop.details)
+            return response
 
         return handler
 
