@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,10 +136,18 @@ def test_missing_repository_is_a_clear_startup_error(tmp_path: Path) -> None:
     assert "is not a directory" in result.stderr
 
 
-def test_invalid_setting_is_rejected_before_starting() -> None:
-    result = run_to_exit("serve", "--http-port", "70000")
+@pytest.mark.parametrize(
+    ("option", "value", "setting"),
+    [
+        ("--http-port", "70000", "http_port"),
+        ("--inference-nice", "20", "inference_nice"),
+        ("--gc-threshold", "-1", "gc_threshold"),
+    ],
+)
+def test_invalid_setting_is_rejected_before_starting(option: str, value: str, setting: str) -> None:
+    result = run_to_exit("serve", option, value)
     assert result.returncode == 2
-    assert "http_port" in result.stderr
+    assert setting in result.stderr
 
 
 def test_port_in_use_is_a_clear_startup_error(small_repository: Path) -> None:
@@ -159,23 +168,30 @@ def test_port_in_use_is_a_clear_startup_error(small_repository: Path) -> None:
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
 
 
-def test_inference_nice_sets_the_niceness_of_the_threads_that_run_models(
-    small_repository: Path,
-) -> None:
-    """--inference-nice applies to the threads that run model executions, and to no other."""
-    gateway = RunningGateway(small_repository, inference_nice=7, inference_threads=2)
+@contextmanager
+def model_threads_started(repository: Path, **settings: Any) -> Iterator[None]:
+    """An in-process gateway that has answered one request (so its model threads run)."""
+    gateway = RunningGateway(repository, **settings)
     try:
         client = httpclient.InferenceServerClient(gateway.http_url)
         tensor = httpclient.InferInput("X", [1, 4], "FP32")
         tensor.set_data_from_numpy(np.zeros((1, 4), np.float32))
         assert client.infer("plus", [tensor]).as_numpy("Y").tolist() == [[1.0] * 4]
+        yield
+    finally:
+        gateway.stop()
+
+
+def test_inference_nice_sets_the_niceness_of_the_threads_that_run_models(
+    small_repository: Path,
+) -> None:
+    """--inference-nice applies to the threads that run model executions, and to no other."""
+    with model_threads_started(small_repository, inference_nice=7, inference_threads=2):
         nice = {
             thread.name: os.getpriority(os.PRIO_PROCESS, thread.native_id)
             for thread in threading.enumerate()
             if thread.native_id is not None
         }
-    finally:
-        gateway.stop()
     assert {name: value for name, value in nice.items() if name.startswith("inference")} == {
         "inference_0": 7,
         "inference_1": 7,
@@ -188,12 +204,7 @@ def test_the_threads_that_run_models_carry_their_names_at_the_os_level(
     small_repository: Path,
 ) -> None:
     """What `top -H` shows, and what the bench sorts the server's CPU by."""
-    gateway = RunningGateway(small_repository, inference_threads=2)
-    try:
-        client = httpclient.InferenceServerClient(gateway.http_url)
-        tensor = httpclient.InferInput("X", [1, 4], "FP32")
-        tensor.set_data_from_numpy(np.zeros((1, 4), np.float32))
-        client.infer("plus", [tensor])
+    with model_threads_started(small_repository, inference_threads=2):
 
         def names() -> set[str]:  # a thread names itself once it runs: wait for both
             return {
@@ -206,17 +217,3 @@ def test_the_threads_that_run_models_carry_their_names_at_the_os_level(
         while names() != {"inference_0", "inference_1"} and time.monotonic() < deadline:
             time.sleep(0.01)
         assert names() == {"inference_0", "inference_1"}
-    finally:
-        gateway.stop()
-
-
-def test_inference_nice_beyond_19_is_refused() -> None:
-    result = run_to_exit("serve", "--inference-nice", "20")
-    assert result.returncode == 2
-    assert "inference_nice" in result.stderr
-
-
-def test_a_negative_gc_threshold_is_refused() -> None:
-    result = run_to_exit("serve", "--gc-threshold", "-1")
-    assert result.returncode == 2
-    assert "gc_threshold" in result.stderr

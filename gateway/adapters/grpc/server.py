@@ -110,18 +110,17 @@ def translated(method: Method[Response]) -> Method[Response]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
         if isinstance(request, MalformedMessage):
-            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-            context.set_details(request.message)
-            return cast(Response, None)  # as below
-        try:
-            return await method(self, request, context)
-        except GatewayError as error:
-            status = (GRPC_STATUS[error.code], error.message)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            logger.exception("unexpected error in %s", method.__name__)
-            status = (grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+            status = (grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        else:
+            try:
+                return await method(self, request, context)
+            except GatewayError as error:
+                status = (GRPC_STATUS[error.code], error.message)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                logger.exception("unexpected error in %s", method.__name__)
+                status = (grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
         # Ended by setting the status, not by abort(): grpc.aio's AbortError keeps the frames
         # it is raised through (and with them the request) in a reference cycle that only the
         # garbage collector frees. A unary call whose code is not OK sends no message, so
