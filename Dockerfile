@@ -58,10 +58,7 @@ RUN groupadd --system --gid 10001 gateway \
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=repository /models /models
 
-# GLIBC_TUNABLES: huge pages for malloc's memory, the models' weights among it (see
-# gateway/app/heap.py and the README's Benchmarks).
 ENV PATH="/opt/venv/bin:$PATH" \
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GATEWAY_HOST=0.0.0.0 \

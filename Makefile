@@ -5,9 +5,6 @@ BIN := $(VENV)/bin
 REPO ?= models/repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
-# Huge pages for malloc's memory, the models' weights among it (gateway/app/heap.py);
-# `make serve MALLOC_TUNABLES=` serves without them.
-MALLOC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: serve test install install-dev repository protos lint check-protos clean test-tools
 
@@ -31,7 +28,7 @@ repository: $(REPO)/.built
 
 ## serve: install, build the demo model repository, serve it on HTTP 8000 and gRPC 8001.
 serve: repository
-	GLIBC_TUNABLES=$(MALLOC_TUNABLES) $(BIN)/gateway serve --model-repository $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+	$(BIN)/gateway serve --model-repository $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
 # Test-only tools from Debian, installed where apt-get can (root); their tests skip, saying
 # why, where they cannot be installed.

@@ -45,9 +45,8 @@ from benchkit.echo import echo_main, echo_server
 from benchkit.gateway import gateway, gateway_command, model_signature, stats_path
 from benchkit.load import load_main
 from benchkit.measure import QUIET_SAMPLE_S, log, wait_for_quiet
-from benchkit.options import add_malloc_option
 from benchkit.plots import draw
-from benchkit.processes import git_revision, use_malloc_tunables
+from benchkit.processes import git_revision
 from benchkit.report import markdown_report
 from benchkit.sweep import Target, interleaved
 
@@ -182,7 +181,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="ARG",
         help="extra `gateway serve` argument, e.g. --gateway-arg=--inference-threads=1",
     )
-    add_malloc_option(add)
     add(
         "--out",
         type=Path,
@@ -275,7 +273,6 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    use_malloc_tunables(args.malloc_tunables)
     os.sched_setaffinity(0, {args.client_core})  # keep this (mostly idle) process off core 0
     timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     out_dir = args.out / timestamp.replace(":", "").replace("-", "")

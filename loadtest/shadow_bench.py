@@ -46,13 +46,7 @@ from benchkit.clients import LoadJob
 from benchkit.gateway import load_document, model_path, model_signature
 from benchkit.measure import log, wait_for_quiet
 from benchkit.options import add_run_options
-from benchkit.processes import (
-    ROOT,
-    RunningServer,
-    get_json,
-    git_revision,
-    use_malloc_tunables,
-)
+from benchkit.processes import ROOT, RunningServer, get_json, git_revision
 from benchkit.shadow import ARRIVALS, ShadowJob, run
 from benchkit.shadow_analysis import analyse, exit_status, shadow_arrays
 from benchkit.shadow_plots import draw
@@ -257,7 +251,6 @@ def write(results: dict[str, Any], arrays: Any, over_arrays: Any, out_dir: Path)
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    use_malloc_tunables(args.malloc_tunables)
     timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     out_dir = args.out / ("shadow-" + timestamp.replace(":", "").replace("-", ""))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,6 @@ from benchkit.processes import (
     RunningServer,
     get_json,
     git_revision,
-    use_malloc_tunables,
 )
 from benchkit.swap import SwapJob, run
 from benchkit.swap_analysis import analyse, exit_status, request_arrays
@@ -223,7 +222,6 @@ def write(results: dict[str, Any], arrays: dict[str, Any], out_dir: Path) -> Non
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    use_malloc_tunables(args.malloc_tunables)
     timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     out_dir = args.out / ("swap-" + timestamp.replace(":", "").replace("-", ""))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from typing import Any
 
 from benchkit.measure import QUIET_SAMPLE_S, log, wait_for_quiet
 from benchkit.options import add_run_options
-from benchkit.processes import git_revision, use_malloc_tunables
+from benchkit.processes import git_revision
 from benchkit.telemetry import (
     configs,
     extract_source,
@@ -175,7 +175,6 @@ def write(results: dict[str, Any], out_dir: Path) -> None:
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    use_malloc_tunables(args.malloc_tunables)
     os.sched_setaffinity(0, {args.client_core})  # keep this (mostly idle) process off core 0
     timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     out_dir = args.out / ("telemetry-" + timestamp.replace(":", "").replace("-", ""))

@@ -26,7 +26,7 @@ from gateway.app.admin_client import (
     UnreachableError,
     normalize_url,
 )
-from gateway.app.heap import malloc_huge_pages, tune_garbage_collector
+from gateway.app.heap import tune_garbage_collector
 from gateway.app.logs import configure_logging
 from gateway.app.server import StartupError, serve
 from gateway.config.settings import GatewaySettings
@@ -428,7 +428,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     configure_logging(settings.log_level, settings.log_format)
     tune_garbage_collector(settings.gc_threshold)
-    logger.info("huge pages for malloc (the models' weights): %s", malloc_huge_pages())
     try:
         if settings.event_loop == "uvloop":
             import uvloop

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .processes import MALLOC_TUNABLES, ROOT
+from .processes import ROOT
 
 DEV_PYTHON = ROOT / ".venv" / "bin" / "python"
 """The dev environment's interpreter: it has the gateway installed (the load one may not)."""
@@ -20,8 +20,7 @@ def add_run_options(
     wait_quiet: str,
     seed: str = "seed of the random input rows",
 ) -> None:
-    """Timeouts, seed, gRPC channels, pinning, the server's interpreter, wait-for-quiet and the
-    processes' malloc tunables."""
+    """Timeouts, seed, gRPC channels, pinning, the server's interpreter and wait-for-quiet."""
     add("--request-timeout", type=float, default=10.0, help="seconds before a request fails")
     add("--startup-timeout", type=float, default=120.0, help="seconds for a gateway to start")
     add("--seed", type=int, default=0, help=seed)
@@ -35,14 +34,3 @@ def add_run_options(
         help=server_python,
     )
     add("--wait-quiet", type=float, default=0.0, metavar="S", help=wait_quiet)
-    add_malloc_option(add)
-
-
-def add_malloc_option(add: Callable[..., Any]) -> None:
-    add(
-        "--malloc-tunables",
-        default=MALLOC_TUNABLES,
-        metavar="TUNABLES",
-        help="GLIBC_TUNABLES for every process the benchmark starts, the gateway's as the "
-        "Dockerfile and `make serve` set it ('' for glibc's defaults; default: %(default)s)",
-    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -21,19 +20,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_SCRIPT = ROOT / "loadtest" / "bench.py"
 STOP_TIMEOUT_S = 30.0
-MALLOC_TUNABLES = "glibc.malloc.hugetlb=1"
-"""glibc's tunables for every process a benchmark starts, as the Dockerfile and `make serve` run
-the gateway: huge pages for malloc's memory (gateway/app/heap.py). The references (bare
-onnxruntime, the echo and minimal servers) get them too, so that ratios compare like with
-like."""
-
-
-def use_malloc_tunables(tunables: str) -> None:
-    """Start every later subprocess with GLIBC_TUNABLES=`tunables` ('' for glibc's defaults)."""
-    if tunables:
-        os.environ["GLIBC_TUNABLES"] = tunables
-    else:
-        os.environ.pop("GLIBC_TUNABLES", None)
 
 
 def bench_command(core: int, mode: str, *extra: str) -> list[str]:

@@ -329,8 +329,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"git {meta['git']}; onnxruntime {results['baseline']['onnxruntime_version']}; "
         f"Python {meta['python']}; {meta['cpus']} CPUs ({meta['processor']}). Servers on core "
         f"{core}, load generator on core {settings['client_core']}; batch-1 requests, closed "
-        f"loop, {window}; every process started with GLIBC_TUNABLES="
-        f"`{settings.get('malloc_tunables') or ''}`. "
+        f"loop, {window}. "
         + (
             "Rows interleaved: each protocol and concurrency measured on the echo server, the "
             "gateway (and the echoes and minimal servers on its own stacks) one after the other."

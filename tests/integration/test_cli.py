@@ -20,12 +20,10 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from gateway.app.heap import HUGE_PAGES_TUNABLE
 from gateway.config.settings import GatewaySettings
 from tests.support import models
 from tests.support.server import RunningGateway
 
-THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 PORTS = re.compile(r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)")
 
 
@@ -43,8 +41,8 @@ def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @contextmanager
 def running(
     args: list[str], env: dict[str, str] | None = None
-) -> Iterator[tuple[int, int, list[str], int]]:
-    """Start `gateway serve`, wait for its 'serving' line, yield (http, grpc, log lines, pid)."""
+) -> Iterator[tuple[int, int, list[str]]]:
+    """Start `gateway serve`, wait for its 'serving' line, yield (http, grpc, log lines)."""
     process = subprocess.Popen(
         gateway_command(*args),
         stderr=subprocess.PIPE,
@@ -62,7 +60,7 @@ def running(
             lines.append(line)
             match = PORTS.search(line)
             if match:
-                yield int(match.group(1)), int(match.group(2)), lines, process.pid
+                yield int(match.group(1)), int(match.group(2)), lines
                 break
         else:
             pytest.fail("the gateway did not log its ports in time")
@@ -97,7 +95,7 @@ def test_serve_on_port_zero_logs_ports_and_stops_on_sigterm(small_repository: Pa
         "--grpc-port",
         "0",
     ]
-    with running(args) as (http_port, grpc_port, lines, _):
+    with running(args) as (http_port, grpc_port, lines):
         assert http_port > 0 and grpc_port > 0
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready") as response:
             assert response.status == 200
@@ -113,38 +111,11 @@ def test_every_option_can_come_from_the_environment(small_repository: Path) -> N
         "GATEWAY_EVENT_LOOP": "asyncio",
     }
     with (
-        running(["serve"], env) as (http_port, _, lines, _),
+        running(["serve"], env) as (http_port, _, lines),
         urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/plus") as response,
     ):
         assert b'"name":"plus"' in response.read()
     assert lines[0].startswith("{") and '"level":"INFO"' in lines[0]
-
-
-def anon_huge_pages_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("AnonHugePages:"):
-            return int(line.split()[1])
-    raise AssertionError("no AnonHugePages in smaps_rollup")
-
-
-@pytest.mark.skipif(
-    "[madvise]" not in (THP_MODE.read_text() if THP_MODE.exists() else ""),
-    reason="the kernel's transparent huge pages are not in 'madvise' mode here",
-)
-def test_the_huge_pages_tunable_gives_the_weights_huge_pages(tmp_path: Path) -> None:
-    """With GLIBC_TUNABLES as the Dockerfile and `make serve` set it, a model's weights (here
-    one 4 MiB initializer) are mapped in huge pages; without it, nothing is, and the start-up
-    log says how to turn it on."""
-    models.slow(tmp_path / "wide" / "1" / "model.onnx", width=1024, depth=2)
-    args = ["serve", "--model-repository", str(tmp_path), "--http-port", "0", "--grpc-port", "0"]
-    huge_kib = {}
-    for tunables in ("", HUGE_PAGES_TUNABLE):
-        with running(args, {"GLIBC_TUNABLES": tunables}) as (_, _, lines, pid):
-            huge_kib[tunables] = anon_huge_pages_kib(pid)
-            said = next(line for line in lines if "huge pages for malloc" in line)
-        assert ("malloc (the models' weights): on" in said) == bool(tunables), said
-    assert huge_kib[""] == 0
-    assert huge_kib[HUGE_PAGES_TUNABLE] >= 4096
 
 
 def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app.heap import HUGE_PAGES_TUNABLE
-
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -122,7 +120,6 @@ def test_runtime_environment_and_ports() -> None:
         "GATEWAY_MODEL_REPOSITORY=/models",
         "GATEWAY_HTTP_PORT=8000",
         "GATEWAY_GRPC_PORT=8001",
-        f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE}",
     ):
         assert re.search(rf"(^|\s){re.escape(expected)}(\s|$)", env), expected
     exposed = " ".join(args for kw, args in stage if kw == "EXPOSE").split()
