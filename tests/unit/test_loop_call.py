@@ -4,13 +4,16 @@ completes, fails, is cancelled before or after the loop starts it, or the loop i
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from gateway.adapters.grpc.threaded import _LoopCall
+from gateway.adapters.grpc.threaded import LOOP_CHECK_S, _LoopCall, _Stream
+from gateway.core.errors import UnavailableError
 
 WAIT_S = 10.0
 
@@ -118,3 +121,43 @@ def test_a_call_ends_once_and_a_late_cancel_costs_nothing(
     call.cancel()  # grpcio calls it at every call's end: no loop needed, no second end
     call.failed(RuntimeError("late"))
     assert ended == [call] and call.result == "done" and call.error is None
+
+
+def test_a_call_left_in_a_loop_that_stopped_ends_as_unavailable() -> None:
+    """The loop stopped with the call queued and no cancel coming (the server failed on its way
+    down): the worker does not wait for ever, which would also keep the process from exiting."""
+
+    async def never() -> None:
+        raise AssertionError("the loop had stopped: this never runs")
+
+    loop = asyncio.new_event_loop()  # never runs
+    try:
+        call = _LoopCall(never(), loop)
+        call.start()
+        started = time.monotonic()
+        with pytest.raises(UnavailableError, match="shutting down"):
+            call.wait()
+        assert time.monotonic() - started < LOOP_CHECK_S + WAIT_S
+    finally:
+        loop.close()
+
+
+def test_a_stream_whose_loop_stopped_answers_its_calls_and_ends() -> None:
+    loop = asyncio.new_event_loop()  # never runs
+    try:
+        stream = _Stream()
+
+        async def never() -> None:
+            raise AssertionError("the loop had stopped: this never runs")
+
+        call = _LoopCall(never(), loop, functools.partial(stream.answered, "request"))
+        stream.started()
+        stream.track(call)
+        call.start()
+        stream.reading_done()
+        request, done, _ = stream.next_answer() or (None, None, "")
+        assert request == "request" and done is call
+        assert isinstance(call.error, UnavailableError)
+        assert stream.next_answer() is None  # the last answer ended the stream
+    finally:
+        loop.close()

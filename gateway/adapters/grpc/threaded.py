@@ -38,6 +38,11 @@ from gateway.core.workers import name_os_thread
 
 logger = logging.getLogger(__name__)
 
+LOOP_CHECK_S = 1.0
+"""How often a worker waiting on the event loop checks that the loop still runs: a loop that
+stopped with a call queued or running (the server failing on its way down) would never end it,
+and the worker, never returning, would keep the process from exiting."""
+
 
 class _Aborted(Exception):
     """Raised by the context shim in place of grpc.aio's abort, carried back to the worker."""
@@ -141,7 +146,8 @@ class _LoopCall:
         is handed over, not kept: raised through this frame, it would otherwise hold this call,
         which holds it, in a reference cycle (and with it the request, through the frames in
         its traceback) until the garbage collector ran."""
-        self._done.acquire()
+        while not self._done.acquire(timeout=LOOP_CHECK_S):
+            self.end_if_loop_stopped()
         error, self.error = self.error, None
         if error is None:
             return self.result
@@ -149,6 +155,13 @@ class _LoopCall:
             raise error
         finally:
             del error
+
+    def end_if_loop_stopped(self) -> None:
+        """End the call with UNAVAILABLE if its loop no longer runs (see LOOP_CHECK_S)."""
+        if not self._loop.is_running():
+            if self._task is None:  # never started: nothing else will close the coroutine
+                self._coroutine.close()
+            self._end(None, UnavailableError("the server is shutting down"))
 
     def failed(self, error: BaseException) -> _LoopCall:
         """End a call that could not start with `error`."""
@@ -227,6 +240,17 @@ class _Stream:
         if last:
             self.answers.put(None)
 
+    def next_answer(self) -> Answer | None:
+        """The next answer to send; None once the stream is over."""
+        while True:
+            try:
+                return self.answers.get(timeout=LOOP_CHECK_S)
+            except queue.Empty:
+                with self._lock:
+                    pending = list(self._pending)
+                for call in pending:  # each one ended answers through stream.answered
+                    call.end_if_loop_stopped()
+
     def answer_now(self, request: Any, error: str) -> None:
         self.answers.put((request, None, error))
 
@@ -268,6 +292,8 @@ class ThreadedFrontEnd:
             status = (aborted.code, aborted.details)
         except asyncio.CancelledError:  # the client left (deadline, cancel): nobody listens
             status = (grpc.StatusCode.CANCELLED, "the call was cancelled")
+        except GatewayError as error:
+            status = (GRPC_STATUS[error.code], error.message)
         context.abort(*status)  # outside the handlers: see model_infer
 
     def model_infer(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -316,7 +342,7 @@ class ThreadedFrontEnd:
                 stream.reading_done()
 
         threading.Thread(target=read, name="grpc-stream-reader", daemon=True).start()
-        while (item := stream.answers.get()) is not None:
+        while (item := stream.next_answer()) is not None:
             stream.room.release()
             request, done, error = item
             if done is not None:
