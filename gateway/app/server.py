@@ -118,6 +118,7 @@ class Gateway:
             self._inference_pool,
             default_max_queue_size=settings.default_max_queue_size,
             max_queue_bytes=settings.max_queue_bytes,
+            solo_on_loop_s=settings.solo_on_loop_us / 1e6,
             telemetry=self.telemetry,
             shadow_workers=self._shadow_pool,
         )

@@ -127,6 +127,14 @@ class GatewaySettings(BaseSettings):
         description="Input bytes that may wait for one model version; beyond it: 429. With "
         "max_request_bytes this bounds memory (a request larger than it still runs alone).",
     )
+    solo_on_loop_us: int = Field(
+        1000,
+        ge=0,
+        description="A gRPC call that is alone in flight (no other inference call in the "
+        "gateway's gRPC workers) runs its model on the event loop instead of an inference "
+        "thread when the version's last one-row run took less than this many microseconds: "
+        "two thread hand-offs fewer at concurrency 1, never under load; 0 = never.",
+    )
     exit_on_error: bool = Field(
         True, description="Exit at start-up if any model fails to load (as Triton does)."
     )

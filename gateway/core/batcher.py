@@ -19,6 +19,13 @@ completes its target and launches at once; under heavy load the line fills a bat
 a model that is the bottleneck on a shared core, bigger batches cost less per row, and the core
 answers and reads requests meanwhile.
 
+A solo request (its front end saw no other inference call in flight: the threaded gRPC front
+end counts them) that finds nothing in line or running runs on the event loop itself when the
+version's last one-row run took less than `solo_on_loop_s` (--solo-on-loop-us, 1 ms by default):
+the hand-off to an inference thread and back costs a lone caller more than the loop's pause.
+The first one-row run of a version is timed on a thread; a longer run turns it off until a
+shorter one is timed again. Under load no call is solo, and batches form as before.
+
 A request waits at most until its deadline; if that passes while it is in line it is answered
 DeadlineExceededError and never run. A caller that leaves (cancelled, disconnected) is taken out
 of the line; if its batch is already running the result is dropped and its batch-mates are not
@@ -78,6 +85,9 @@ class BatcherConfig:
     returning_wait_s: float = 0.0
     """How long, after a batch ends, the next may wait for its callers to come back (the
     gateway's `returning_wait_microseconds` parameter; 0: never). See DynamicBatcher."""
+    solo_on_loop_s: float = 0.0
+    """A solo request runs on the event loop when the version's last one-row run took less
+    than this (--solo-on-loop-us; 0: never). See DynamicBatcher."""
 
 
 @dataclass(eq=False, slots=True)
@@ -96,6 +106,8 @@ class _Request:
     expiry: asyncio.TimerHandle | None = None
     timing: RequestTiming | None = None
     trace: RequestTrace | None = None
+    solo: bool = False
+    """No other request was in flight at its front end when it arrived (RequestContext.solo)."""
 
 
 @dataclass(slots=True)
@@ -107,6 +119,8 @@ class BatcherStats:
     requests: int = 0
     expired: int = 0
     refused: int = 0
+    on_loop: int = 0
+    """Executions run on the event loop (solo requests; see DynamicBatcher)."""
 
 
 def batcher_config(
@@ -115,6 +129,7 @@ def batcher_config(
     concurrency: int,
     default_max_queue_size: int,
     max_queue_bytes: int,
+    solo_on_loop_s: float = 0.0,
 ) -> BatcherConfig:
     """Triton's semantics: a config with dynamic_batching merges requests; a config without it
     runs them one by one. A model without config.pbtxt merges (with no delay) when it batches."""
@@ -126,6 +141,7 @@ def batcher_config(
         concurrency=concurrency,
         max_queue_size=queue_size or default_max_queue_size,
         max_queue_bytes=max_queue_bytes,
+        solo_on_loop_s=solo_on_loop_s,
         max_queue_delay_s=batching.max_queue_delay_us / 1e6 if batching else 0.0,
         preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
         returning_wait_s=int(policy.parameters.get("returning_wait_microseconds", "0")) / 1e6,
@@ -175,6 +191,8 @@ class DynamicBatcher:
         """Rows the next batch may wait for: those in line when the last batch ended plus
         that batch's (its callers coming back); 0 when not waiting for anyone."""
         self._returning_since_s = 0.0
+        self._one_row_run_s = float("inf")
+        """How long the last one-row execution took (unknown until one has run)."""
 
     @property
     def waiting(self) -> int:
@@ -196,6 +214,7 @@ class DynamicBatcher:
         timeout_s: float | None,
         timing: RequestTiming | None = None,
         trace: RequestTrace | None = None,
+        solo: bool = False,
     ) -> Arrays:
         """Run `feeds` (already validated) in some batch; return `outputs` for its rows only.
         `timing`, if given, is filled with the request's queue and compute time; `trace` is
@@ -226,6 +245,7 @@ class DynamicBatcher:
             timeout_s=timeout_s,
             timing=timing,
             trace=trace,
+            solo=solo,
         )
         if timeout_s is not None:
             request.expiry = loop.call_later(timeout_s, self._expire, request)
@@ -386,17 +406,40 @@ class DynamicBatcher:
                 request.timing.queue_ns = queue_ns
                 request.timing.launched_ns = started_ns
 
+        loop = asyncio.get_running_loop()
+        finish = functools.partial(self._finish, batch, rows, outputs, started_ns, input_ns)
+        if self._runs_on_loop(batch, rows):
+            self._count_launch(batch, rows)
+            self.stats.on_loop += 1
+            ran, raised = None, None
+            try:
+                ran = self._timed_run(feeds, outputs)
+            except BaseException as failure:  # as the worker would hand it to _finish
+                raised = failure
+            finish(ran, raised)
+            return
         # The slot is given back when the run ends (_finish), not when a caller leaves: a
         # cancelled caller must not let another batch start while this one still holds a core.
         try:
-            self._workers.submit(
-                functools.partial(self._timed_run, feeds, outputs),
-                asyncio.get_running_loop(),
-                functools.partial(self._finish, batch, rows, outputs, started_ns, input_ns),
-            )
+            self._workers.submit(functools.partial(self._timed_run, feeds, outputs), loop, finish)
         except PoolShutDownError:  # the server is stopping
             self._fail(batch, UnavailableError("the server is shutting down"))
             return
+        self._count_launch(batch, rows)
+
+    def _runs_on_loop(self, batch: list[_Request], rows: int) -> bool:
+        """A solo request, one row, nothing else in line or running, on a model whose last
+        one-row run was short: run it here rather than hand it to an inference thread and back."""
+        return (
+            rows == 1
+            and len(batch) == 1
+            and batch[0].solo
+            and not self._running
+            and not self._line
+            and self._one_row_run_s < self.config.solo_on_loop_s
+        )
+
+    def _count_launch(self, batch: list[_Request], rows: int) -> None:
         self._running += 1
         self.stats.batches += 1
         self.stats.rows += rows
@@ -437,6 +480,8 @@ class DynamicBatcher:
                 raise raised
             assert ran is not None
             arrays, infer_ns = ran
+            if rows == 1:
+                self._one_row_run_s = infer_ns / 1e9
             split_started_ns = time.perf_counter_ns()
             parts = self._split(batch, rows, outputs, arrays)
             output_ns = time.perf_counter_ns() - split_started_ns

@@ -130,6 +130,7 @@ class ModelRegistry:
         *,
         default_max_queue_size: int = 1024,
         max_queue_bytes: int = 256 * 1024 * 1024,
+        solo_on_loop_s: float = 0.0,
         telemetry: Telemetry | None = None,
         shadow_workers: WorkerPool | None = None,
     ) -> None:
@@ -139,6 +140,7 @@ class ModelRegistry:
         self._workers = workers
         self._default_max_queue_size = default_max_queue_size
         self._max_queue_bytes = max_queue_bytes
+        self._solo_on_loop_s = solo_on_loop_s
 
     def entry(self, name: str) -> ModelEntry:
         found = self._models.get(name)
@@ -174,6 +176,7 @@ class ModelRegistry:
             loaded.concurrency,
             self._default_max_queue_size,
             self._max_queue_bytes,
+            self._solo_on_loop_s,
         )
         batcher = DynamicBatcher(
             f"{loaded.name}:{loaded.version}",
@@ -186,7 +189,11 @@ class ModelRegistry:
         shadow_batcher = None
         if self._shadow_workers is not None:
             shadow_config = dataclasses.replace(
-                config, concurrency=1, max_queue_size=SHADOW_QUEUE_SIZE, max_queue_delay_s=0.0
+                config,
+                concurrency=1,
+                max_queue_size=SHADOW_QUEUE_SIZE,
+                max_queue_delay_s=0.0,
+                solo_on_loop_s=0.0,  # shadows never hold the loop
             )
             shadow_batcher = DynamicBatcher(
                 f"{loaded.name}:{loaded.version}",

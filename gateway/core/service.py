@@ -323,6 +323,7 @@ class InferenceService:
                 _wait_limit_s(request, ctx, loaded),
                 timing,
                 trace,
+                ctx.solo,
             )
             outputs = _build_outputs(target, output_names, arrays)
             if answer is not None and not answer.done():

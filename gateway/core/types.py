@@ -51,3 +51,5 @@ class RequestContext:
     tracestate: str | None = None
     headers: Mapping[str, str] | None = None
     """HTTP headers (case-insensitive) or gRPC metadata (lower-case keys): the sticky key."""
+    solo: bool = False
+    """The front end saw no other inference request in flight when it handed this one over."""

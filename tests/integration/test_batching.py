@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import astuple, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -168,6 +169,7 @@ class Delta:
     requests: int
     expired: int
     refused: int
+    on_loop: int
 
     @property
     def mean_rows(self) -> float:
@@ -495,3 +497,51 @@ def test_an_http_client_that_disconnects_in_line_leaves_it(server: RunningGatewa
     delta = counted.delta
     assert delta is not None
     assert delta.requests == 1, f"the disconnected caller's request was run anyway: {delta}"
+
+
+@pytest.fixture
+def quick_server(tmp_path: Path) -> Iterator[RunningGateway]:
+    models.add_sub(tmp_path / "quick" / "1" / "model.onnx", width=WIDTH)  # merged, no delay
+    # "Short" is generous here so that a run slowed by a busy test machine still counts.
+    running = RunningGateway(tmp_path, solo_on_loop_us=10_000_000)
+    yield running
+    running.stop()
+
+
+def test_a_lone_grpc_caller_runs_on_the_loop_and_http_or_a_stream_beside_it_do_not(
+    quick_server: RunningGateway,
+) -> None:
+    """A gRPC call alone in flight on a model whose one-row run is short skips the inference
+    thread (--solo-on-loop-us); HTTP requests, and unary calls while a stream is open, do not.
+    Every answer is exact either way."""
+    server = quick_server
+    batcher = batcher_of(server, "quick")
+    with Clients(server) as clients:
+        infer_add_sub(clients, "grpc", "quick", 0, 1, None)  # times a one-row run
+        with Counting(batcher) as alone:
+            for i in range(1, 6):
+                infer_add_sub(clients, "grpc", "quick", i, 1, None)
+        assert alone.delta is not None and alone.delta.on_loop == 5
+        with Counting(batcher) as over_http:
+            for i in range(6, 11):
+                infer_add_sub(clients, "http-binary", "quick", i, 1, None)
+        assert over_http.delta is not None
+        assert over_http.delta.on_loop == 0 and over_http.delta.requests == 5
+        streaming = grpcclient.InferenceServerClient(server.grpc_url)
+        answers: list[Any] = []
+        streaming.start_stream(callback=lambda result, error: answers.append(error or result))
+        try:
+            x0, x1 = add_sub_inputs(11, 1)
+            inputs = [grpcclient.InferInput(n, [1, WIDTH], "INT32") for n in ("INPUT0", "INPUT1")]
+            inputs[0].set_data_from_numpy(x0)
+            inputs[1].set_data_from_numpy(x1)
+            streaming.async_stream_infer("quick", inputs)
+            wait_until(lambda: bool(answers), "the streamed answer")
+            with Counting(batcher) as beside_a_stream:
+                for i in range(12, 15):
+                    infer_add_sub(clients, "grpc", "quick", i, 1, None)
+            assert beside_a_stream.delta is not None and beside_a_stream.delta.on_loop == 0
+        finally:
+            streaming.stop_stream()
+            streaming.close()
+        np.testing.assert_array_equal(answers[0].as_numpy("OUTPUT0"), x0 + x1)

@@ -212,6 +212,7 @@ def make(
     delay_s: float = 0.0,
     preferred: tuple[int, ...] = (),
     returning_wait_s: float = 0.0,
+    solo_on_loop_s: float = 0.0,
 ) -> DynamicBatcher:
     config = BatcherConfig(
         max_batch_size=max_batch_size,
@@ -222,6 +223,7 @@ def make(
         max_queue_delay_s=delay_s,
         preferred_batch_sizes=preferred,
         returning_wait_s=returning_wait_s,
+        solo_on_loop_s=solo_on_loop_s,
     )
     return DynamicBatcher("m:1", _implements_protocol(runner), workers, config, OUTPUTS)
 
@@ -231,9 +233,11 @@ def submit(
     feeds: Mapping[str, Array],
     outputs: Sequence[str] = OUTPUTS,
     timeout_s: float | None = None,
+    solo: bool = False,
 ) -> asyncio.Task[list[Array]]:
     rows = feeds["X"].shape[0]
-    return asyncio.create_task(batcher.infer(feeds, list(outputs), rows, timeout_s))
+    infer = batcher.infer(feeds, list(outputs), rows, timeout_s, solo=solo)
+    return asyncio.create_task(infer)
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -945,3 +949,91 @@ async def test_a_batch_the_executor_cancels_at_shutdown_is_answered_unavailable(
     finally:
         gated.release(1000)
         await asyncio.to_thread(pool.shutdown, wait=True)
+
+
+# -- solo requests on the loop ----------------------------------------------------------------
+
+
+class ThreadRecordingRunner(ArithRunner):
+    """Records the thread each execution ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def run(self, inputs: Mapping[str, Array], output_names: Sequence[str]) -> list[Array]:
+        self.threads.append(threading.current_thread().name)
+        return super().run(inputs, output_names)
+
+
+async def test_a_solo_one_row_request_runs_on_the_loop_once_a_short_run_was_timed(
+    workers: WorkerPool,
+) -> None:
+    """The first one-row run is timed on a worker; after it, a solo request whose model ran
+    short runs on the loop, and its caller gets its own rows as always."""
+    runner = ThreadRecordingRunner()
+    batcher = make(runner, workers, solo_on_loop_s=10.0)
+    loop_thread = threading.current_thread().name
+    for request_id in range(3):
+        feeds = feed(request_id)
+        assert_answer(await submit(batcher, feeds, solo=True), feeds, OUTPUTS)
+    assert runner.threads[0] != loop_thread
+    assert runner.threads[1:] == [loop_thread, loop_thread]
+    assert batcher.stats == BatcherStats(batches=3, rows=3, requests=3, on_loop=2)
+
+
+async def test_only_a_solo_one_row_request_on_an_idle_batcher_runs_on_the_loop(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    loop_thread = threading.current_thread().name
+    recording = ThreadRecordingRunner()
+    batcher = make(recording, workers, solo_on_loop_s=10.0)
+    await submit(batcher, feed(0), solo=True)  # timed on a worker
+    await submit(batcher, feed(1), solo=False)  # not solo: a worker
+    await submit(batcher, feed(2, rows=2), solo=True)  # two rows: a worker
+    assert loop_thread not in recording.threads
+    never = make(recording, workers, solo_on_loop_s=0.0)  # --solo-on-loop-us 0
+    await submit(never, feed(3), solo=True)
+    await submit(never, feed(4), solo=True)
+    assert loop_thread not in recording.threads and never.stats.on_loop == 0
+    # Nothing else may be running: a solo request arriving while a batch runs waits for it.
+    batcher = make(gated, workers, solo_on_loop_s=10.0, concurrency=2)
+    gated.release()
+    await submit(batcher, feed(5), solo=True)  # timed (on a worker: never the gate on the loop)
+    assert (await gated.next_start()).request_ids == (5,)
+    first = await hold(batcher, gated, 6)
+    second = submit(batcher, feed(7), solo=True)
+    assert (await gated.next_start()).request_ids == (7,)  # on a worker: the gate did not block
+    gated.release(2)
+    assert_answer(await first, feed(6), OUTPUTS)
+    assert_answer(await second, feed(7), OUTPUTS)
+    assert batcher.stats.on_loop == 0
+
+
+async def test_a_model_whose_one_row_run_is_long_never_runs_on_the_loop(
+    workers: WorkerPool,
+) -> None:
+    runner = ThreadRecordingRunner()
+    batcher = make(runner, workers, solo_on_loop_s=1e-9)  # every run takes longer than 1 ns
+    for request_id in range(3):
+        await submit(batcher, feed(request_id), solo=True)
+    assert batcher.stats.on_loop == 0
+    assert threading.current_thread().name not in runner.threads
+
+
+async def test_a_runner_error_on_the_loop_fails_only_that_request_and_the_batcher_goes_on(
+    workers: WorkerPool,
+) -> None:
+    class Failing(ThreadRecordingRunner):
+        def compute(self, x: Array, output_names: Sequence[str]) -> list[Array]:
+            if int(x[0, 0]) // 1000 == CRASH:
+                raise ValueError("boom")
+            return super().compute(x, output_names)
+
+    runner = Failing()
+    batcher = make(runner, workers, solo_on_loop_s=10.0)
+    await submit(batcher, feed(0), solo=True)
+    with pytest.raises(InternalError, match="failed"):
+        await submit(batcher, feed(CRASH), solo=True)
+    assert_answer(await submit(batcher, feed(1), solo=True), feed(1), OUTPUTS)
+    assert batcher.stats.on_loop == 2

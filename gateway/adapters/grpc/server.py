@@ -406,7 +406,7 @@ def _labels_response(model: str, labels: dict[str, int]) -> Any:
     return gateway_pb.LabelsResponse(model=model, labels=labels_document(labels))
 
 
-def request_context(context: Any) -> RequestContext:
+def request_context(context: Any, solo: bool = False) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
     metadata = {key: value for key, value in context.invocation_metadata() or ()}
@@ -416,6 +416,7 @@ def request_context(context: Any) -> RequestContext:
         traceparent=metadata.get("traceparent"),
         tracestate=metadata.get("tracestate"),
         headers=metadata,
+        solo=solo,
     )
 
 
