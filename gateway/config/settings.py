@@ -130,10 +130,10 @@ class GatewaySettings(BaseSettings):
     solo_on_loop_us: int = Field(
         1000,
         ge=0,
-        description="A gRPC call that is alone in flight (no other inference call in the "
-        "gateway's gRPC workers) runs its model on the event loop instead of an inference "
-        "thread when the version's last one-row run took less than this many microseconds: "
-        "two thread hand-offs fewer at concurrency 1, never under load; 0 = never.",
+        description="A request alone in flight (one gRPC call, or one HTTP connection that asks "
+        "for inference, and no other caller) runs its model on the event loop instead of an "
+        "inference thread when the version's last one-row run took less than this many "
+        "microseconds: two thread hand-offs fewer for a lone caller, none under load; 0 = never.",
     )
     exit_on_error: bool = Field(
         True, description="Exit at start-up if any model fails to load (as Triton does)."

@@ -19,8 +19,8 @@ completes its target and launches at once; under heavy load the line fills a bat
 a model that is the bottleneck on a shared core, bigger batches cost less per row, and the core
 answers and reads requests meanwhile.
 
-A solo request (its front end saw no other inference call in flight: the threaded gRPC front
-end counts them) that finds nothing in line or running runs on the event loop itself when the
+A solo request (no other caller in flight, as the front ends count them: gateway/core/callers.py)
+that finds nothing in line or running runs on the event loop itself when the
 version's last one-row run took less than `solo_on_loop_s` (--solo-on-loop-us, 1 ms by default):
 the hand-off to an inference thread and back costs a lone caller more than the loop's pause.
 The first one-row run of a version is timed on a thread; a longer run turns it off until a

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import numpy.typing as npt
 
 from gateway.core.admin import AdminAuthorizer, AdminCall, Admitted, audit
+from gateway.core.callers import Callers
 from gateway.core.errors import (
     GatewayError,
     InvalidInputError,
@@ -68,6 +69,8 @@ class InferenceService:
         self.feedback = feedback if feedback is not None else FeedbackStore()
         self.shadows = shadows if shadows is not None else ShadowDispatcher(registry.telemetry)
         self.rollouts = rollouts
+        self.callers = Callers()
+        """Who calls for inference now (the front ends keep it): RequestContext.solo."""
         self._accepting = False
 
     # -- health -------------------------------------------------------------------------

@@ -52,4 +52,4 @@ class RequestContext:
     headers: Mapping[str, str] | None = None
     """HTTP headers (case-insensitive) or gRPC metadata (lower-case keys): the sticky key."""
     solo: bool = False
-    """The front end saw no other inference request in flight when it handed this one over."""
+    """No other inference caller was in flight when this request arrived (core/callers.py)."""

@@ -508,40 +508,63 @@ def quick_server(tmp_path: Path) -> Iterator[RunningGateway]:
     running.stop()
 
 
-def test_a_lone_grpc_caller_runs_on_the_loop_and_http_or_a_stream_beside_it_do_not(
+def test_a_lone_caller_runs_on_the_loop_and_two_callers_never_do(
     quick_server: RunningGateway,
 ) -> None:
-    """A gRPC call alone in flight on a model whose one-row run is short skips the inference
-    thread (--solo-on-loop-us); HTTP requests, and unary calls while a stream is open, do not.
-    Every answer is exact either way."""
+    """A request alone in flight on a model whose one-row run is short skips the inference
+    thread (--solo-on-loop-us): a lone gRPC caller, or a lone HTTP connection. With a second
+    caller beside it (another HTTP connection that asked for inference, an HTTP connection beside
+    gRPC calls, an open stream) no request does. Every answer is exact either way."""
     server = quick_server
     batcher = batcher_of(server, "quick")
-    with Clients(server) as clients:
-        infer_add_sub(clients, "grpc", "quick", 0, 1, None)  # times a one-row run
-        with Counting(batcher) as alone:
-            for i in range(1, 6):
-                infer_add_sub(clients, "grpc", "quick", i, 1, None)
-        assert alone.delta is not None and alone.delta.on_loop == 5
-        with Counting(batcher) as over_http:
-            for i in range(6, 11):
-                infer_add_sub(clients, "http-binary", "quick", i, 1, None)
-        assert over_http.delta is not None
-        assert over_http.delta.on_loop == 0 and over_http.delta.requests == 5
-        streaming = grpcclient.InferenceServerClient(server.grpc_url)
-        answers: list[Any] = []
-        streaming.start_stream(callback=lambda result, error: answers.append(error or result))
-        try:
-            x0, x1 = add_sub_inputs(11, 1)
-            inputs = [grpcclient.InferInput(n, [1, WIDTH], "INT32") for n in ("INPUT0", "INPUT1")]
-            inputs[0].set_data_from_numpy(x0)
-            inputs[1].set_data_from_numpy(x1)
-            streaming.async_stream_infer("quick", inputs)
-            wait_until(lambda: bool(answers), "the streamed answer")
-            with Counting(batcher) as beside_a_stream:
-                for i in range(12, 15):
-                    infer_add_sub(clients, "grpc", "quick", i, 1, None)
-            assert beside_a_stream.delta is not None and beside_a_stream.delta.on_loop == 0
-        finally:
-            streaming.stop_stream()
-            streaming.close()
-        np.testing.assert_array_equal(answers[0].as_numpy("OUTPUT0"), x0 + x1)
+    callers = server.gateway.service.callers
+
+    def on_loop(protocol: str, first: int, client: Any = None) -> int:
+        with Clients(server) as clients, Counting(batcher) as counted:
+            for i in range(first, first + 3):
+                if client is None:
+                    infer_add_sub(clients, protocol, "quick", i, 1, None)
+                else:
+                    x0, x1 = add_sub_inputs(i, 1)
+                    inputs = [
+                        httpclient.InferInput(n, [1, WIDTH], "INT32") for n in ("INPUT0", "INPUT1")
+                    ]
+                    inputs[0].set_data_from_numpy(x0)
+                    inputs[1].set_data_from_numpy(x1)
+                    got = client.infer("quick", inputs).as_numpy("OUTPUT0")
+                    np.testing.assert_array_equal(got, x0 + x1)
+        assert counted.delta is not None and counted.delta.requests == 3
+        return counted.delta.on_loop
+
+    on_loop("grpc", 0)  # times a one-row run
+    assert on_loop("grpc", 10) == 3
+    assert on_loop("http-binary", 20) == 3  # a new connection, alone
+    wait_until(lambda: callers.http_connections == 0, "the server seeing that connection close")
+    first = httpclient.InferenceServerClient(server.http_url)
+    second = httpclient.InferenceServerClient(server.http_url)
+    try:
+        assert on_loop("http", 30, first) == 3
+        assert on_loop("grpc", 40) == 0  # an HTTP caller's connection is open
+        assert on_loop("http", 50, second) == 0  # two HTTP callers
+        assert on_loop("http", 60, first) == 0
+    finally:
+        first.close()
+        second.close()
+    wait_until(lambda: callers.http_connections == 0, "the server seeing both connections close")
+    assert on_loop("grpc", 70) == 3
+
+    streaming = grpcclient.InferenceServerClient(server.grpc_url)
+    answers: list[Any] = []
+    streaming.start_stream(callback=lambda result, error: answers.append(error or result))
+    try:
+        x0, x1 = add_sub_inputs(80, 1)
+        inputs = [grpcclient.InferInput(n, [1, WIDTH], "INT32") for n in ("INPUT0", "INPUT1")]
+        inputs[0].set_data_from_numpy(x0)
+        inputs[1].set_data_from_numpy(x1)
+        streaming.async_stream_infer("quick", inputs)
+        wait_until(lambda: bool(answers), "the streamed answer")
+        assert on_loop("grpc", 90) == 0  # an open stream is a caller
+    finally:
+        streaming.stop_stream()
+        streaming.close()
+    np.testing.assert_array_equal(answers[0].as_numpy("OUTPUT0"), x0 + x1)

@@ -101,14 +101,14 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
         )
 
     # The gateway's CPU by thread: over gRPC its loop, model and worker threads all worked,
-    # over HTTP its loop and model threads only (a lone gRPC caller's model runs on the loop:
+    # over HTTP its loop and model threads only (a lone caller's model runs on the loop:
     # --solo-on-loop-us); with `ended` (threads gone by the window's end) the roles add up to
     # the process's total, give or take a clock tick a thread.
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     for run in results["runs"]:
         by_thread = run["server_cpu_us_per_request_by_thread"]
         busy = {role for role, us in by_thread.items() if us > 0 and role != "ended"}
-        solo = run["protocol"] == "grpc" and run["concurrency"] == 1
+        solo = run["concurrency"] == 1
         assert ({"loop"} if solo else {"loop", "inference"}) <= busy
         if run["protocol"] == "grpc":
             assert "grpc" in busy

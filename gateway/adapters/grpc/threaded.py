@@ -10,7 +10,6 @@ asyncio servicer's coroutine on the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import queue
@@ -269,26 +268,6 @@ class _Stream:
             call.cancel()
 
 
-class _InFlight:
-    """How many inference calls the workers are serving (unary calls between decoding and
-    answering, open streams): a call that finds itself alone is `solo` (RequestContext), and
-    may run its model on the event loop (DynamicBatcher)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            self.count += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.count -= 1
-
-
 class ThreadedFrontEnd:
     """Sync handlers that run on grpcio's thread pool and call into the event loop."""
 
@@ -298,7 +277,7 @@ class ThreadedFrontEnd:
         self._service = service
         self._servicer = InferenceServicer(service, admin_elsewhere=admin_elsewhere)
         self._loop = loop
-        self._in_flight = _InFlight()
+        self._callers = service.callers
 
     def _on_loop(self, coroutine: Any, context: grpc.ServicerContext) -> Any:
         call = _LoopCall(coroutine, self._loop)
@@ -323,8 +302,8 @@ class ThreadedFrontEnd:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             infer_request = codec.decode_request(request)
-            with self._in_flight():
-                ctx = request_context(context, solo=self._in_flight.count == 1)
+            with self._callers.grpc_call():
+                ctx = request_context(context, solo=self._callers.grpc_solo())
                 response = self._on_loop(self._service.infer(infer_request, ctx), context)
             return codec.encode_response(response)
         except GatewayError as error:
@@ -349,7 +328,7 @@ class ThreadedFrontEnd:
         signalled once, by whichever of the reader and the last answer finishes last."""
         stream = _Stream()
         context.add_callback(stream.cancel_all)
-        with self._in_flight():  # an open stream counts as a call in flight, for its whole life
+        with self._callers.grpc_call():  # an open stream counts for its whole life
             yield from self._stream_answers(stream, requests, context)
 
     def _stream_answers(

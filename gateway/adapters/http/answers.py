@@ -90,16 +90,18 @@ async def infer(
     headers: Mapping[str, str],
     name: str,
     version: str,
+    solo: bool = False,
 ) -> tuple[bytes, int | None]:
     """Decode, run and encode one inference request: the body to send and, when it carries
     binary tensor data, the length of its JSON header (Inference-Header-Content-Length).
-    `headers` must look names up case-insensitively."""
+    `headers` must look names up case-insensitively; `solo`: see RequestContext."""
     request, encoding = codec.decode_request(body, headers.get(codec.HEADER_LENGTH), name, version)
     ctx = RequestContext(
         protocol="http",
         traceparent=headers.get("traceparent"),
         tracestate=headers.get("tracestate"),
         headers=headers,
+        solo=solo,
     )
     response = await service.infer(request, ctx)
     return codec.encode_response(response, encoding)

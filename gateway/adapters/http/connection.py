@@ -70,6 +70,7 @@ class Connection(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._counted = False  # among service.callers.http_connections (it asked for inference)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,6 +91,7 @@ class Connection(asyncio.Protocol):
         for timer in (self._idle_timer, self._linger, self._turn):
             if timer is not None:
                 timer.cancel()
+        self._uncount()
         self._server.forget(self)
 
     def data_received(self, data: bytes) -> None:
@@ -207,10 +209,19 @@ class Connection(asyncio.Protocol):
             return
         self._respond(head, status, body, _JSON)
 
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._server.service.callers.http_connections -= 1
+
     async def _infer(self, head: Head, body: bytes | bytearray, name: str, version: str) -> None:
+        callers = self._server.service.callers
+        if not self._counted:
+            self._counted = True
+            callers.http_connections += 1
         try:
             payload, header_length = await answers.infer(
-                self._server.service, body, head.headers, name, version
+                self._server.service, body, head.headers, name, version, callers.http_solo()
             )
         except GatewayError as error:
             self._error(head, error)
@@ -314,6 +325,7 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         self._transport = None
+        self._uncount()
         self._server.forget(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
