@@ -288,7 +288,10 @@ class InferenceServicer:
     @translated
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         infer_request = codec.decode_request(request)
-        response = await self._service.infer(infer_request, request_context(context))
+        # Counted as a caller (so no HTTP request beside it is solo), never solo itself: calls
+        # that grpc.aio has not yet handed to the loop are invisible, as unread HTTP requests.
+        with self._service.callers.grpc_call():
+            response = await self._service.infer(infer_request, request_context(context))
         return codec.encode_response(response)
 
     async def ModelStreamInfer(
@@ -328,9 +331,10 @@ class InferenceServicer:
 
         reader = asyncio.create_task(read())
         try:
-            while (answer := await answers.get()) is not None:
-                room.release()
-                yield answer
+            with self._service.callers.grpc_call():  # an open stream is a caller
+                while (answer := await answers.get()) is not None:
+                    room.release()
+                    yield answer
             await reader  # surfaces a failure to read the stream
         finally:
             reader.cancel()
