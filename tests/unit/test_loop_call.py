@@ -71,6 +71,28 @@ def test_a_cancel_that_reaches_the_loop_before_the_call_wins(
     assert not ran.is_set() and call.cancelled
 
 
+def test_a_cancel_between_the_calls_start_and_its_first_step_ends_it(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The loop starts the call's task, then runs the cancel before the task's first step: the
+    coroutine never runs, and the call still ends (cancelled), exactly once."""
+    ran = threading.Event()
+    gate = threading.Event()
+    ended: list[_LoopCall] = []
+
+    async def work() -> None:
+        ran.set()
+
+    loop.call_soon_threadsafe(gate.wait, WAIT_S)  # hold the loop: start, then cancel, queue up
+    call = _LoopCall(work(), loop, notify=ended.append)
+    call.start()
+    call.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        call.wait()
+    assert not ran.is_set() and call.cancelled and ended == [call]
+
+
 def test_a_cancel_stops_a_running_call(loop: asyncio.AbstractEventLoop) -> None:
     started = threading.Event()
 

@@ -177,25 +177,33 @@ class _LoopCall:
             self._coroutine.close()
             self._end(None, asyncio.CancelledError())
             return
-        self._task = self._loop.create_task(self._coroutine)
+        self._task = self._loop.create_task(self._drive())
         self._task.add_done_callback(self._finished)
+
+    async def _drive(self) -> None:  # on the loop
+        """Run the coroutine and end the call in the same step as its last one (a task's done
+        callback would run a loop turn later, on every request's path)."""
+        try:
+            result = await self._coroutine
+        except BaseException as error:  # handed to the worker, which raises it there
+            self._task = None  # no cycle through the task, which would keep the error
+            self._end(None, error)
+        else:
+            self._task = None
+            self._end(result, None)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:  # on the loop
+        # Only a task cancelled before its first step ends here: _drive never ran.
+        if task.cancelled():
+            self._task = None
+            self._coroutine.close()
+            self._end(None, asyncio.CancelledError())
 
     def _cancel(self) -> None:  # on the loop
         if self._task is None:
             self._cancel_requested = True
         else:
             self._task.cancel()
-
-    def _finished(self, task: asyncio.Task[Any]) -> None:  # on the loop
-        # Let go of the task: it keeps its exception, which, raised on in the worker, gets
-        # the worker's frames (holding this call) in its traceback: a reference cycle.
-        self._task = None
-        if task.cancelled():
-            self._end(None, asyncio.CancelledError())
-        elif (error := task.exception()) is not None:
-            self._end(None, error)
-        else:
-            self._end(task.result(), None)
 
     def _end(self, result: Any, error: BaseException | None) -> None:
         with self._ending:
