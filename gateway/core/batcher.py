@@ -193,6 +193,8 @@ class DynamicBatcher:
         self._returning_since_s = 0.0
         self._one_row_run_s = float("inf")
         """How long the last one-row execution took (unknown until one has run)."""
+        self._one_row_run_nbytes = 0
+        """Its input bytes: a larger request (dynamic non-batch dimensions) may run longer."""
 
     @property
     def waiting(self) -> int:
@@ -417,6 +419,8 @@ class DynamicBatcher:
             except BaseException as failure:  # as the worker would hand it to _finish
                 raised = failure
             finish(ran, raised)
+            if raised is not None and not isinstance(raised, Exception):
+                raise raised  # KeyboardInterrupt, SystemExit: the batch is answered; stop
             return
         # The slot is given back when the run ends (_finish), not when a caller leaves: a
         # cancelled caller must not let another batch start while this one still holds a core.
@@ -437,6 +441,7 @@ class DynamicBatcher:
             and not self._running
             and not self._line
             and self._one_row_run_s < self.config.solo_on_loop_s
+            and batch[0].nbytes <= self._one_row_run_nbytes  # no larger than the one timed
         )
 
     def _count_launch(self, batch: list[_Request], rows: int) -> None:
@@ -482,6 +487,7 @@ class DynamicBatcher:
             arrays, infer_ns = ran
             if rows == 1:
                 self._one_row_run_s = infer_ns / 1e9
+                self._one_row_run_nbytes = batch[0].nbytes
             split_started_ns = time.perf_counter_ns()
             parts = self._split(batch, rows, outputs, arrays)
             output_ns = time.perf_counter_ns() - split_started_ns

@@ -6,8 +6,10 @@ batch it with, and the hand-off is most of what the gateway adds to its latency.
 request is solo, so batches form as before. The rule errs towards "not solo": a wrong "solo"
 only delays others by one short model run, a wrong "not solo" costs a thread hand-off.
 
-- gRPC (threaded front end): the calls its workers are serving, unary calls between decoding
-  and answering and open streams for their whole life.
+- Calls: what the threaded gRPC front end's workers are serving (unary calls between decoding
+  and answering, open streams for their whole life); grpc.aio's calls and streams and the
+  requests aiohttp serves count too, but are never solo themselves (requests those stacks have
+  not yet handed to the loop are invisible).
 - HTTP (httptools front end): the open connections that have carried an inference request.
   HTTP/1.1 answers one request at a time per connection, so a single such connection is a single
   caller; counting requests in progress instead would miss the requests waiting unread in other
@@ -23,28 +25,28 @@ from collections.abc import Iterator
 
 
 class Callers:
-    """The counts behind `solo`; gRPC's from its worker threads, HTTP's from the loop."""
+    """The counts behind `solo`; calls are counted from any thread, connections on the loop."""
 
     def __init__(self) -> None:
-        self.grpc_calls = 0
+        self.calls = 0
         self.http_connections = 0
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def grpc_call(self) -> Iterator[None]:
-        """Count a gRPC call (or stream) for as long as the block runs."""
+    def call(self) -> Iterator[None]:
+        """Count a call (or stream) for as long as the block runs."""
         with self._lock:
-            self.grpc_calls += 1
+            self.calls += 1
         try:
             yield
         finally:
             with self._lock:
-                self.grpc_calls -= 1
+                self.calls -= 1
 
-    def grpc_solo(self) -> bool:
-        """Inside grpc_call(): is this call the only inference caller?"""
-        return self.grpc_calls == 1 and self.http_connections == 0
+    def call_solo(self) -> bool:
+        """Inside call(): is this call the only inference caller?"""
+        return self.calls == 1 and self.http_connections == 0
 
     def http_solo(self) -> bool:
         """For a request on a counted HTTP connection: is it the only inference caller?"""
-        return self.http_connections == 1 and self.grpc_calls == 0
+        return self.http_connections == 1 and self.calls == 0

@@ -827,3 +827,26 @@ def test_a_refused_grpc_call_leaves_no_reference_cycle(
         gc.garbage.clear()
         gc.enable()
     assert left == []
+
+
+def test_a_refused_streamed_request_leaves_no_reference_cycle(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """As above, for requests refused inside a ModelStreamInfer stream: each is answered with
+    its error, and neither the request nor its call is left in a cycle."""
+    message = pb.ModelInferRequest(model_name="all_types", id="refused")
+    message.inputs.add(name="IN_FP32", datatype="FP64", shape=[1, 3])  # the wrong datatype
+    message.raw_input_contents.append(b"\0" * 24)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        answers = list(stub.ModelStreamInfer(iter([message] * 5), timeout=TIMEOUT_S))
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, pb.ModelInferRequest)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert len(answers) == 5 and all("IN_FP32" in a.error_message for a in answers)
+    assert left == []

@@ -1037,3 +1037,40 @@ async def test_a_runner_error_on_the_loop_fails_only_that_request_and_the_batche
         await submit(batcher, feed(CRASH), solo=True)
     assert_answer(await submit(batcher, feed(1), solo=True), feed(1), OUTPUTS)
     assert batcher.stats.on_loop == 2
+
+
+async def test_a_request_larger_than_the_timed_one_runs_on_a_worker(workers: WorkerPool) -> None:
+    """A model with dynamic non-batch dimensions may run longer on larger inputs."""
+    runner = ThreadRecordingRunner()
+    batcher = make(runner, workers, solo_on_loop_s=10.0)
+    await submit(batcher, feed(0, width=3), solo=True)  # timed, 3 values
+    await submit(batcher, feed(1, width=6), solo=True)  # larger: a worker
+    await submit(batcher, feed(2, width=3), solo=True)  # no larger: the loop
+    loop_thread = threading.current_thread().name
+    assert [name == loop_thread for name in runner.threads] == [False, False, True]
+
+
+def test_a_keyboard_interrupt_in_a_run_on_the_loop_answers_the_batch_and_stops_the_loop(
+    workers: WorkerPool,
+) -> None:
+    class Interrupted(ThreadRecordingRunner):
+        def compute(self, x: Array, output_names: Sequence[str]) -> list[Array]:
+            if int(x[0, 0]) // 1000 == CRASH:
+                raise KeyboardInterrupt
+            return super().compute(x, output_names)
+
+    loop = asyncio.new_event_loop()
+    try:
+        batcher = make(Interrupted(), workers, solo_on_loop_s=10.0)
+        loop.run_until_complete(submit_on(batcher, feed(0)))  # timed on a worker
+        task = loop.create_task(batcher.infer(feed(CRASH), list(OUTPUTS), 1, None, solo=True))
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(task)
+        assert task.done() and isinstance(task.exception(), KeyboardInterrupt)
+        assert batcher.stats.on_loop == 1 and batcher.running == 0 and batcher.waiting == 0
+    finally:
+        loop.close()
+
+
+async def submit_on(batcher: DynamicBatcher, feeds: Mapping[str, Array]) -> list[Array]:
+    return await batcher.infer(feeds, list(OUTPUTS), 1, None, solo=True)

@@ -183,3 +183,22 @@ def test_a_stream_whose_loop_stopped_answers_its_calls_and_ends() -> None:
         assert stream.next_answer() is None  # the last answer ended the stream
     finally:
         loop.close()
+
+
+def test_a_keyboard_interrupt_on_the_loop_answers_the_call_and_stops_the_loop() -> None:
+    """A second Ctrl-C during the drain (the signal handlers are gone by then) is raised on the
+    loop: it must stop the loop, not be handed to a worker as the call's error."""
+
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    loop = asyncio.new_event_loop()
+    try:
+        call = _LoopCall(interrupted(), loop)
+        call.start()
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(WAIT_S))
+        with pytest.raises(UnavailableError, match="shutting down"):
+            call.wait()
+    finally:
+        loop.close()

@@ -290,7 +290,7 @@ class InferenceServicer:
         infer_request = codec.decode_request(request)
         # Counted as a caller (so no HTTP request beside it is solo), never solo itself: calls
         # that grpc.aio has not yet handed to the loop are invisible, as unread HTTP requests.
-        with self._service.callers.grpc_call():
+        with self._service.callers.call():
             response = await self._service.infer(infer_request, request_context(context))
         return codec.encode_response(response)
 
@@ -331,7 +331,7 @@ class InferenceServicer:
 
         reader = asyncio.create_task(read())
         try:
-            with self._service.callers.grpc_call():  # an open stream is a caller
+            with self._service.callers.call():  # an open stream is a caller
                 while (answer := await answers.get()) is not None:
                     room.release()
                     yield answer

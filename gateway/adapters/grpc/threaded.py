@@ -185,9 +185,16 @@ class _LoopCall:
         callback would run a loop turn later, on every request's path)."""
         try:
             result = await self._coroutine
-        except BaseException as error:  # handed to the worker, which raises it there
+        except (Exception, asyncio.CancelledError) as error:  # the worker raises it there
             self._task = None  # no cycle through the task, which would keep the error
-            self._end(None, error)
+            # Without this frame: its `self` would tie the call, the error and the request
+            # (in the frames of the traceback) into a cycle only the collector frees.
+            assert error.__traceback__ is not None
+            self._end(None, error.with_traceback(error.__traceback__.tb_next))
+        except BaseException:  # KeyboardInterrupt, SystemExit: answer, then stop the loop
+            self._task = None
+            self._end(None, UnavailableError("the server is shutting down"))
+            raise
         else:
             self._task = None
             self._end(result, None)
@@ -310,8 +317,8 @@ class ThreadedFrontEnd:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             infer_request = codec.decode_request(request)
-            with self._callers.grpc_call():
-                ctx = request_context(context, solo=self._callers.grpc_solo())
+            with self._callers.call():
+                ctx = request_context(context, solo=self._callers.call_solo())
                 response = self._on_loop(self._service.infer(infer_request, ctx), context)
             return codec.encode_response(response)
         except GatewayError as error:
@@ -336,7 +343,7 @@ class ThreadedFrontEnd:
         signalled once, by whichever of the reader and the last answer finishes last."""
         stream = _Stream()
         context.add_callback(stream.cancel_all)
-        with self._callers.grpc_call():  # an open stream counts for its whole life
+        with self._callers.call():  # an open stream counts for its whole life
             yield from self._stream_answers(stream, requests, context)
 
     def _stream_answers(
@@ -363,7 +370,7 @@ class ThreadedFrontEnd:
             if done is not None:
                 if done.cancelled:
                     continue
-                failure = done.error
+                failure, done.error = done.error, None  # taken: no cycle through the call
                 if failure is None:
                     yield codec.stream_answer(request, done.result, None)
                     continue

@@ -232,7 +232,10 @@ async def infer(request: web.Request) -> web.Response:
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
     except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a broken gzip body
         raise InvalidInputError(f"the request body cannot be read: {exc}") from exc
-    payload, header_length = await answers.infer(service, body, request.headers, *_target(request))
+    with service.callers.call():  # a caller, never solo (requests aiohttp has not read are unseen)
+        payload, header_length = await answers.infer(
+            service, body, request.headers, *_target(request)
+        )
     headers = {} if header_length is None else {codec.HEADER_LENGTH: str(header_length)}
     if request.app[COMPRESS_RESPONSES]:
         # gzip or deflate as the client asks (tritonclient's response_compression_algorithm);

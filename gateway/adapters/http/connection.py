@@ -191,6 +191,9 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, head: Head, body: bytes | bytearray) -> None:
         kind, name, version = self._route
         if kind == INFER:
+            if not self._counted:  # counted as it is read, so requests read together see it
+                self._counted = True
+                self._server.service.callers.http_connections += 1
             self._task = self._loop.create_task(self._infer(head, body, name, version))
             return
         service = self._server.service
@@ -215,13 +218,10 @@ class Connection(asyncio.Protocol):
             self._server.service.callers.http_connections -= 1
 
     async def _infer(self, head: Head, body: bytes | bytearray, name: str, version: str) -> None:
-        callers = self._server.service.callers
-        if not self._counted:
-            self._counted = True
-            callers.http_connections += 1
+        service = self._server.service
         try:
             payload, header_length = await answers.infer(
-                self._server.service, body, head.headers, name, version, callers.http_solo()
+                service, body, head.headers, name, version, service.callers.http_solo()
             )
         except GatewayError as error:
             self._error(head, error)
