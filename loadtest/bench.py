@@ -175,6 +175,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "(default: %(default)s)",
     )
     add(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure each round of a protocol and concurrency N times in a row; each row is "
+        "the median of its N, the others kept beside it (default: %(default)s)",
+    )
+    add(
         "--gateway-arg",
         action="append",
         default=[],
@@ -188,6 +196,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="results go to OUT/<timestamp>/ (default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.baseline_duration is None:
         args.baseline_duration = args.duration
     return args
@@ -198,7 +208,7 @@ def echo_lifetime_s(args: argparse.Namespace, targets: int) -> float:
     every wait for quiet."""
     row_s = args.warmup + args.duration + args.request_timeout + 30
     retry_s = args.retry_noisy * (row_s + args.wait_quiet + QUIET_SAMPLE_S)
-    rows = targets * len(args.protocols) * len(args.concurrency)
+    rows = targets * len(args.protocols) * len(args.concurrency) * args.repeat
     return float(rows * (row_s + retry_s) + args.startup_timeout)
 
 

@@ -87,7 +87,12 @@ def annotate(runs: list[dict[str, Any]], limit_by_protocol: dict[str, dict[str, 
             "model_ratio": ratio(run["samples_per_s"], limit.get("model_samples_per_s")),
             "echo_ratio": ratio(run["requests_per_s"], limit.get("echo_requests_per_s")),
         }
-        run["flagged"] = bool(run["errors"] or run["warmup_errors"] or not run["requests"])
+        run["flagged"] = bool(
+            run["errors"]
+            or run["warmup_errors"]
+            or not run["requests"]
+            or any(repeat["errors"] for repeat in run.get("repeats", ()))
+        )
         run["client_bound"] = run["client_cpu_pct"] >= CLIENT_BOUND_PCT
         run["noisy"] = is_noisy(run)
 
@@ -114,9 +119,24 @@ def latency_targets(
                 "slack_ms": LATENCY_SLACK_MS,
                 "target_ms": target,
                 "met": None if target is None or p50 is None else p50 <= target,
+                **repeats_met(run, echo, ort_p50 + LATENCY_SLACK_MS),
             }
         )
     return checks
+
+
+def repeats_met(
+    run: dict[str, Any], reference: dict[str, Any] | None, allowance_ms: float
+) -> dict[str, int | None]:
+    """With --repeat: in how many of the repeats was the row's p50 at most its reference's
+    p50 + allowance, each repeat against the reference's measured seconds before it (a
+    verdict that one quiet or busy window cannot swing)."""
+    ours, theirs = run.get("repeats") or [], (reference or {}).get("repeats") or []
+    pairs = [(a["p50_ms"], b["p50_ms"]) for a, b in zip(ours, theirs, strict=False)]
+    if not pairs or len(ours) != len(theirs) or any(None in pair for pair in pairs):
+        return {"repeats": None, "repeats_met": None}
+    met = sum(p50 <= reference_p50 + allowance_ms for p50, reference_p50 in pairs)
+    return {"repeats": len(pairs), "repeats_met": met}
 
 
 def minimal_checks(
@@ -146,6 +166,11 @@ def minimal_checks(
                 "slack_ms": LATENCY_SLACK_MS,
                 "target_ms": target,
                 "met": None if target is None or p50 is None else p50 <= target,
+                **(
+                    repeats_met(alone, minimal_alone, LATENCY_SLACK_MS)
+                    if alone is not None
+                    else {"repeats": None, "repeats_met": None}
+                ),
                 "gateway_best_samples_per_s": best["samples_per_s"],
                 "gateway_best_concurrency": best["concurrency"],
                 "minimal_best_samples_per_s": minimal_best["samples_per_s"],

@@ -188,8 +188,19 @@ def thread_section(runs: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def repeated(checks: list[dict[str, Any]]) -> bool:
+    return any(c.get("repeats") for c in checks)
+
+
+def met_in_repeats(check: dict[str, Any]) -> str:
+    if not check.get("repeats"):
+        return "-"
+    return f"{check['repeats_met']} of {check['repeats']}"
+
+
 def latency_section(checks: list[dict[str, Any]]) -> list[str]:
     header = ["protocol", "gateway p50", "echo p50", "ORT b1 p50", "target", "met"]
+    header += ["met in repeats"] if repeated(checks) else []
     rows = [
         [
             c["protocol"],
@@ -198,6 +209,7 @@ def latency_section(checks: list[dict[str, Any]]) -> list[str]:
             fmt(c["ort_batch1_p50_ms"], 3),
             fmt(c["target_ms"], 3),
             VERDICT[c["met"]],
+            *([met_in_repeats(c)] if repeated(checks) else []),
         ]
         for c in checks
     ]
@@ -213,6 +225,7 @@ def minimal_section(results: dict[str, Any]) -> list[str]:
     runs = results.get("minimal_runs") or []
     if not runs:
         return []
+    checks = results.get("minimal_checks") or []
     rows = [
         [
             c["protocol"],
@@ -220,11 +233,12 @@ def minimal_section(results: dict[str, Any]) -> list[str]:
             fmt(c["minimal_p50_ms"], 3),
             fmt(c["target_ms"], 3),
             VERDICT[c["met"]],
+            *([met_in_repeats(c)] if repeated(checks) else []),
             f"{fmt(c['gateway_best_samples_per_s'])} (c{c['gateway_best_concurrency']})",
             f"{fmt(c['minimal_best_samples_per_s'])} (c{c['minimal_best_concurrency']})",
             fmt(c["batching_gain"], 2),
         ]
-        for c in results.get("minimal_checks") or []
+        for c in checks
     ]
     header = [
         "protocol",
@@ -232,6 +246,7 @@ def minimal_section(results: dict[str, Any]) -> list[str]:
         "minimal c=1 p50",
         f"minimal + {LATENCY_SLACK_MS}",
         "met",
+        *(["met in repeats"] if repeated(checks) else []),
         "gateway best samples/s",
         "minimal best samples/s",
         "gateway / minimal",
@@ -313,16 +328,52 @@ def lean_section(results: dict[str, Any]) -> list[str]:
             f"{check['protocol']} latency at concurrency 1 against this echo: gateway p50 "
             f"{fmt(check['gateway_p50_ms'], 3)} ms, target {fmt(check['echo_p50_ms'], 3)} + "
             f"{fmt(check['ort_batch1_p50_ms'], 3)} + {check['slack_ms']} = "
-            f"{fmt(check['target_ms'], 3)} ms: {'met' if check['met'] else 'missed'}.",
+            f"{fmt(check['target_ms'], 3)} ms: {'met' if check['met'] else 'missed'}"
+            + (f" (met in {met_in_repeats(check)} repeats)." if check.get("repeats") else "."),
             "",
         ]
     return lines
+
+
+def repeats_section(results: dict[str, Any]) -> list[str]:
+    """Every repeat of every row (--repeat N): its samples/s and p50, in measurement order."""
+    groups = ("runs", "echo_runs", "lean_echo_runs", "minimal_runs")
+    runs = [run for group in groups for run in results.get(group) or [] if run.get("repeats")]
+    if not runs:
+        return []
+    rows = []
+    for run in runs:
+        repeats = run["repeats"]
+        rates = [repeat["samples_per_s"] for repeat in repeats]
+        rows.append(
+            [
+                run["target"],
+                run["protocol"],
+                str(run["concurrency"]),
+                ", ".join(fmt(rate) for rate in rates),
+                ", ".join(fmt(repeat["p50_ms"], 3) for repeat in repeats),
+                fmt(max(rates) / min(rates), 2) if min(rates) > 0 else "-",
+            ]
+        )
+    header = ["target", "protocol", "conc", "samples/s", "p50 ms", "max / min samples/s"]
+    return [
+        "## Repeats",
+        "",
+        "Each round of a protocol and concurrency was measured "
+        f"{len(runs[0]['repeats'])} times in a row; every row above is the repeat with the "
+        "median samples/s, and each target's repeats are listed here in the order measured.",
+        "",
+        *table(header, rows),
+        "",
+    ]
 
 
 def markdown_report(results: dict[str, Any]) -> str:
     meta, settings = results["meta"], results["settings"]
     core = settings["server_core"]
     window = f"{fmt(settings['warmup'], 1)} s warm-up + {fmt(settings['duration'], 1)} s per row"
+    if settings.get("repeat", 1) > 1:
+        window += f", each row the median of {settings['repeat']} repeats (see Repeats)"
     lines = [
         f"# Gateway load test: `{settings['model']}`, {meta['timestamp']}",
         "",
@@ -356,6 +407,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         *lean_section(results),
         *minimal_section(results),
+        *repeats_section(results),
         f"## Bare onnxruntime (same file, core {core}, intra_op_num_threads=1)",
         "",
         *baseline_section(results["baseline"]),

@@ -77,18 +77,40 @@ class Target:
     stats_path: str = ""
 
 
+def median_row(repeats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat with the median samples/s (the lower middle one of an even count) stands for
+    the row: every figure in it comes from one window, so they stay consistent with each other.
+    Each repeat's headline figures are kept beside it, in the order they were measured."""
+    ordered = sorted(repeats, key=lambda run: run["samples_per_s"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    if len(repeats) > 1:
+        row["repeats"] = [
+            {
+                "samples_per_s": run["samples_per_s"],
+                "p50_ms": run["latency_ms"]["p50"],
+                "server_cpu_us_per_request": run["server_cpu_us_per_request"],
+                "errors": run["errors"] + run["warmup_errors"],
+            }
+            for run in repeats
+        ]
+    return row
+
+
 def interleaved(
     args: argparse.Namespace, signature: dict[str, Any], targets: Sequence[Target]
 ) -> dict[str, list[dict[str, Any]]]:
     """Every protocol x concurrency, measured on each target that serves the protocol one
     after the other, so that a gateway row and the echo rows it is compared with are taken
-    seconds apart, not minutes: this VM's speed drifts by 10-20 % over minutes. The rows of
-    each target, by its name."""
+    seconds apart, not minutes: this VM's speed drifts by 10-20 % over minutes. With
+    --repeat N that round is measured N times in a row and each target's row is the median of
+    its N (median_row). The rows of each target, by its name."""
     rows: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
     for protocol in args.protocols:
         for concurrency in args.concurrency:
-            for target in targets:
-                if protocol in target.protocols:
+            serving = [target for target in targets if protocol in target.protocols]
+            repeats: dict[str, list[dict[str, Any]]] = {target.name: [] for target in serving}
+            for _ in range(args.repeat):
+                for target in serving:
                     run = measure(
                         args,
                         target.server,
@@ -98,5 +120,7 @@ def interleaved(
                         concurrency,
                         target.stats_path,
                     )
-                    rows[target.name].append(run)
+                    repeats[target.name].append(run)
+            for name, runs in repeats.items():
+                rows[name].append(median_row(runs))
     return rows
