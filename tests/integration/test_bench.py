@@ -21,24 +21,36 @@ from loadtest.benchkit.echo import Echo, answer_grpc, answer_http
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_short_run_interleaves_rows_and_reports_every_figure(
-    demo_repository: Path, tmp_path: Path
-) -> None:
+def run_bench(
+    demo_repository: Path, tmp_path: Path, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """A miniature bench run of `mlp` (short windows, no retries) into tmp_path; it must pass."""
     cores = sorted(os.sched_getaffinity(0))
-    server_core, client_core = cores[0], cores[-1]
     command = [
         sys.executable,
         str(ROOT / "loadtest" / "bench.py"),
         *("--model", "mlp", "--model-repository", str(demo_repository)),
-        *("--protocols", "http-binary", "grpc", "--concurrency", "1", "4"),
         *("--duration", "0.3", "--warmup", "0.1", "--baseline-duration", "0.3"),
-        *("--sweep-duration", "0.2", "--batch-sizes", "1", "8"),
-        *("--retry-noisy", "0", "--lean-http-echo", "--threaded-grpc-echo", "--minimal-servers"),
-        *("--server-core", str(server_core), "--client-core", str(client_core)),
+        *("--sweep-duration", "0.2", "--retry-noisy", "0"),
+        *("--server-core", str(cores[0]), "--client-core", str(cores[-1])),
         *("--out", str(tmp_path)),
+        *options,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=110, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_a_short_run_interleaves_rows_and_reports_every_figure(
+    demo_repository: Path, tmp_path: Path
+) -> None:
+    done = run_bench(
+        demo_repository,
+        tmp_path,
+        *("--protocols", "http-binary", "grpc", "--concurrency", "1", "4"),
+        *("--batch-sizes", "1", "8"),
+        *("--lean-http-echo", "--threaded-grpc-echo", "--minimal-servers"),
+    )
 
     # Each concurrency on the echo, the gateway, the echo on the gateway's own stack and the
     # minimal server on it, one after the other.
@@ -139,19 +151,12 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
 def test_repeats_are_measured_in_rounds_and_each_row_is_their_median(
     demo_repository: Path, tmp_path: Path
 ) -> None:
-    cores = sorted(os.sched_getaffinity(0))
-    command = [
-        sys.executable,
-        str(ROOT / "loadtest" / "bench.py"),
-        *("--model", "mlp", "--model-repository", str(demo_repository)),
+    done = run_bench(
+        demo_repository,
+        tmp_path,
         *("--protocols", "http-binary", "--concurrency", "1", "--repeat", "3"),
-        *("--duration", "0.3", "--warmup", "0.1", "--baseline-duration", "0.3"),
-        *("--sweep-duration", "0.2", "--batch-sizes", "1", "--retry-noisy", "0"),
-        *("--server-core", str(cores[0]), "--client-core", str(cores[-1])),
-        *("--out", str(tmp_path)),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=110, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
+        *("--batch-sizes", "1"),
+    )
 
     # The echo and the gateway one after the other, three rounds in a row.
     measured = re.findall(r"\[bench\] (\S+) http-binary x 1:", done.stderr)
