@@ -180,7 +180,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=1,
         metavar="N",
         help="measure each round of a protocol and concurrency N times in a row; each row is "
-        "the median of its N, the others kept beside it (default: %(default)s)",
+        "the repeat with the median samples/s, the others kept beside it (default: "
+        "%(default)s)",
     )
     add(
         "--gateway-arg",

@@ -129,11 +129,17 @@ def repeats_met(
     run: dict[str, Any], reference: dict[str, Any] | None, allowance_ms: float
 ) -> dict[str, int | None]:
     """With --repeat: in how many of the repeats was the row's p50 at most its reference's
-    p50 + allowance, each repeat against the reference's measured seconds before it (a
-    verdict that one quiet or busy window cannot swing)."""
+    p50 + allowance, each repeat against the reference's repeat of the same round (a verdict
+    that one quiet or busy window cannot swing). Only rounds where both have a p50 count."""
     ours, theirs = run.get("repeats") or [], (reference or {}).get("repeats") or []
-    pairs = [(a["p50_ms"], b["p50_ms"]) for a, b in zip(ours, theirs, strict=False)]
-    if not pairs or len(ours) != len(theirs) or any(None in pair for pair in pairs):
+    if len(ours) != len(theirs):
+        return {"repeats": None, "repeats_met": None}
+    pairs = [
+        (a["p50_ms"], b["p50_ms"])
+        for a, b in zip(ours, theirs, strict=True)
+        if a["p50_ms"] is not None and b["p50_ms"] is not None
+    ]
+    if not pairs:
         return {"repeats": None, "repeats_met": None}
     met = sum(p50 <= reference_p50 + allowance_ms for p50, reference_p50 in pairs)
     return {"repeats": len(pairs), "repeats_met": met}

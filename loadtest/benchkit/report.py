@@ -124,6 +124,12 @@ def load_table(runs: list[dict[str, Any]], gateway: bool) -> list[str]:
     notes = [
         f"- `{r['protocol']}` x {r['concurrency']}: {r['errors']} errors in the window, "
         f"{r['warmup_errors']} in the warm-up; e.g. {r['error_samples'][:1]}"
+        + (
+            "; errors by repeat (window and warm-up): "
+            + ", ".join(str(repeat["errors"]) for repeat in r["repeats"])
+            if r.get("repeats")
+            else ""
+        )
         for r in runs
         if r["flagged"]
     ]
@@ -351,7 +357,10 @@ def repeats_section(results: dict[str, Any]) -> list[str]:
                 run["protocol"],
                 str(run["concurrency"]),
                 ", ".join(fmt(rate) for rate in rates),
-                ", ".join(fmt(repeat["p50_ms"], 3) for repeat in repeats),
+                ", ".join(
+                    fmt(repeat["p50_ms"], 3) + (" ~" if repeat.get("noisy") else "")
+                    for repeat in repeats
+                ),
                 fmt(max(rates) / min(rates), 2) if min(rates) > 0 else "-",
             ]
         )
@@ -361,7 +370,9 @@ def repeats_section(results: dict[str, Any]) -> list[str]:
         "",
         "Each round of a protocol and concurrency was measured "
         f"{len(runs[0]['repeats'])} times in a row; every row above is the repeat with the "
-        "median samples/s, and each target's repeats are listed here in the order measured.",
+        "median samples/s, and each target's repeats are listed here in the order measured "
+        f"(`~`: other processes used >= {NOISY_PCT} % of a core during that repeat). `met in "
+        "repeats` compares each repeat with its reference's repeat of the same round.",
         "",
         *table(header, rows),
         "",
@@ -373,7 +384,9 @@ def markdown_report(results: dict[str, Any]) -> str:
     core = settings["server_core"]
     window = f"{fmt(settings['warmup'], 1)} s warm-up + {fmt(settings['duration'], 1)} s per row"
     if settings.get("repeat", 1) > 1:
-        window += f", each row the median of {settings['repeat']} repeats (see Repeats)"
+        window += (
+            f", each row the repeat with the median samples/s of {settings['repeat']} (see Repeats)"
+        )
     lines = [
         f"# Gateway load test: `{settings['model']}`, {meta['timestamp']}",
         "",

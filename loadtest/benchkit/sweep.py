@@ -90,6 +90,7 @@ def median_row(repeats: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "p50_ms": run["latency_ms"]["p50"],
                 "server_cpu_us_per_request": run["server_cpu_us_per_request"],
                 "errors": run["errors"] + run["warmup_errors"],
+                "noisy": is_noisy(run),
             }
             for run in repeats
         ]
@@ -102,8 +103,8 @@ def interleaved(
     """Every protocol x concurrency, measured on each target that serves the protocol one
     after the other, so that a gateway row and the echo rows it is compared with are taken
     seconds apart, not minutes: this VM's speed drifts by 10-20 % over minutes. With
-    --repeat N that round is measured N times in a row and each target's row is the median of
-    its N (median_row). The rows of each target, by its name."""
+    --repeat N that round is measured N times in a row and each target's row is the repeat with
+    the median samples/s (median_row). The rows of each target, by its name."""
     rows: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
     for protocol in args.protocols:
         for concurrency in args.concurrency:

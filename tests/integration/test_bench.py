@@ -177,7 +177,7 @@ def test_repeats_are_measured_in_rounds_and_each_row_is_their_median(
     assert check["repeats_met"] == sum(g["p50_ms"] <= e["p50_ms"] + allowance for g, e in pairs)
 
     report = (out_dir / "report.md").read_text()
-    assert "each row the median of 3 repeats" in report
+    assert "each row the repeat with the median samples/s of 3 (see Repeats)" in report
     assert "| met in repeats |" in report and f"{check['repeats_met']} of 3 |" in report
     assert "## Repeats" in report
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from loadtest.benchkit.analysis import annotate, repeats_met
-from loadtest.benchkit.report import repeats_section
+from loadtest.benchkit.report import load_table, repeats_section
 from loadtest.benchkit.sweep import median_row
 
 
-def row(samples_per_s: float, p50_ms: float, errors: int = 0, **extra: Any) -> dict[str, Any]:
+def row(
+    samples_per_s: float, p50_ms: float | None, errors: int = 0, **extra: Any
+) -> dict[str, Any]:
     return {
         "target": "gateway",
         "protocol": "grpc",
@@ -18,8 +20,10 @@ def row(samples_per_s: float, p50_ms: float, errors: int = 0, **extra: Any) -> d
         "samples_per_s": samples_per_s,
         "requests_per_s": samples_per_s,
         "requests": int(samples_per_s * 5),
-        "latency_ms": {"p50": p50_ms},
-        "server_cpu_us_per_request": 1e6 / samples_per_s,
+        "latency_ms": {"p50": p50_ms, "p90": p50_ms, "p99": p50_ms},
+        "server_cpu_pct": 70.0,
+        "server_stats": {"mean_batch_size": 1.0, "status": "ok"},
+        "server_cpu_us_per_request": 1e6 / samples_per_s if samples_per_s else None,
         "errors": errors,
         "warmup_errors": 0,
         "client_cpu_pct": 30.0,
@@ -67,6 +71,26 @@ def test_the_latency_verdict_is_counted_pair_by_pair() -> None:
     assert repeats_met(gateway, None, 0.3) == {"repeats": None, "repeats_met": None}
     two = median_row([row(2000, 0.5), row(2000, 0.5)])
     assert repeats_met(gateway, two, 0.3) == {"repeats": None, "repeats_met": None}
+    # A round where either side has no p50 (no answers) is left out of the count.
+    empty = median_row([row(1000, 0.90), row(1000, 0.80), row(0, None)])
+    assert repeats_met(empty, echo, 0.3) == {"repeats": 2, "repeats_met": 1}
+
+
+def test_a_row_flagged_by_another_repeat_says_which() -> None:
+    median = median_row([row(1000, 0.9), row(1100, 0.9), row(1200, 0.9, errors=3)])
+    annotate([median], {})
+    median["error_samples"] = []
+    notes = [line for line in load_table([median], gateway=False) if line.startswith("- `")]
+    assert notes == [
+        "- `grpc` x 1: 0 errors in the window, 0 in the warm-up; e.g. []; errors by repeat "
+        "(window and warm-up): 0, 0, 3"
+    ]
+
+
+def test_a_disturbed_repeat_is_marked() -> None:
+    quiet, busy = row(1000, 0.9), row(1100, 0.8, other_cpu_pct=40.0)
+    lines = repeats_section({"runs": [median_row([quiet, busy])]})
+    assert "| gateway | grpc | 1 | 1,000, 1,100 | 0.900, 0.800 ~ | 1.10 |" in lines
 
 
 def test_the_report_lists_every_repeat() -> None:
