@@ -126,23 +126,21 @@ def latency_targets(
 
 
 def repeats_met(
-    run: dict[str, Any], reference: dict[str, Any] | None, allowance_ms: float
+    run: dict[str, Any] | None, reference: dict[str, Any] | None, allowance_ms: float
 ) -> dict[str, int | None]:
     """With --repeat: in how many of the repeats was the row's p50 at most its reference's
     p50 + allowance, each repeat against the reference's repeat of the same round (a verdict
-    that one quiet or busy window cannot swing). Only rounds where both have a p50 count."""
-    ours, theirs = run.get("repeats") or [], (reference or {}).get("repeats") or []
-    if len(ours) != len(theirs):
-        return {"repeats": None, "repeats_met": None}
+    that one quiet or busy window cannot swing). Only rounds where both have a p50 count;
+    None for both figures when there is nothing to count."""
+    ours, theirs = (run or {}).get("repeats") or [], (reference or {}).get("repeats") or []
+    rounds = zip(ours, theirs, strict=True) if len(ours) == len(theirs) else iter(())
     pairs = [
         (a["p50_ms"], b["p50_ms"])
-        for a, b in zip(ours, theirs, strict=True)
+        for a, b in rounds
         if a["p50_ms"] is not None and b["p50_ms"] is not None
     ]
-    if not pairs:
-        return {"repeats": None, "repeats_met": None}
     met = sum(p50 <= reference_p50 + allowance_ms for p50, reference_p50 in pairs)
-    return {"repeats": len(pairs), "repeats_met": met}
+    return {"repeats": len(pairs) or None, "repeats_met": met if pairs else None}
 
 
 def minimal_checks(
@@ -172,11 +170,7 @@ def minimal_checks(
                 "slack_ms": LATENCY_SLACK_MS,
                 "target_ms": target,
                 "met": None if target is None or p50 is None else p50 <= target,
-                **(
-                    repeats_met(alone, minimal_alone, LATENCY_SLACK_MS)
-                    if alone is not None
-                    else {"repeats": None, "repeats_met": None}
-                ),
+                **repeats_met(alone, minimal_alone, LATENCY_SLACK_MS),
                 "gateway_best_samples_per_s": best["samples_per_s"],
                 "gateway_best_concurrency": best["concurrency"],
                 "minimal_best_samples_per_s": minimal_best["samples_per_s"],

@@ -205,8 +205,9 @@ def met_in_repeats(check: dict[str, Any]) -> str:
 
 
 def latency_section(checks: list[dict[str, Any]]) -> list[str]:
+    counted = repeated(checks)
     header = ["protocol", "gateway p50", "echo p50", "ORT b1 p50", "target", "met"]
-    header += ["met in repeats"] if repeated(checks) else []
+    header += ["met in repeats"] if counted else []
     rows = [
         [
             c["protocol"],
@@ -215,7 +216,7 @@ def latency_section(checks: list[dict[str, Any]]) -> list[str]:
             fmt(c["ort_batch1_p50_ms"], 3),
             fmt(c["target_ms"], 3),
             VERDICT[c["met"]],
-            *([met_in_repeats(c)] if repeated(checks) else []),
+            *([met_in_repeats(c)] if counted else []),
         ]
         for c in checks
     ]
@@ -232,6 +233,7 @@ def minimal_section(results: dict[str, Any]) -> list[str]:
     if not runs:
         return []
     checks = results.get("minimal_checks") or []
+    counted = repeated(checks)
     rows = [
         [
             c["protocol"],
@@ -239,7 +241,7 @@ def minimal_section(results: dict[str, Any]) -> list[str]:
             fmt(c["minimal_p50_ms"], 3),
             fmt(c["target_ms"], 3),
             VERDICT[c["met"]],
-            *([met_in_repeats(c)] if repeated(checks) else []),
+            *([met_in_repeats(c)] if counted else []),
             f"{fmt(c['gateway_best_samples_per_s'])} (c{c['gateway_best_concurrency']})",
             f"{fmt(c['minimal_best_samples_per_s'])} (c{c['minimal_best_concurrency']})",
             fmt(c["batching_gain"], 2),
@@ -252,7 +254,7 @@ def minimal_section(results: dict[str, Any]) -> list[str]:
         "minimal c=1 p50",
         f"minimal + {LATENCY_SLACK_MS}",
         "met",
-        *(["met in repeats"] if repeated(checks) else []),
+        *(["met in repeats"] if counted else []),
         "gateway best samples/s",
         "minimal best samples/s",
         "gateway / minimal",
