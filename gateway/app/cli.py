@@ -28,6 +28,7 @@ from gateway.app.admin_client import (
 )
 from gateway.app.heap import tune_garbage_collector
 from gateway.app.logs import configure_logging
+from gateway.app.scheduling import set_scheduling_policy
 from gateway.app.server import StartupError, serve
 from gateway.config.settings import GatewaySettings
 
@@ -428,6 +429,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     configure_logging(settings.log_level, settings.log_format)
     tune_garbage_collector(settings.gc_threshold)
+    set_scheduling_policy(settings.scheduling_policy)
     try:
         if settings.event_loop == "uvloop":
             import uvloop

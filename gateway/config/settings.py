@@ -154,6 +154,13 @@ class GatewaySettings(BaseSettings):
         "grow (see README, Benchmarks). In a container it weighs only against the gateway's own "
         "threads; on a host shared with other busy processes, against theirs too.",
     )
+    scheduling_policy: Literal["normal", "batch"] = Field(
+        "batch",
+        description="Linux CPU scheduling policy of the server's threads: 'batch' (SCHED_BATCH: "
+        "a thread that wakes another is not preempted by it, so a request handed from thread to "
+        "thread costs fewer context switches; see gateway/app/scheduling.py) or 'normal' "
+        "(SCHED_OTHER, the kernel's default). Both share the CPU fairly and honour niceness.",
+    )
     gc_threshold: int = Field(
         10_000,
         ge=0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -41,8 +42,8 @@ def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @contextmanager
 def running(
     args: list[str], env: dict[str, str] | None = None
-) -> Iterator[tuple[int, int, list[str]]]:
-    """Start `gateway serve`, wait for its 'serving' line, yield (http, grpc, log lines)."""
+) -> Iterator[tuple[int, int, list[str], int]]:
+    """Start `gateway serve`, wait for its 'serving' line, yield (http, grpc, log lines, pid)."""
     process = subprocess.Popen(
         gateway_command(*args),
         stderr=subprocess.PIPE,
@@ -60,7 +61,7 @@ def running(
             lines.append(line)
             match = PORTS.search(line)
             if match:
-                yield int(match.group(1)), int(match.group(2)), lines
+                yield int(match.group(1)), int(match.group(2)), lines, process.pid
                 break
         else:
             pytest.fail("the gateway did not log its ports in time")
@@ -95,7 +96,7 @@ def test_serve_on_port_zero_logs_ports_and_stops_on_sigterm(small_repository: Pa
         "--grpc-port",
         "0",
     ]
-    with running(args) as (http_port, grpc_port, lines):
+    with running(args) as (http_port, grpc_port, lines, _):
         assert http_port > 0 and grpc_port > 0
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready") as response:
             assert response.status == 200
@@ -111,7 +112,7 @@ def test_every_option_can_come_from_the_environment(small_repository: Path) -> N
         "GATEWAY_EVENT_LOOP": "asyncio",
     }
     with (
-        running(["serve"], env) as (http_port, _, lines),
+        running(["serve"], env) as (http_port, _, lines, _),
         urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/plus") as response,
     ):
         assert b'"name":"plus"' in response.read()
@@ -198,6 +199,42 @@ def test_inference_nice_sets_the_niceness_of_the_threads_that_run_models(
     }
     assert nice[threading.current_thread().name] == os.getpriority(os.PRIO_PROCESS, 0)
     assert all(value != 7 for name, value in nice.items() if not name.startswith("inference"))
+
+
+def scheduling_policies(pid: int) -> dict[str, int]:
+    """Thread name -> Linux scheduling policy (field 41 of /proc/PID/task/TID/stat)."""
+    policies = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            policies[f"{(task / 'comm').read_text().strip()} {task.name}"] = int(fields[38])
+    return policies
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux threads only")
+@pytest.mark.parametrize(
+    ("option", "policy"),
+    [([], os.SCHED_BATCH), (["--scheduling-policy", "normal"], os.SCHED_OTHER)],
+)
+def test_every_thread_of_the_server_runs_under_the_chosen_scheduling_policy(
+    small_repository: Path, option: list[str], policy: int
+) -> None:
+    """SCHED_BATCH by default (gateway/app/scheduling.py): set on the threads alive at
+    start-up, inherited by those the servers, grpcio's C-core and onnxruntime start later."""
+    args = ["serve", "--model-repository", str(small_repository), *option]
+    with running([*args, "--http-port", "0", "--grpc-port", "0"]) as (http_port, _, _, pid):
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        try:
+            data = np.ones((1, 4), dtype=np.float32)
+            inputs = [httpclient.InferInput("X", [1, 4], "FP32")]
+            inputs[0].set_data_from_numpy(data)
+            client.infer("plus", inputs)  # the inference thread exists by now
+            policies = scheduling_policies(pid)
+        finally:
+            client.close()
+    assert any(name.startswith("inference") for name in policies)
+    assert any(name.startswith("grpc") for name in policies)
+    assert policies == dict.fromkeys(policies, policy)
 
 
 def test_the_threads_that_run_models_carry_their_names_at_the_os_level(
