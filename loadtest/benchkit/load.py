@@ -118,6 +118,11 @@ async def run_load(job: LoadJob) -> dict[str, Any]:
             if requests
             else {}
         ),
+        "server_switches_per_request": (
+            {kind: n / requests for kind, n in observed["server_context_switches"].items()}
+            if requests
+            else {}
+        ),
         "client_cpu_affinity": sorted(os.sched_getaffinity(0)),
     }
 

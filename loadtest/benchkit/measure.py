@@ -73,10 +73,18 @@ class ThreadCpu:
     role: str
     seconds: float
     """utime + stime so far."""
+    voluntary_switches: int = 0
+    """Context switches so far where the thread blocked (waited for a lock, a socket, work)."""
+    involuntary_switches: int = 0
+    """Context switches so far where the kernel preempted it (for a thread it woke, say)."""
+
+
+SWITCHES = re.compile(r"^(voluntary|nonvoluntary)_ctxt_switches:\s+(\d+)$", re.MULTILINE)
 
 
 def cpu_by_thread(pid: int) -> dict[int, ThreadCpu]:
-    """Each live thread of a process (by thread id): its role (thread_role) and CPU so far."""
+    """Each live thread of a process (by thread id): its role (thread_role), CPU and context
+    switches so far."""
     tick = os.sysconf("SC_CLK_TCK")
     threads: dict[int, ThreadCpu] = {}
     try:
@@ -87,11 +95,15 @@ def cpu_by_thread(pid: int) -> dict[int, ThreadCpu]:
         try:
             comm = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
             fields = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
+            switches = dict(SWITCHES.findall(Path(f"/proc/{pid}/task/{task}/status").read_text()))
         except OSError:  # the thread ended meanwhile
             continue
         tid = int(task)
         threads[tid] = ThreadCpu(
-            thread_role(pid, tid, comm), (int(fields[11]) + int(fields[12])) / tick
+            thread_role(pid, tid, comm),
+            (int(fields[11]) + int(fields[12])) / tick,
+            int(switches.get("voluntary", 0)),
+            int(switches.get("nonvoluntary", 0)),
         )
     return threads
 
@@ -110,6 +122,20 @@ def cpu_by_role(
         roles[thread.role] = roles.get(thread.role, 0.0) + used
     roles["ended"] = max(0.0, total_s - sum(roles.values()))
     return roles
+
+
+def switches_between(
+    before: Mapping[int, ThreadCpu], after: Mapping[int, ThreadCpu]
+) -> dict[str, int]:
+    """Context switches of a process's threads between two samples of cpu_by_thread, voluntary
+    and involuntary; as in cpu_by_role, each thread alive at the end counts from the first
+    sample (from 0 if it started since). Threads that ended in between are not counted."""
+    voluntary = involuntary = 0
+    for tid, thread in after.items():
+        start = before.get(tid, ThreadCpu(thread.role, 0.0))
+        voluntary += thread.voluntary_switches - start.voluntary_switches
+        involuntary += thread.involuntary_switches - start.involuntary_switches
+    return {"voluntary": voluntary, "involuntary": involuntary}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +179,7 @@ def cpu_figures(before: CpuSample, after: CpuSample) -> dict[str, Any]:
         "other_cpu_pct": max(0.0, 100 * other / wall),
         "steal_pct": 100 * (after.machine_steal - before.machine_steal) / wall,
         "server_cpu_s_by_thread": cpu_by_role(before.server_threads, after.server_threads, server),
+        "server_context_switches": switches_between(before.server_threads, after.server_threads),
         "server_threads": len(after.server_threads),
     }
 

@@ -172,14 +172,18 @@ def thread_section(runs: list[dict[str, Any]]) -> list[str]:
     rows = []
     for run in measured:
         by_thread = run["server_cpu_us_per_request_by_thread"]
+        switches = run.get("server_switches_per_request") or {}
         rows.append(
             [
                 run["protocol"] + flags(run),
                 str(run["concurrency"]),
                 *(fmt(by_thread.get(role)) for role in roles),
                 fmt(run["server_cpu_us_per_request"]),
+                fmt(sum(switches.values()) if switches else None, 1),
+                fmt(switches.get("involuntary"), 1),
             ]
         )
+    header = ["protocol", "conc", *roles, "total", "switches", "preempted"]
     return [
         "## Where the gateway's CPU goes (us a request, by thread)",
         "",
@@ -187,9 +191,12 @@ def thread_section(runs: list[dict[str, Any]]) -> list[str]:
         "threads that run the model; `grpc`: the threaded gRPC server's workers (decode, "
         "encode, grpcio's per-call Python); `event_engine`: gRPC's C-core; `other`: the rest "
         "(grpcio's poller, which accepts each call, among them); `ended`: what the process used "
-        "beyond its threads alive at the window's end (threads that ended, clock ticks).",
+        "beyond its threads alive at the window's end (threads that ended, clock ticks). "
+        "`switches`: the context switches of the server's threads a request; `preempted`: "
+        "those of them where the kernel took the core from a thread that could have run on "
+        "(`nonvoluntary_ctxt_switches` in /proc; see --scheduling-policy).",
         "",
-        *table(["protocol", "conc", *roles, "total"], rows),
+        *table(header, rows),
         "",
     ]
 

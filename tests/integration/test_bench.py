@@ -128,10 +128,15 @@ def test_a_short_run_interleaves_rows_and_reports_every_figure(
             assert by_thread.get("grpc", 0) == 0
         slack_us = (run["server_threads"] + 2) * tick_us / run["requests"]
         assert abs(sum(by_thread.values()) - run["server_cpu_us_per_request"]) <= slack_us
+        # Every request wakes at least the thread that reads it: a blocking switch or more.
+        switches = run["server_switches_per_request"]
+        assert switches["voluntary"] >= 1
+        assert switches["involuntary"] >= 0
 
     report = (out_dir / "report.md").read_text()
     assert "## Where the gateway's CPU goes (us a request, by thread)" in report
     assert "| protocol | conc | loop | inference | grpc |" in report
+    assert "| total | switches | preempted |" in report
     assert "Rows interleaved" in report
     assert "| protocol | gateway p50 | echo p50 | ORT b1 p50 | target | met |" in report
     assert "## Minimal servers" in report

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 from gateway.core.workers import name_os_thread
-from loadtest.benchkit.measure import thread_role
+from loadtest.benchkit.measure import ThreadCpu, cpu_by_thread, switches_between, thread_role
 
 
 def test_thread_roles_come_from_the_names_the_gateway_gives() -> None:
@@ -33,3 +34,21 @@ def test_a_thread_takes_its_python_name_at_the_os_level() -> None:
     thread.start()
     thread.join()
     assert named == ["inference_a_lon"]  # Linux keeps 15 characters
+
+
+def test_context_switches_count_each_live_thread_from_the_first_sample() -> None:
+    before = {
+        1: ThreadCpu("loop", 1.0, voluntary_switches=100, involuntary_switches=10),
+        2: ThreadCpu("grpc", 0.5, voluntary_switches=50, involuntary_switches=5),  # ends
+    }
+    after = {
+        1: ThreadCpu("loop", 2.0, voluntary_switches=130, involuntary_switches=12),
+        3: ThreadCpu("grpc", 0.1, voluntary_switches=7, involuntary_switches=1),  # new
+    }
+    assert switches_between(before, after) == {"voluntary": 37, "involuntary": 3}
+
+
+def test_a_live_process_reports_its_threads_switches() -> None:
+    """Read from /proc: this test process has blocked at least once by now."""
+    threads = cpu_by_thread(os.getpid())
+    assert sum(t.voluntary_switches + t.involuntary_switches for t in threads.values()) > 0
