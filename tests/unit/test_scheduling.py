@@ -18,6 +18,9 @@ PROGRAM = textwrap.dedent(
     import json, os, sys, threading
     from gateway.app.scheduling import set_scheduling_policy
 
+    if sys.argv[2:] == ["started-under-batch"]:  # as `chrt --batch 0` would start it
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
     def parked(ready, release, policy=None):
         if policy is not None:
             os.sched_setscheduler(0, policy, os.sched_param(0))
@@ -45,9 +48,9 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def policies_after(policy: str, *wrapper: str) -> dict[str, int]:
+def policies_after(policy: str, *options: str) -> dict[str, int]:
     run = subprocess.run(
-        [*wrapper, sys.executable, "-c", PROGRAM, policy],
+        [sys.executable, "-c", PROGRAM, policy, *options],
         capture_output=True,
         text=True,
         timeout=60,
@@ -73,7 +76,7 @@ def test_batch_applies_to_the_threads_alive_and_those_started_later() -> None:
 def test_normal_puts_a_process_started_under_batch_back_on_the_default_policy() -> None:
     import os
 
-    got = policies_after("normal", "chrt", "--batch", "0")
+    got = policies_after("normal", "started-under-batch")
     assert got["done"] is True
     assert {got["before"], got["after"], got["main"]} == {os.SCHED_OTHER}
     assert got["idle before"] == os.SCHED_IDLE
