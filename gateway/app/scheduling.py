@@ -37,21 +37,26 @@ POLICIES = {"normal": "SCHED_OTHER", "batch": "SCHED_BATCH"}
 def set_scheduling_policy(policy: str) -> bool:
     """Put every thread of this process that runs under SCHED_OTHER or SCHED_BATCH on `policy`
     ('normal' or 'batch'; see POLICIES); threads on SCHED_IDLE or a real-time policy keep it.
-    False, with a warning logged, where the platform has no such policy or refuses it (the
-    process then keeps what it had)."""
+    False, with a warning logged, where the platform has no such policy or refuses it; the
+    threads switched until then keep the new policy, the others theirs."""
     name = POLICIES[policy]
     number = getattr(os, name, None)
-    if number is None or not hasattr(os, "sched_setscheduler"):
+    switchable = {getattr(os, "SCHED_OTHER", None), getattr(os, "SCHED_BATCH", None)} - {None}
+    if number is None or len(switchable) < 2 or not hasattr(os, "sched_setscheduler"):
         logger.warning("scheduling policy %s: not available on this platform", name)
         return False
-    switchable = {os.SCHED_OTHER, os.SCHED_BATCH}  # not SCHED_IDLE, not real-time ones
+    flags = getattr(os, "SCHED_RESET_ON_FORK", 0)  # or'ed into what sched_getscheduler says
+    done: set[int] = set()
     try:
-        for thread_id in _thread_ids():
-            try:
-                if os.sched_getscheduler(thread_id) in switchable:
-                    os.sched_setscheduler(thread_id, number, os.sched_param(0))
-            except ProcessLookupError:  # the thread ended meanwhile
-                continue
+        # Again until no thread is new: one not yet switched may have started another.
+        while pending := set(_thread_ids()) - done:
+            for thread_id in pending:
+                done.add(thread_id)
+                try:
+                    if (os.sched_getscheduler(thread_id) & ~flags) in switchable:
+                        os.sched_setscheduler(thread_id, number, os.sched_param(0))
+                except ProcessLookupError:  # the thread ended meanwhile
+                    continue
     except OSError as exc:
         logger.warning("scheduling policy %s: %s", name, exc)
         return False

@@ -130,6 +130,8 @@ def switches_between(
     """Context switches of a process's threads between two samples of cpu_by_thread, voluntary
     and involuntary; as in cpu_by_role, each thread alive at the end counts from the first
     sample (from 0 if it started since). Threads that ended in between are not counted."""
+    if not after:  # nothing sampled (no server process): no figures, rather than zeros
+        return {}
     voluntary = involuntary = 0
     for tid, thread in after.items():
         start = before.get(tid, ThreadCpu(thread.role, 0.0))

@@ -211,16 +211,21 @@ def scheduling_policies(pid: int) -> dict[str, int]:
     return policies
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux threads only")
+@pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir()
+    or os.sched_getscheduler(0) not in {os.SCHED_OTHER, os.SCHED_BATCH},
+    reason="Linux threads, started under the default policy or SCHED_BATCH",
+)
 @pytest.mark.parametrize(
     ("option", "policy"),
     [([], os.SCHED_BATCH), (["--scheduling-policy", "normal"], os.SCHED_OTHER)],
 )
 def test_every_thread_of_the_server_runs_under_the_chosen_scheduling_policy(
-    small_repository: Path, option: list[str], policy: int
+    small_repository: Path, option: list[str], policy: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SCHED_BATCH by default (gateway/app/scheduling.py): set on the threads alive at
     start-up, inherited by those the servers, grpcio's C-core and onnxruntime start later."""
+    monkeypatch.delenv("GATEWAY_SCHEDULING_POLICY", raising=False)  # the default, as shipped
     args = ["serve", "--model-repository", str(small_repository), *option]
     with running([*args, "--http-port", "0", "--grpc-port", "0"]) as (http_port, _, _, pid):
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")

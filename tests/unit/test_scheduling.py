@@ -4,6 +4,7 @@ the policy belongs to threads, and the test run's own must stay as they are."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux threads only")
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir()
+    or os.sched_getscheduler(0) not in {os.SCHED_OTHER, os.SCHED_BATCH},
+    reason="Linux threads, started under the default policy or SCHED_BATCH",
+)
 
 PROGRAM = textwrap.dedent(
     """
@@ -57,12 +62,12 @@ def policies_after(policy: str, *options: str) -> dict[str, int]:
         check=True,
     )
     result: dict[str, int] = json.loads(run.stdout)
+    if not result["done"]:  # a sandbox that refuses or lacks the call (the gateway logs it)
+        pytest.skip("this platform refuses SCHED_BATCH")
     return result
 
 
 def test_batch_applies_to_the_threads_alive_and_those_started_later() -> None:
-    import os
-
     got = policies_after("batch")
     assert got == {
         "done": True,
@@ -74,8 +79,6 @@ def test_batch_applies_to_the_threads_alive_and_those_started_later() -> None:
 
 
 def test_normal_puts_a_process_started_under_batch_back_on_the_default_policy() -> None:
-    import os
-
     got = policies_after("normal", "started-under-batch")
     assert got["done"] is True
     assert {got["before"], got["after"], got["main"]} == {os.SCHED_OTHER}

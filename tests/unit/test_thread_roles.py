@@ -46,6 +46,7 @@ def test_context_switches_count_each_live_thread_from_the_first_sample() -> None
         3: ThreadCpu("grpc", 0.1, voluntary_switches=7, involuntary_switches=1),  # new
     }
     assert switches_between(before, after) == {"voluntary": 37, "involuntary": 3}
+    assert switches_between(before, {}) == {}  # nothing sampled: no figures, not zeros
 
 
 def test_a_live_process_reports_its_threads_switches() -> None:
