@@ -40,11 +40,11 @@ def set_scheduling_policy(policy: str) -> bool:
     False, with a warning logged, where the platform has no such policy or refuses it; the
     threads switched until then keep the new policy, the others theirs."""
     name = POLICIES[policy]
-    number = getattr(os, name, None)
-    switchable = {getattr(os, "SCHED_OTHER", None), getattr(os, "SCHED_BATCH", None)} - {None}
-    if number is None or len(switchable) < 2 or not hasattr(os, "sched_setscheduler"):
+    if not hasattr(os, "SCHED_BATCH") or not hasattr(os, "sched_setscheduler"):
         logger.warning("scheduling policy %s: not available on this platform", name)
         return False
+    number = getattr(os, name)
+    switchable = {os.SCHED_OTHER, os.SCHED_BATCH}  # not SCHED_IDLE, not real-time ones
     flags = getattr(os, "SCHED_RESET_ON_FORK", 0)  # or'ed into what sched_getscheduler says
     done: set[int] = set()
     try:

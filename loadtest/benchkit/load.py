@@ -110,21 +110,17 @@ async def run_load(job: LoadJob) -> dict[str, Any]:
         "server_cpu_us_per_request": (
             1e6 * observed["server_cpu_s"] / requests if requests else None
         ),
-        "server_cpu_us_per_request_by_thread": (
-            {
-                role: 1e6 * seconds / requests
-                for role, seconds in observed["server_cpu_s_by_thread"].items()
-            }
-            if requests
-            else {}
+        "server_cpu_us_per_request_by_thread": per_request(
+            observed["server_cpu_s_by_thread"], requests, 1e6
         ),
-        "server_switches_per_request": (
-            {kind: n / requests for kind, n in observed["server_context_switches"].items()}
-            if requests
-            else {}
-        ),
+        "server_switches_per_request": per_request(observed["server_context_switches"], requests),
         "client_cpu_affinity": sorted(os.sched_getaffinity(0)),
     }
+
+
+def per_request(totals: dict[str, float], requests: int, scale: float = 1.0) -> dict[str, float]:
+    """Each of a window's totals a request (times `scale`); empty if no request completed."""
+    return {key: scale * total / requests for key, total in totals.items()} if requests else {}
 
 
 def load_main(document: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,10 +116,8 @@ def cpu_by_role(
     used beyond them (threads that ended in between, and the rounding of each thread's clock
     to ticks), 0 if none."""
     roles: dict[str, float] = {}
-    for tid, thread in after.items():
-        start = before.get(tid)
-        used = thread.seconds - (start.seconds if start is not None else 0.0)
-        roles[thread.role] = roles.get(thread.role, 0.0) + used
+    for thread, start in _since(before, after):
+        roles[thread.role] = roles.get(thread.role, 0.0) + thread.seconds - start.seconds
     roles["ended"] = max(0.0, total_s - sum(roles.values()))
     return roles
 
@@ -132,12 +130,20 @@ def switches_between(
     sample (from 0 if it started since). Threads that ended in between are not counted."""
     if not after:  # nothing sampled (no server process): no figures, rather than zeros
         return {}
-    voluntary = involuntary = 0
+    pairs = list(_since(before, after))
+    return {
+        "voluntary": sum(t.voluntary_switches - s.voluntary_switches for t, s in pairs),
+        "involuntary": sum(t.involuntary_switches - s.involuntary_switches for t, s in pairs),
+    }
+
+
+def _since(
+    before: Mapping[int, ThreadCpu], after: Mapping[int, ThreadCpu]
+) -> Iterator[tuple[ThreadCpu, ThreadCpu]]:
+    """(end, start) for each thread alive at the end; a thread started since the first sample
+    starts from zero."""
     for tid, thread in after.items():
-        start = before.get(tid, ThreadCpu(thread.role, 0.0))
-        voluntary += thread.voluntary_switches - start.voluntary_switches
-        involuntary += thread.involuntary_switches - start.involuntary_switches
-    return {"voluntary": voluntary, "involuntary": involuntary}
+        yield thread, before.get(tid) or ThreadCpu(thread.role, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
