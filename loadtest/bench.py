@@ -61,6 +61,9 @@ LEAN_ECHO_TARGETS = [f"echo-{kind}" for kind in LEAN_ECHO_KINDS]
 LEAN_PROTOCOLS = ["http-binary", "grpc"]
 """The protocols whose limit and latency target are also given against the lean echoes."""
 MINIMAL_TARGETS = [f"minimal-{kind}" for kind in LEAN_ECHO_KINDS]
+LOOPS_ECHO_TARGET = "echo-grpc-loops"
+"""The gRPC echo on several grpc.aio event loops (--multi-loop-grpc-echo N): a front end the
+gateway could serve with, measured against the two it has; a reference, never a limit."""
 """The same stacks as the lean echoes with the model inline (--minimal-servers)."""
 
 
@@ -140,6 +143,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="also measure the gRPC echo on grpcio's threaded server, the gateway's own gRPC "
         "stack (a reference; it sets no limit)",
+    )
+    add(
+        "--multi-loop-grpc-echo",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure the gRPC echo on N grpc.aio servers, each on its own event loop and "
+        "thread, sharing one port (a reference; give --grpc-channels N or more so that every "
+        "loop gets connections)",
     )
     add(
         "--minimal-servers",
@@ -227,6 +239,8 @@ def start_echoes(
     kinds = {} if args.no_echo else dict(ECHO_KINDS)
     wanted = {"http-lean": args.lean_http_echo, "grpc-threaded": args.threaded_grpc_echo}
     kinds.update((kind, served) for kind, served in LEAN_ECHO_KINDS.items() if wanted[kind])
+    if args.multi_loop_grpc_echo > 0:
+        kinds["grpc-loops"] = ["grpc"]
     servers: list[tuple[str, str, tuple[str, ...], Path | None]] = [
         ("echo", kind, protocols, None)
         for kind, protocols in _serving(kinds, args.protocols).items()
@@ -272,6 +286,7 @@ def analyse(results: dict[str, Any]) -> None:
         results["lean_latency_targets"] = latency_targets(runs, lean, results["baseline"])
     minimal = results.setdefault("minimal_runs", [])
     annotate(minimal, results["limits"])
+    annotate(results.setdefault("loops_echo_runs", []), results["limits"])
     results["minimal_checks"] = minimal_checks(results["runs"], minimal)
 
 
@@ -305,6 +320,7 @@ def bench_main(args: argparse.Namespace) -> int:
     runs = rows.pop("gateway")
     lean_runs = [run for target in LEAN_ECHO_TARGETS for run in rows.pop(target, [])]
     minimal_runs = [run for target in MINIMAL_TARGETS for run in rows.pop(target, [])]
+    loops_runs = rows.pop(LOOPS_ECHO_TARGET, [])
     echo_runs = [run for target_rows in rows.values() for run in target_rows]
     baseline_end = run_baseline(args)  # the model's limit again, after the servers' rows
     results: dict[str, Any] = {
@@ -326,12 +342,14 @@ def bench_main(args: argparse.Namespace) -> int:
         "echo_runs": echo_runs,
         "lean_echo_runs": lean_runs,
         "minimal_runs": minimal_runs,
+        "loops_echo_runs": loops_runs,
     }
     analyse(results)
     write(results, out_dir)
     print(markdown_report(results))
     log(f"results in {out_dir}")
-    return 1 if any(r["flagged"] for r in runs + echo_runs + lean_runs + minimal_runs) else 0
+    checked = runs + echo_runs + lean_runs + minimal_runs + loops_runs
+    return 1 if any(r["flagged"] for r in checked) else 0
 
 
 def render_main(out_dir: Path) -> int:

@@ -21,7 +21,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,14 +29,15 @@ from .clients import BINARY_HEADER
 from .processes import RunningServer, bench_command, started
 from .tensors import TensorInfo, concrete_shape, numpy_dtype
 
-KINDS = ("grpc", "http", "http-lean", "grpc-threaded")
+KINDS = ("grpc", "http", "http-lean", "grpc-threaded", "grpc-loops")
 READY_LINE = re.compile(
-    r"echo (?P<kind>grpc-threaded|grpc|http-lean|http) on (?P<host>\S+):(?P<port>\d+)"
+    r"echo (?P<kind>grpc-threaded|grpc-loops|grpc|http-lean|http) on (?P<host>\S+):(?P<port>\d+)"
 )
 GRPC_THREADS = 256
 """Worker threads of the threaded gRPC echo, as the gateway's default --grpc-threads."""
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """As the gateway's default --max-request-bytes."""
+T = TypeVar("T")
 
 
 class Echo:
@@ -106,25 +107,88 @@ GRPC_OPTIONS = [
 ]
 
 
-async def serve_grpc(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
-    """grpc.aio with the generated servicer: ModelInfer only, the gateway's server options."""
+async def serve_grpc(
+    echo: Echo,
+    host: str,
+    port: int = 0,
+    options: list[tuple[str, Any]] = GRPC_OPTIONS,
+    calls: list[int] | None = None,
+) -> tuple[Callable[[], Awaitable[None]], int]:
+    """grpc.aio with the generated servicer: ModelInfer only, the gateway's server options.
+    `calls`, if given, counts the calls answered (in its one item)."""
     import grpc
 
     from gateway.generated import grpc_service_pb2_grpc as pb_grpc
 
     class EchoServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def ModelInfer(self, request: Any, context: Any) -> Any:
+            if calls is not None:
+                calls[0] += 1
             return answer_grpc(echo, request)
 
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(EchoServicer(), server)
-    port = server.add_insecure_port(f"{host}:0")
+    bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
 
     async def stop() -> None:
         await server.stop(grace=1)
 
+    return stop, bound
+
+
+async def serve_grpc_loops(
+    echo: Echo, host: str, loops: int
+) -> tuple[Callable[[], Awaitable[None]], int]:
+    """`loops` grpc.aio servers, each on an event loop of its own (this one and `loops - 1`
+    threads), sharing one port: with SO_REUSEPORT the kernel spreads connections (not calls)
+    across them, so a client needs several channels to reach them all. grpc.aio supports a loop
+    per thread; every loop wakes for each of C-core's events (one completion queue for the
+    process). The front end the issue calls "several event loops"; a reference."""
+    options = [*GRPC_OPTIONS[:-1], ("grpc.so_reuseport", 1)]
+    calls = [[0] for _ in range(loops)]
+    stop_first, port = await serve_grpc(echo, host, 0, options, calls[0])
+    others = [_LoopThread(f"echo-loop-{index}") for index in range(1, loops)]
+    stops = [
+        other.run(serve_grpc(echo, host, port, options, count))[0]
+        for other, count in zip(others, calls[1:], strict=True)
+    ]
+
+    async def stop() -> None:
+        for other, stop_other in zip(others, stops, strict=True):
+            other.run(stop_other())
+            other.close()
+        await stop_first()
+        print(f"echo grpc-loops calls by loop: {[count[0] for count in calls]}", flush=True)
+
     return stop, port
+
+
+class _LoopThread:
+    """An event loop (uvloop where installed, as the gateway's) running in a thread of its own."""
+
+    def __init__(self, name: str) -> None:
+        try:
+            import uvloop
+        except ImportError:
+            self.loop = asyncio.new_event_loop()
+        else:
+            self.loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        """Await `awaitable` on this loop; block the calling thread for its result."""
+
+        async def wait() -> T:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(wait(), self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
 
 
 async def serve_grpc_threaded(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
@@ -305,11 +369,13 @@ async def serve_http_lean(echo: Echo, host: str) -> tuple[Callable[[], Awaitable
     return stop, server.sockets[0].getsockname()[1]
 
 
-SERVERS = {
+Stop = Callable[[], Awaitable[None]]
+SERVERS: dict[str, Callable[..., Awaitable[tuple[Stop, int]]]] = {
     "grpc": serve_grpc,
     "http": serve_http,
     "http-lean": serve_http_lean,
     "grpc-threaded": serve_grpc_threaded,
+    "grpc-loops": serve_grpc_loops,
 }
 
 
@@ -319,7 +385,8 @@ async def serve(job: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
-    stop, port = await SERVERS[job["kind"]](Echo(job), job["host"])
+    options = {"loops": job["loops"]} if job["kind"] == "grpc-loops" else {}
+    stop, port = await SERVERS[job["kind"]](Echo(job), job["host"], **options)
     print(f"echo {job['kind']} on {job['host']}:{port}", flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop_requested.wait(), job["lifetime_s"])
@@ -356,6 +423,7 @@ def echo_server(
         "outputs": signature["outputs"],
         "lifetime_s": lifetime_s,
         "model_file": None if model_file is None else str(model_file),
+        "loops": args.multi_loop_grpc_echo,
     }
     command = bench_command(args.server_core, "_echo", json.dumps(job))
     with started(command, log_file, READY_LINE, args.startup_timeout) as (process, match):

@@ -350,9 +350,54 @@ def lean_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def grpc_front_ends_section(results: dict[str, Any]) -> list[str]:
+    """The gRPC echoes side by side (--multi-loop-grpc-echo): one grpc.aio loop, several, and
+    grpcio's threaded server, each against the one loop at the same concurrency."""
+    loops_runs = results.get("loops_echo_runs") or []
+    if not loops_runs:
+        return []
+    loops = results["settings"]["multi_loop_grpc_echo"]
+    stacks = [
+        ("grpc.aio, one loop", results["echo_runs"]),
+        (f"grpc.aio, {loops} loops", loops_runs),
+        ("threaded grpcio", results.get("lean_echo_runs") or []),
+    ]
+    by_stack = {
+        name: {r["concurrency"]: r for r in runs if r["protocol"] == "grpc" and r["requests"]}
+        for name, runs in stacks
+    }
+    single = by_stack["grpc.aio, one loop"]
+    rows = []
+    for name, runs in by_stack.items():
+        for concurrency, run in sorted(runs.items()):
+            reference = single.get(concurrency)
+            rows.append(
+                [
+                    name,
+                    str(concurrency),
+                    fmt(run["requests_per_s"]),
+                    fmt(run["latency_ms"]["p50"], 3),
+                    fmt(run["server_cpu_us_per_request"]),
+                    "-"
+                    if reference is None
+                    else fmt(run["requests_per_s"] / reference["requests_per_s"], 2),
+                ]
+            )
+    header = ["gRPC echo on", "conc", "req/s", "p50 ms", "server CPU us/req", "req/s / one loop"]
+    return [
+        "## gRPC front ends (echoes; same payloads, no model)",
+        "",
+        f"The {loops} loops share one port (SO_REUSEPORT), so each gets the connections the "
+        f"kernel hands it: {results['settings']['grpc_channels']} channel(s) in this run.",
+        "",
+        *table(header, rows),
+        "",
+    ]
+
+
 def repeats_section(results: dict[str, Any]) -> list[str]:
     """Every repeat of every row (--repeat N): its samples/s and p50, in measurement order."""
-    groups = ("runs", "echo_runs", "lean_echo_runs", "minimal_runs")
+    groups = ("runs", "echo_runs", "lean_echo_runs", "minimal_runs", "loops_echo_runs")
     runs = [run for group in groups for run in results.get(group) or [] if run.get("repeats")]
     if not runs:
         return []
@@ -428,6 +473,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         *load_table(results["echo_runs"], gateway=False),
         "",
         *lean_section(results),
+        *grpc_front_ends_section(results),
         *minimal_section(results),
         *repeats_section(results),
         f"## Bare onnxruntime (same file, core {core}, intra_op_num_threads=1)",

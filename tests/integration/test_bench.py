@@ -188,6 +188,47 @@ def test_repeats_are_measured_in_rounds_and_each_row_is_their_median(
     assert "## Repeats" in report
 
 
+def test_the_several_loops_grpc_echo_spreads_connections_over_its_loops(
+    demo_repository: Path, tmp_path: Path
+) -> None:
+    """--multi-loop-grpc-echo: grpc.aio servers on two event loops share one port; with a
+    channel a worker, both loops answer (16 connections all on one of two listening sockets:
+    a chance of 2 in 65,536), and the report sets them beside the other gRPC echoes."""
+    done = run_bench(
+        demo_repository,
+        tmp_path,
+        *("--protocols", "grpc", "--concurrency", "1", "16", "--batch-sizes", "1"),
+        *("--threaded-grpc-echo", "--multi-loop-grpc-echo", "2", "--grpc-channels", "16"),
+    )
+
+    measured = re.findall(r"\[bench\] (\S+) grpc x (\d+):", done.stderr)
+    assert measured == [
+        (target, concurrency)
+        for concurrency in ("1", "16")
+        for target in ("echo-grpc", "gateway", "echo-grpc-threaded", "echo-grpc-loops")
+    ]
+    (out_dir,) = tmp_path.iterdir()
+    results = json.loads((out_dir / "results.json").read_text())
+    loops_runs = results["loops_echo_runs"]
+    assert [r["target"] for r in loops_runs] == ["echo-grpc-loops"] * 2
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in loops_runs)
+    # Its rows set no limit: the issue's gRPC front-end limit is still grpc.aio's, one loop.
+    (one_loop_best,) = [
+        max(r["requests_per_s"] for r in results["echo_runs"] if r["target"] == "echo-grpc")
+    ]
+    assert results["limits"]["grpc"]["echo_requests_per_s"] == one_loop_best
+
+    by_loop = re.search(
+        r"calls by loop: \[(\d+), (\d+)\]", (out_dir / "echo-grpc-loops.log").read_text()
+    )
+    assert by_loop is not None and all(int(calls) > 0 for calls in by_loop.groups())
+
+    report = (out_dir / "report.md").read_text()
+    assert "## gRPC front ends (echoes; same payloads, no model)" in report
+    for stack in ("grpc.aio, one loop", "grpc.aio, 2 loops", "threaded grpcio"):
+        assert report.count(f"| {stack} |") == 2
+
+
 def test_a_minimal_server_answers_what_the_model_computes(demo_repository: Path) -> None:
     """The minimal servers' answers are the model's outputs for the request's rows (not the
     echo's zeros), on both stacks' answer paths."""
