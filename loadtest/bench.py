@@ -61,10 +61,10 @@ LEAN_ECHO_TARGETS = [f"echo-{kind}" for kind in LEAN_ECHO_KINDS]
 LEAN_PROTOCOLS = ["http-binary", "grpc"]
 """The protocols whose limit and latency target are also given against the lean echoes."""
 MINIMAL_TARGETS = [f"minimal-{kind}" for kind in LEAN_ECHO_KINDS]
+"""The same stacks as the lean echoes with the model inline (--minimal-servers)."""
 LOOPS_ECHO_TARGET = "echo-grpc-loops"
 """The gRPC echo on several grpc.aio event loops (--multi-loop-grpc-echo N): a front end the
 gateway could serve with, measured against the two it has; a reference, never a limit."""
-"""The same stacks as the lean echoes with the model inline (--minimal-servers)."""
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -151,7 +151,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="N",
         help="also measure the gRPC echo on N grpc.aio servers, each on its own event loop and "
         "thread, sharing one port (a reference; give --grpc-channels N or more so that every "
-        "loop gets connections)",
+        "loop gets connections; default 0: not measured)",
     )
     add(
         "--minimal-servers",
@@ -211,6 +211,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.multi_loop_grpc_echo < 0:
+        parser.error("--multi-loop-grpc-echo takes a number of loops (0: not measured)")
     if args.baseline_duration is None:
         args.baseline_duration = args.duration
     return args

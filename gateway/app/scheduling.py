@@ -15,8 +15,8 @@ wants anyway. Measured on that call with two gateways alternating 1.5 s windows 
 machine, the same minutes): 10 context switches a call instead of 24, server CPU x0.91, p50
 x0.94-0.95; at 16 and 64 calls in flight x1.10-1.12 requests/s, with bigger batches, because
 the thread still bringing requests in is no longer cut short by the one it woke. HTTP, whose
-requests stay on the event loop, and the model-bound `mlp_wide` did not move (see README,
-Benchmarks).
+requests stay on the event loop, and the model-bound `mlp_wide` did not move (see
+loadtest/FINDINGS.md, "SCHED_BATCH for every thread").
 
 Linux keeps the policy per thread, and a thread starts with its creator's: so it is set on every
 thread alive at start-up, before the servers start theirs. Threads that choose their own policy

@@ -151,7 +151,7 @@ class GatewaySettings(BaseSettings):
         description="Niceness of the threads that run model executions (Linux keeps it per "
         "thread); 0 = as the rest of the server. Where the model shares a core with grpcio's "
         "threads, a higher value lets them bring requests in while a batch runs, so batches "
-        "grow (see README, Benchmarks). In a container it weighs only against the gateway's own "
+        "grow (see loadtest/FINDINGS.md). In a container it weighs only against the gateway's own "
         "threads; on a host shared with other busy processes, against theirs too.",
     )
     scheduling_policy: Literal["normal", "batch"] = Field(

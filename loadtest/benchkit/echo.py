@@ -38,6 +38,8 @@ GRPC_THREADS = 256
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """As the gateway's default --max-request-bytes."""
 T = TypeVar("T")
+LOOPS_STOP_S = 5.0
+"""How long the several-loops echo waits for its servers and loop threads to stop."""
 
 
 class Echo:
@@ -144,23 +146,35 @@ async def serve_grpc_loops(
     threads), sharing one port: with SO_REUSEPORT the kernel spreads connections (not calls)
     across them, so a client needs several channels to reach them all. grpc.aio supports a loop
     per thread; every loop wakes for each of C-core's events (one completion queue for the
-    process). The front end the issue calls "several event loops"; a reference."""
-    options = [*GRPC_OPTIONS[:-1], ("grpc.so_reuseport", 1)]
+    process). The front end the issue calls "several event loops"; a reference. Stopping prints
+    how many calls each loop answered."""
+    options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
+    options.append(("grpc.so_reuseport", 1))
     calls = [[0] for _ in range(loops)]
     stop_first, port = await serve_grpc(echo, host, 0, options, calls[0])
-    others = [_LoopThread(f"echo-loop-{index}") for index in range(1, loops)]
-    stops = [
-        other.run(serve_grpc(echo, host, port, options, count))[0]
-        for other, count in zip(others, calls[1:], strict=True)
-    ]
+    others: list[tuple[_LoopThread, Callable[[], Awaitable[None]]]] = []
 
     async def stop() -> None:
-        for other, stop_other in zip(others, stops, strict=True):
-            other.run(stop_other())
-            other.close()
-        await stop_first()
-        print(f"echo grpc-loops calls by loop: {[count[0] for count in calls]}", flush=True)
+        stopping = [thread.call(stop_other()) for thread, stop_other in others]
+        try:
+            await asyncio.wait_for(asyncio.gather(stop_first(), *stopping), LOOPS_STOP_S)
+        finally:
+            for thread, _ in others:
+                thread.close()
+            print(f"echo grpc-loops calls by loop: {[count[0] for count in calls]}", flush=True)
 
+    try:
+        for index, count in enumerate(calls[1:], start=1):
+            thread = _LoopThread(f"echo-loop-{index}")
+            try:
+                stop_other, _ = await thread.call(serve_grpc(echo, host, port, options, count))
+            except BaseException:
+                thread.close()
+                raise
+            others.append((thread, stop_other))
+    except BaseException:
+        await stop()  # the servers started so far, on their loops
+        raise
     return stop, port
 
 
@@ -177,18 +191,20 @@ class _LoopThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
-    def run(self, awaitable: Awaitable[T]) -> T:
-        """Await `awaitable` on this loop; block the calling thread for its result."""
+    async def call(self, awaitable: Awaitable[T]) -> T:
+        """Await `awaitable` on this thread's loop, from the caller's loop."""
 
         async def wait() -> T:
             return await awaitable
 
-        return asyncio.run_coroutine_threadsafe(wait(), self.loop).result()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(wait(), self.loop))
 
     def close(self) -> None:
+        """Stop the loop and close it (left to the process's exit if it does not stop)."""
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
+        self._thread.join(LOOPS_STOP_S)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 async def serve_grpc_threaded(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
