@@ -29,15 +29,13 @@ from .clients import BINARY_HEADER
 from .processes import RunningServer, bench_command, started
 from .tensors import TensorInfo, concrete_shape, numpy_dtype
 
-KINDS = ("grpc", "http", "http-lean", "grpc-threaded", "grpc-loops")
-READY_LINE = re.compile(
-    r"echo (?P<kind>grpc-threaded|grpc-loops|grpc|http-lean|http) on (?P<host>\S+):(?P<port>\d+)"
-)
 GRPC_THREADS = 256
 """Worker threads of the threaded gRPC echo, as the gateway's default --grpc-threads."""
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """As the gateway's default --max-request-bytes."""
 T = TypeVar("T")
+Stop = Callable[[], Awaitable[None]]
+"""Stops a server started by one of SERVERS."""
 LOOPS_STOP_S = 5.0
 """How long the several-loops echo waits for its servers and loop threads to stop."""
 
@@ -115,7 +113,7 @@ async def serve_grpc(
     port: int = 0,
     options: list[tuple[str, Any]] = GRPC_OPTIONS,
     calls: list[int] | None = None,
-) -> tuple[Callable[[], Awaitable[None]], int]:
+) -> tuple[Stop, int]:
     """grpc.aio with the generated servicer: ModelInfer only, the gateway's server options.
     `calls`, if given, counts the calls answered (in its one item)."""
     import grpc
@@ -139,9 +137,7 @@ async def serve_grpc(
     return stop, bound
 
 
-async def serve_grpc_loops(
-    echo: Echo, host: str, loops: int
-) -> tuple[Callable[[], Awaitable[None]], int]:
+async def serve_grpc_loops(echo: Echo, host: str, loops: int) -> tuple[Stop, int]:
     """`loops` grpc.aio servers, each on an event loop of its own (this one and `loops - 1`
     threads), sharing one port: with SO_REUSEPORT the kernel spreads connections (not calls)
     across them, so a client needs several channels to reach them all. grpc.aio supports a loop
@@ -152,7 +148,7 @@ async def serve_grpc_loops(
     options.append(("grpc.so_reuseport", 1))
     calls = [[0] for _ in range(loops)]
     stop_first, port = await serve_grpc(echo, host, 0, options, calls[0])
-    others: list[tuple[_LoopThread, Callable[[], Awaitable[None]]]] = []
+    others: list[tuple[_LoopThread, Stop]] = []
 
     async def stop() -> None:
         stopping = [thread.call(stop_other()) for thread, stop_other in others]
@@ -207,7 +203,7 @@ class _LoopThread:
             self.loop.close()
 
 
-async def serve_grpc_threaded(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
+async def serve_grpc_threaded(echo: Echo, host: str) -> tuple[Stop, int]:
     """grpcio's synchronous thread-pool server, the gateway's default gRPC stack, answering on
     its worker threads: what a call costs that stack without the gateway's hand-off to its
     event loop. A reference, as the lean HTTP echo is."""
@@ -275,7 +271,7 @@ def answer_http(
     return b"".join([head, *chunks]), len(head)
 
 
-async def serve_http(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
+async def serve_http(echo: Echo, host: str) -> tuple[Stop, int]:
     """aiohttp: V2 infer with the binary tensor extension or JSON, like the gateway's route."""
     from aiohttp import web
 
@@ -313,7 +309,7 @@ async def serve_http(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None
 INFER_PATH = re.compile(rb"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 
 
-async def serve_http_lean(echo: Echo, host: str) -> tuple[Callable[[], Awaitable[None]], int]:
+async def serve_http_lean(echo: Echo, host: str) -> tuple[Stop, int]:
     """The same answers on a bare asyncio Protocol with httptools (llhttp, as uvicorn uses):
     what a Python HTTP/1.1 front end costs without a web framework. A measurement tool: it
     serves POST .../infer with Content-Length or chunked bodies, keep-alive, and nothing else."""
@@ -385,7 +381,6 @@ async def serve_http_lean(echo: Echo, host: str) -> tuple[Callable[[], Awaitable
     return stop, server.sockets[0].getsockname()[1]
 
 
-Stop = Callable[[], Awaitable[None]]
 SERVERS: dict[str, Callable[..., Awaitable[tuple[Stop, int]]]] = {
     "grpc": serve_grpc,
     "http": serve_http,
@@ -393,6 +388,10 @@ SERVERS: dict[str, Callable[..., Awaitable[tuple[Stop, int]]]] = {
     "grpc-threaded": serve_grpc_threaded,
     "grpc-loops": serve_grpc_loops,
 }
+READY_LINE = re.compile(  # longest kind first: "grpc" is a prefix of others
+    rf"echo (?P<kind>{'|'.join(sorted(SERVERS, key=len, reverse=True))}) "
+    r"on (?P<host>\S+):(?P<port>\d+)"
+)
 
 
 async def serve(job: dict[str, Any]) -> None:
