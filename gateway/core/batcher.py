@@ -154,6 +154,22 @@ def _compatibility_key(feeds: Mapping[str, npt.NDArray[Any]], merge: bool) -> tu
     return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()))
 
 
+def _gone(request: _Request, now_s: float) -> bool:
+    """The request must not run: its caller left, or its deadline passed (loop time `now_s`)."""
+    if request.result.done():
+        return True
+    return request.timeout_s is not None and now_s >= request.enqueued_s + request.timeout_s
+
+
+def _held_bytes(array: npt.NDArray[Any]) -> int:
+    """The memory a waiting input holds: a BYTES (object) array's nbytes counts only its
+    pointers, so its elements' payloads are added, or string inputs would escape the line's
+    byte bound (and the size guard of runs on the loop)."""
+    if array.dtype.kind != "O":
+        return array.nbytes
+    return array.nbytes + sum(len(element) for element in array.flat)
+
+
 class DynamicBatcher:
     """The line and the executions of one model version."""
 
@@ -224,7 +240,7 @@ class DynamicBatcher:
         if timeout_s is not None and timeout_s <= 0:
             self.stats.expired += 1
             raise DeadlineExceededError("the request's deadline passed before it could be queued")
-        nbytes = sum(array.nbytes for array in feeds.values())
+        nbytes = sum(_held_bytes(array) for array in feeds.values())
         if (
             len(self._line) >= self.config.max_queue_size
             or self._line_bytes + nbytes > self.config.max_queue_bytes
@@ -316,12 +332,12 @@ class DynamicBatcher:
     def _dispatch_line(self) -> None:
         loop = asyncio.get_running_loop()
         while self._running < self.config.concurrency and self._line:
-            head = self._line[0]
-            if head.timeout_s is not None and loop.time() >= head.enqueued_s + head.timeout_s:
-                self._take_out(head)  # due, its timer not run yet (the loop lagged)
-                self._answer_expired(head)
+            batch, rows, gone = self._collect(loop.time())
+            if gone:  # never run rows no one will read: drop them and form the batch again
+                for request in gone:
+                    self._take_out(request)
+                    self._answer_expired(request)  # a caller that left needs no answer
                 continue
-            batch, rows = self._collect()
             due_s = self._wait_until(rows)
             if due_s is not None:
                 self._arm_timer(due_s)
@@ -345,20 +361,29 @@ class DynamicBatcher:
         if not self._line and not self._running:
             self._idle.set()
 
-    def _collect(self) -> tuple[list[_Request], int]:
-        """The head of the line and the later requests that fit with it, in line order."""
+    def _collect(self, now_s: float) -> tuple[list[_Request], int, list[_Request]]:
+        """The head of the line and the later requests that fit with it, in line order; and
+        the requests met on the way that must not run: their caller left (cancelled in this
+        loop turn, its `_leave` not run yet) or their deadline passed (their timer not run
+        yet: the loop lagged)."""
         head = self._line[0]
+        if _gone(head, now_s):
+            return [], 0, [head]
         batch, rows = [head], head.rows
+        gone: list[_Request] = []
         if not self.config.merge:
-            return batch, rows
+            return batch, rows, gone
         limit = self.config.max_batch_size
         for request in itertools.islice(self._line, 1, None):
             if rows >= limit:
                 break
             if request.key == head.key and rows + request.rows <= limit:
+                if _gone(request, now_s):
+                    gone.append(request)
+                    continue
                 batch.append(request)
                 rows += request.rows
-        return batch, rows
+        return batch, rows, gone
 
     def _wait_until(self, rows: int) -> float | None:
         """When the batch of `rows` may launch at the latest (loop time), if it should wait for

@@ -4,6 +4,10 @@ The order of a swap: the new copy is loaded and warmed on the load pool (never t
 pool) while the old one serves; it is installed in the registry in one step on the event loop;
 only then does the old copy stop taking requests, finish the ones it holds, and release its
 session. A load that fails changes nothing that serves.
+
+A change, once begun, runs to its end even if its caller leaves (an admin client that
+disconnects or whose deadline passes, the poller stopped at shutdown): cut halfway, it would
+leave versions shown LOADING for good, or the registry and the saved documents disagreeing.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -65,6 +69,7 @@ class ModelLifecycle:
         self._locks: dict[str, asyncio.Lock] = {}
         self._draining: set[ModelVersion] = set()
         self._drains: set[asyncio.Task[None]] = set()
+        self._changes: set[asyncio.Task[Any]] = set()
         self._labels_restored: set[str] = set()
         self._seen: dict[str, str | None] = {}
         self._applied: dict[str, str | None] = {}
@@ -80,6 +85,24 @@ class ModelLifecycle:
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _change(self, name: str, change: Coroutine[Any, Any, T]) -> T:
+        """Run `change` under the model's lock in a task of its own that the caller's
+        cancellation does not reach (see the module's docstring); close() waits for it."""
+
+        async def locked() -> T:
+            async with self._lock(name):
+                return await change
+
+        task = asyncio.ensure_future(locked())
+        self._changes.add(task)
+        task.add_done_callback(self._change_done)
+        return await asyncio.shield(task)
+
+    def _change_done(self, task: asyncio.Task[Any]) -> None:
+        self._changes.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: a caller that left cannot read it
 
     async def model_names(self) -> list[str]:
         """The models in the repository, loaded or not."""
@@ -108,8 +131,7 @@ class ModelLifecycle:
         versions new to the policy load, changed ones reload, ones that left it drain. Failures
         are in the result; the versions that served before keep serving."""
         check_model_name(name)
-        async with self._lock(name):
-            return await self._apply(name, config_json, reload)
+        return await self._change(name, self._apply(name, config_json, reload))
 
     async def _apply(self, name: str, config_json: str | None, reload: bool) -> LoadResult:
         fingerprint = await self._blocking(self._source.fingerprint, name)
@@ -148,9 +170,15 @@ class ModelLifecycle:
         )
         for number in to_load:
             self.registry.set_loading(name, number)
-        outcomes = await asyncio.gather(
-            *(self._load_version(snapshot, number) for number in to_load)
-        )
+        try:
+            outcomes = await asyncio.gather(
+                *(self._load_version(snapshot, number) for number in to_load)
+            )
+        except BaseException:  # cancelled all the same (the load pool shut down): say so
+            for number in to_load:
+                self.registry.set_failed(name, number, "the load was interrupted")
+            self._applied.pop(name, None)  # so that the poller applies the files again
+            raise
         loaded: list[int] = []
         failures: list[LoadFailure] = []
         for number, outcome in zip(to_load, outcomes, strict=True):
@@ -281,14 +309,18 @@ class ModelLifecycle:
 
     # -- labels -------------------------------------------------------------------------
     async def set_label(self, name: str, label: str, version: str) -> dict[str, int]:
-        async with self._lock(name):
+        async def change() -> dict[str, int]:
             self.registry.set_label(name, label, version)
             return await self._save_labels(name)
 
+        return await self._change(name, change())
+
     async def delete_label(self, name: str, label: str) -> dict[str, int]:
-        async with self._lock(name):
+        async def change() -> dict[str, int]:
             self.registry.delete_label(name, label)
             return await self._save_labels(name)
+
+        return await self._change(name, change())
 
     async def _save_labels(self, name: str) -> dict[str, int]:
         labels = dict(self.registry.get_model(name).labels)
@@ -305,10 +337,13 @@ class ModelLifecycle:
         """Replace (None: remove) the model's traffic policy at once, and persist it (or
         `persisted`: a rollout's step without the shadow it adds, which it sets again itself)."""
         check_model_name(name)
-        async with self._lock(name):
+
+        async def change() -> None:
             self.registry.set_traffic(name, policy)
             saved = persisted or policy
             await self.save_document(name, "traffic", None if saved is None else saved.document())
+
+        await self._change(name, change())
 
     async def save_document(self, name: str, kind: str, document: Mapping[str, Any] | None) -> None:
         """Persist the model's state of `kind`; a read-only repository keeps it in memory."""
@@ -345,7 +380,9 @@ class ModelLifecycle:
 
     # -- shutdown -----------------------------------------------------------------------
     async def close(self) -> None:
-        """Release every session (after the front ends drained)."""
+        """Release every session (after the front ends drained and the load pool stopped:
+        a change still loading ends at once, its versions shown FAILED)."""
+        await asyncio.gather(*list(self._changes), return_exceptions=True)
         for task in list(self._drains):
             task.cancel()
         await asyncio.gather(*list(self._drains), return_exceptions=True)

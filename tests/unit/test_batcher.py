@@ -695,6 +695,60 @@ async def test_the_line_is_bounded_in_bytes_too(workers: WorkerPool, gated: Gate
     assert_answer(await submit(batcher, feed(4, rows=4)), feed(4, rows=4), OUTPUTS)
 
 
+async def test_string_inputs_count_their_payload_against_the_line_s_bytes(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    batcher = make(gated, workers, max_queue_bytes=100_000)
+    first = await hold(batcher, gated)
+    strings = {"X": np.array([[b"x" * 60_000]], dtype=object)}  # 8 bytes of pointer
+    waiting = submit(batcher, strings)
+    await until(lambda: batcher.waiting == 1, "the strings in line")
+    with pytest.raises(OverloadedError, match=r"\(60008 bytes\) waiting"):
+        await batcher.infer(strings, list(OUTPUTS), 1, None)
+    waiting.cancel()
+    gated.release(100)
+    assert_answer(await first, feed(0), OUTPUTS)
+
+
+async def test_a_caller_cancelled_in_the_turn_its_batch_forms_is_not_run(
+    workers: WorkerPool,
+) -> None:
+    runner = ArithRunner()
+    batcher = make(runner, workers, max_batch_size=2, delay_s=30.0)
+    left = submit(batcher, feed(1))
+    await until(lambda: batcher.waiting == 1, "the first request waits for company")
+    arriving = submit(batcher, feed(2))  # its first step would fill the batch with request 1
+    left.cancel()  # in the same turn: request 1's own step (its _leave) comes after
+    third = submit(batcher, feed(3))
+    answers = await asyncio.wait_for(asyncio.gather(arriving, third), WAIT_S)
+    assert_answer(answers[0], feed(2), OUTPUTS)
+    assert_answer(answers[1], feed(3), OUTPUTS)
+    assert left.cancelled()
+    assert [run.request_ids for run in runner.runs] == [(2, 3)]
+    assert batcher.waiting == 0
+
+
+async def test_a_mate_past_its_deadline_is_never_launched_even_if_its_timer_is_late(
+    workers: WorkerPool,
+) -> None:
+    runner = ArithRunner()
+    batcher = make(runner, workers, max_batch_size=3, delay_s=30.0)
+    patient = submit(batcher, feed(1))
+    late = submit(batcher, feed(2), timeout_s=0.02)
+    await until(lambda: batcher.waiting == 2, "two requests wait for company")
+    time.sleep(0.05)  # noqa: ASYNC251 -- block the loop: the deadline passes, its timer waits
+    # Both arrivals run before the late timer (due timers queue behind ready callbacks): the
+    # first would fill a batch of three with request 2 in it.
+    arrivals = [submit(batcher, feed(i)) for i in (3, 4)]
+    answers = await asyncio.wait_for(asyncio.gather(patient, *arrivals), WAIT_S)
+    for i, answer in zip((1, 3, 4), answers, strict=True):
+        assert_answer(answer, feed(i), OUTPUTS)
+    with pytest.raises(DeadlineExceededError, match=r"waited 0\.020 s"):
+        await late
+    assert [run.request_ids for run in runner.runs] == [(1, 3, 4)]
+    assert batcher.stats.expired == 1
+
+
 async def test_a_request_past_its_deadline_is_never_launched_even_if_its_timer_is_late(
     workers: WorkerPool, gated: GatedRunner
 ) -> None:
@@ -787,10 +841,10 @@ class BuggyBatcher(DynamicBatcher):
 
     broken = False
 
-    def _collect(self) -> Any:
+    def _collect(self, now_s: float) -> Any:
         if self.broken:
             raise AttributeError("a bug")
-        return super()._collect()
+        return super()._collect(now_s)
 
 
 async def test_a_bug_while_dispatching_answers_the_line_and_strands_no_one(
