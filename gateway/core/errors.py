@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import enum
 
+MAX_MESSAGE_CHARS = 1000
+"""An error message is cut to this many characters. gRPC carries it in a trailer that clients
+refuse past 16 KiB (percent-encoded: up to 12 bytes a character), so a message quoting what a
+client sent must stay short whatever the client sent."""
+
+
+def clipped(text: str, limit: int = 64) -> str:
+    """`text` as an error message quotes a value a client chose: at most `limit` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
 
 class ErrorCode(enum.Enum):
     """What went wrong, independent of the wire protocol (DESIGN.md section 8)."""
@@ -26,6 +36,7 @@ class GatewayError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL
 
     def __init__(self, message: str) -> None:
+        message = clipped(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
 

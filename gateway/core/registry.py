@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gateway.core.batcher import DynamicBatcher, batcher_config
-from gateway.core.errors import InvalidInputError, NotFoundError, UnavailableError
+from gateway.core.errors import InvalidInputError, NotFoundError, UnavailableError, clipped
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner
 from gateway.core.telemetry import Telemetry
 from gateway.core.traffic import TrafficPolicy
+from gateway.core.validation import parse_version
 from gateway.core.workers import WorkerPool
 
 SHADOW_QUEUE_SIZE = 64
@@ -154,7 +155,7 @@ class ModelRegistry:
     def get_model(self, name: str) -> ModelEntry:
         found = self._models.get(name)
         if found is None:
-            raise NotFoundError(f"unknown model '{name}'")
+            raise NotFoundError(f"unknown model '{clipped(name)}'")
         return found
 
     def set_loading(self, name: str, version: int) -> None:
@@ -252,13 +253,14 @@ class ModelRegistry:
         """Point `label` at a READY version (atomic; the label may already exist)."""
         if not LABEL.fullmatch(label):
             raise InvalidInputError(
-                f"invalid label '{label}': expected a letter then up to 63 letters, digits, "
-                "'_', '.' or '-'"
+                f"invalid label '{clipped(label)}': expected a letter then up to 63 letters, "
+                "digits, '_', '.' or '-'"
             )
         entry = self.get_model(name)
-        if not (version.isascii() and version.isdigit()):
-            raise InvalidInputError(f"a label points at a version number, not '{version}'")
-        target = entry.versions.get(int(version))
+        number = parse_version(version)
+        if number is None:
+            raise InvalidInputError(f"a label points at a version number, not '{clipped(version)}'")
+        target = entry.versions.get(number)
         if target is None:
             raise NotFoundError(f"unknown version '{version}' of model '{name}'")
         if not target.ready:
@@ -305,12 +307,13 @@ class ModelRegistry:
         entry = self.get_model(name)
         if not version:
             return self._latest(entry)
-        if version.isascii() and version.isdigit():
-            number = int(version)
-        elif version in entry.labels:
+        number = parse_version(version)
+        if number is None:
+            if version not in entry.labels:
+                raise NotFoundError(
+                    f"unknown version or label '{clipped(version)}' of model '{name}'"
+                )
             number = entry.labels[version]
-        else:
-            raise NotFoundError(f"unknown version or label '{version}' of model '{name}'")
         found = entry.versions.get(number)
         if found is None:
             raise NotFoundError(f"unknown version '{version}' of model '{name}'")

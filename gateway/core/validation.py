@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from gateway.core.errors import InvalidInputError
+from gateway.core.errors import InvalidInputError, clipped
 from gateway.core.model import ModelSignature
 from gateway.core.types import InferRequest
 
@@ -21,12 +21,25 @@ def is_valid_model_name(name: str) -> bool:
     return bool(MODEL_NAME.fullmatch(name)) and ".." not in name
 
 
+MAX_VERSION_DIGITS = 19
+"""Versions are int64s, as in Triton: longer digit strings name no version (and Python refuses
+to convert over 4,300 digits)."""
+
+
+def parse_version(text: str) -> int | None:
+    """The number `text` writes in ASCII digits, or None (a label, or no int64)."""
+    if len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def version_number(value: object, where: str) -> int:
     """A version number as a client wrote it in JSON ("2" or 2); 400 naming `where` if not."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(text, str) or not (text.isascii() and text.isdigit()) or int(text) < 1:
+    number = parse_version(text) if isinstance(text, str) else None
+    if number is None or number < 1:
         raise InvalidInputError(f"{where} must be a version number, got {value!r:.40}")
-    return int(text)
+    return number
 
 
 def bounded_number(value: object, where: str, low: float, high: float) -> float:
@@ -41,8 +54,8 @@ def bounded_number(value: object, where: str, low: float, high: float) -> float:
 def check_model_name(name: str) -> None:
     if not is_valid_model_name(name):
         raise InvalidInputError(
-            f"invalid model name {name!r}: expected up to 128 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit, without '..'"
+            f"invalid model name {clipped(name)!r}: expected up to 128 letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit, without '..'"
         )
 
 
@@ -56,12 +69,14 @@ def validate_request(
     for tensor in request.inputs:
         name = tensor.name
         if name in feeds:
-            raise InvalidInputError(f"input '{name}' appears more than once in the request")
+            raise InvalidInputError(
+                f"input '{clipped(name)}' appears more than once in the request"
+            )
         spec = signature.inputs_by_name.get(name)
         if spec is None:
             expected = ", ".join(f"'{t.name}'" for t in signature.inputs)
             raise InvalidInputError(
-                f"unexpected input '{name}' for model '{request.model_name}'; "
+                f"unexpected input '{clipped(name)}' for model '{request.model_name}'; "
                 f"expected inputs: {expected}"
             )
         if tensor.datatype != spec.datatype:
@@ -114,10 +129,10 @@ def _output_names(request: InferRequest, signature: ModelSignature) -> list[str]
         if name not in signature.outputs_by_name:
             expected = ", ".join(f"'{t.name}'" for t in signature.outputs)
             raise InvalidInputError(
-                f"unknown output '{name}' requested from model '{request.model_name}'; "
+                f"unknown output '{clipped(name)}' requested from model '{request.model_name}'; "
                 f"expected outputs: {expected}"
             )
         if name in seen:
-            raise InvalidInputError(f"output '{name}' is requested more than once")
+            raise InvalidInputError(f"output '{clipped(name)}' is requested more than once")
         seen.add(name)
     return list(request.requested_outputs)

@@ -110,6 +110,17 @@ SHARED_CASES = [
                  id="superscript-digit-version"),
     pytest.param("versioned", "1", VERSIONED, None, NOT_FOUND, ["1", "versioned"],
                  id="version-on-disk-not-served"),
+    # Values a client chose are quoted cut short: past 4,300 digits Python refuses to convert,
+    # and a gRPC status message past 16 KiB is refused by the client's own library.
+    pytest.param("simple", "1" * 5000, simple_inputs(), None, NOT_FOUND,
+                 ["version", "(5000 characters)"], id="version-of-5000-digits"),
+    pytest.param("m" * 5000, "", simple_inputs(), None, NOT_FOUND, ["(5000 characters)"],
+                 id="model-name-of-5000-characters"),
+    pytest.param("simple", "", [*simple_inputs(), In("I" * 20000, "INT32", (1, 16))], None,
+                 INVALID, ["(20000 characters)", "expected inputs: 'INPUT0', 'INPUT1'"],
+                 id="input-name-of-20000-characters"),
+    pytest.param("simple", "", simple_inputs(), [Out("O" * 20000)], INVALID,
+                 ["(20000 characters)", "expected outputs"], id="output-name-of-20000-characters"),
     pytest.param("versioned_specific", "2", VERSIONED, None, NOT_FOUND, ["2"],
                  id="version-not-in-specific-policy"),
     pytest.param("simple", "", [i0(1, 16)], None, INVALID, ["INPUT1", "missing"],
@@ -532,6 +543,10 @@ METADATA_NOT_FOUND = [
     pytest.param("simple", "9", "/config", ["9"], id="config-unknown-version"),
     pytest.param("versioned", "1", "/config", ["1"], id="config-version-not-served"),
     pytest.param("simple", "\u00b2", "", ["\u00b2"], id="metadata-superscript-digit-version"),
+    pytest.param("simple", "9" * 5000, "/ready", [], id="ready-version-of-5000-digits"),
+    pytest.param(
+        "simple", "9" * 5000, "/config", ["(5000 characters)"], id="config-version-of-5000-digits"
+    ),
     pytest.param("no_such_model", "", "/ready", [], id="ready-unknown-model"),
 ]
 

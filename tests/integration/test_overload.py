@@ -157,19 +157,28 @@ def test_stop_lets_in_flight_requests_finish(tmp_path: Path) -> None:
 
 def test_threaded_grpc_calls_wait_for_a_worker_then_are_refused(tmp_path: Path) -> None:
     """--grpc-threads workers serve calls; as many more wait for one; beyond that, refused."""
+    models.plus_constant(tmp_path / "waits" / "1" / "model.onnx", 1.0)
+    models.write_config(  # a lone request waits a minute for company, holding its worker
+        tmp_path / "waits",
+        "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 60000000 }\n",
+    )
     gateway = RunningGateway(tmp_path, grpc_threads=2, grpc_server="threaded")
-    release = threading.Event()
     channel = grpc.insecure_channel(gateway.grpc_url)
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
-
-    def held_open() -> Iterator[pb.ModelInferRequest]:
-        yield pb.ModelInferRequest(model_name="nope")
-        release.wait(60)
-
+    request = pb.ModelInferRequest(
+        model_name="waits", raw_input_contents=[np.zeros((1, 4), np.float32).tobytes()]
+    )
+    request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
+    holding = [stub.ModelInfer.future(request, timeout=60) for _ in range(2)]
     try:
-        streams = [stub.ModelStreamInfer(held_open(), timeout=60) for _ in range(2)]
-        for stream in streams:  # an answer: the stream's handler holds a worker now
-            assert "no inputs" in next(stream).error_message
+        batcher = gateway.gateway.registry.resolve("waits", "").batcher
+        assert batcher is not None
+        for _ in range(200):  # both in the model's line: both workers are held
+            if batcher.waiting == 2:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the two held calls never reached the model's line")
         calls = [stub.ServerLive.future(pb.ServerLiveRequest(), timeout=60) for _ in range(3)]
         finished: queue.SimpleQueue[grpc.Future] = queue.SimpleQueue()
         for call in calls:
@@ -177,12 +186,12 @@ def test_threaded_grpc_calls_wait_for_a_worker_then_are_refused(tmp_path: Path) 
         refused = finished.get(timeout=30)  # the first to end: refused, the others wait
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert not any(c.done() for c in calls if c is not refused)
-        release.set()
-        for stream in streams:
-            assert list(stream) == []
+        for held in holding:  # their callers leave: the workers are free again
+            held.cancel()
         waited = [c for c in calls if c is not refused]
         assert [c.result(timeout=30).live for c in waited] == [True, True]
     finally:
-        release.set()
+        for held in holding:
+            held.cancel()
         channel.close()
         gateway.stop()

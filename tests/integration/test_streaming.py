@@ -5,6 +5,7 @@ the stream's requests."""
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,59 @@ def test_a_stream_longer_than_the_in_flight_bound(stream_server: RunningGateway)
     assert set(by_id) == {str(i) for i in range(count)}
     values = np.frombuffer(by_id["7"].infer_response.raw_output_contents[0], np.float32)
     np.testing.assert_array_equal(values, np.full(4, 8, np.float32))
+
+
+def test_idle_streams_cannot_take_every_worker_of_the_threaded_server(tmp_path: Path) -> None:
+    """Each open stream holds a worker: at most half of --grpc-threads may be streams, so unary
+    calls and health checks are still served while the rest sit idle; one more is refused."""
+    import grpc
+
+    from gateway.generated import grpc_service_pb2 as pb
+    from gateway.generated import grpc_service_pb2_grpc as pb_grpc
+
+    models.plus_constant(tmp_path / "plus" / "1" / "model.onnx", 1.0)
+    models.write_config(tmp_path / "plus", CONFIG)
+    running = RunningGateway(tmp_path, grpc_server="threaded", grpc_threads=4)
+    idle: list[Any] = []
+    try:
+        with grpc.insecure_channel(running.grpc_url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            hold: queue.Queue[Any] = queue.Queue()  # never sends: the streams stay open, idle
+
+            def quiet() -> Iterator[Any]:
+                while (request := hold.get()) is not None:
+                    yield request
+
+            idle = [stub.ModelStreamInfer(quiet(), timeout=60) for _ in range(2)]
+            assert running.gateway.service is not None
+            callers = running.gateway.service.callers
+            for _ in range(100):  # until the server holds both (each takes a worker)
+                if callers.calls == 2:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the server never held both idle streams")
+            refused = stub.ModelStreamInfer(iter(_raw_requests(1)), timeout=30)
+            with pytest.raises(grpc.RpcError) as raised:
+                list(refused)
+            assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2 ModelStreamInfer streams are open" in str(raised.value.details())
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live
+            answer = stub.ModelInfer(_raw_requests(1)[0], timeout=5)
+            values = np.frombuffer(answer.raw_output_contents[0], np.float32)
+            np.testing.assert_array_equal(values, np.ones(4, np.float32))
+            idle[0].cancel()  # a stream that ends gives its place back
+            for _ in range(100):
+                answers = stub.ModelStreamInfer(iter(_raw_requests(1)), timeout=30)
+                try:
+                    assert len(list(answers)) == 1
+                    break
+                except grpc.RpcError as error:  # its end is still being processed
+                    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                    time.sleep(0.05)
+            else:
+                raise AssertionError("the ended stream never gave its place back")
+    finally:
+        for call in idle:
+            call.cancel()
+        running.stop()

@@ -287,12 +287,18 @@ class ThreadedFrontEnd:
     """Sync handlers that run on grpcio's thread pool and call into the event loop."""
 
     def __init__(
-        self, service: InferenceService, loop: asyncio.AbstractEventLoop, admin_elsewhere: str
+        self,
+        service: InferenceService,
+        loop: asyncio.AbstractEventLoop,
+        admin_elsewhere: str,
+        max_streams: int,
     ) -> None:
         self._service = service
         self._servicer = InferenceServicer(service, admin_elsewhere=admin_elsewhere)
         self._loop = loop
         self._callers = service.callers
+        self._max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
 
     def _on_loop(self, coroutine: Any, context: grpc.ServicerContext) -> Any:
         call = _LoopCall(coroutine, self._loop)
@@ -340,11 +346,25 @@ class ThreadedFrontEnd:
         """Triton's bidirectional stream: a reader thread hands each request to the loop as it
         arrives; answers are encoded here, on the worker, in the order they complete. At most
         STREAM_IN_FLIGHT requests are in flight or unanswered; the end of the stream is
-        signalled once, by whichever of the reader and the last answer finishes last."""
-        stream = _Stream()
-        context.add_callback(stream.cancel_all)
-        with self._callers.call():  # an open stream counts for its whole life
-            yield from self._stream_answers(stream, requests, context)
+        signalled once, by whichever of the reader and the last answer finishes last.
+
+        An open stream holds a worker for its whole life, idle or not: at most `max_streams`
+        may be open, so that streams alone can never take every worker (unary calls, health
+        checks) and hang the server; one more is refused at once with RESOURCE_EXHAUSTED."""
+        if not self._streams.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._max_streams} ModelStreamInfer streams are open, the most this server "
+                "takes (half of --grpc-threads); send more requests on an open stream, or retry "
+                "later",
+            )
+        try:
+            stream = _Stream()
+            context.add_callback(stream.cancel_all)
+            with self._callers.call():  # an open stream counts for its whole life
+                yield from self._stream_answers(stream, requests, context)
+        finally:
+            self._streams.release()
 
     def _stream_answers(
         self, stream: _Stream, requests: Iterator[Any], context: grpc.ServicerContext
@@ -403,7 +423,7 @@ class ThreadedFrontEnd:
         try:
             call.start()
         except RuntimeError:  # the loop is closed: the server is stopping
-            stream.answered(request, call.failed(UnavailableError("the server is shutting down")))
+            call.failed(UnavailableError("the server is shutting down"))  # answers it, once
 
     def handler_for(self, name: str) -> Callable[..., Any]:
         """Inference runs here, on the worker; every other RPC runs the asyncio servicer's."""
@@ -436,7 +456,9 @@ def start_threaded_grpc_server(
     admin_elsewhere: str = "",
 ) -> tuple[grpc.Server, int]:
     """Start the threaded server (call from the event loop it feeds)."""
-    front = ThreadedFrontEnd(service, asyncio.get_running_loop(), admin_elsewhere)
+    front = ThreadedFrontEnd(
+        service, asyncio.get_running_loop(), admin_elsewhere, max_streams=max(1, workers // 2)
+    )
     server = grpc.server(
         ThreadPoolExecutor(workers, thread_name_prefix="grpc", initializer=name_os_thread),
         options=grpc_options(max_request_bytes),
