@@ -114,7 +114,9 @@ def _bytes_from_buffer(
     return array.reshape(shape)
 
 
-_INTEGER_KINDS = frozenset("iub")
+_INTEGER_KINDS = frozenset("iu")
+"""numpy kinds a JSON list may hold for an integer tensor: true/false are not numbers (as in
+Triton), only for BOOL tensors."""
 
 
 def from_list(
@@ -193,7 +195,7 @@ def _check_kind(tensor: str, datatype: DataType, source: npt.NDArray[Any]) -> No
         ok = kind in _INTEGER_KINDS
         expected = "integers"
     else:
-        ok = kind in "iubf"
+        ok = kind in "iuf"
         expected = "numbers"
     if not ok:
         raise InvalidInputError(f"{tensor}: {datatype.name} data must be {expected}")

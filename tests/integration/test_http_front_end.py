@@ -163,6 +163,25 @@ def test_a_request_sent_one_byte_at_a_time(connect: type[Connection]) -> None:
     assert_sum(connection.answer(), 7)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes.fromhex("160301") + b"\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS ClientHello
+        b"\x00\x01garbage\r\r\n",
+    ],
+    ids=["tls-client-hello", "binary-garbage"],
+)
+def test_bytes_that_cannot_start_a_request_are_refused_at_once(
+    connect: type[Connection], raw: bytes
+) -> None:
+    """Not left waiting for a blank line that never comes (until the idle timeout)."""
+    connection = connect()
+    connection.send(raw)
+    answer = connection.answer()
+    assert answer.status == 400, answer
+    assert connection.closed_by_server()
+
+
 def test_an_aiohttp_route_hands_the_connection_over_mid_way(connect: type[Connection]) -> None:
     """Data-plane requests first (answered here), then a control-plane one: aiohttp takes
     the connection, with a request pipelined behind it, and serves everything after."""

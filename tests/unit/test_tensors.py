@@ -73,6 +73,11 @@ def test_json_lists() -> None:
         tensors.from_list("x", INT8, [2], [1, None])
     with pytest.raises(InvalidInputError, match="out of range for UINT64"):
         tensors.from_list("x", UINT64, [2], [2**64, 1])
+    for datatype in (INT8, UINT64):  # true/false are not integers (UINT64 crashed on them)
+        with pytest.raises(InvalidInputError, match="must be integers"):
+            tensors.from_list("x", datatype, [2], [True, False])
+    with pytest.raises(InvalidInputError, match="must be numbers"):
+        tensors.from_list("x", FP32, [1], [True])
 
 
 def test_json_floats_that_overflow_the_datatype_are_refused() -> None:

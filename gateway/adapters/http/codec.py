@@ -44,6 +44,15 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _flag(value: Any, what: str) -> bool:
+    """A true/false parameter (null: false); anything else is a mistake, not false."""
+    if value is None:
+        return False
+    if type(value) is not bool:
+        raise InvalidInputError(f"{what} must be true or false, got {value!r:.40}")
+    return value
+
+
 def _shape(value: Any, what: str) -> list[int]:
     if type(value) is list:
         for dim in value:
@@ -88,13 +97,11 @@ def decode_request(
     if header_length is None:
         json_part, binary_part = view, view[len(view) :]
     else:
-        try:
-            length = int(header_length)
-        except ValueError:
-            length = -1
+        digits = header_length.isascii() and header_length.isdigit() and len(header_length) < 19
+        length = int(header_length) if digits else -1
         if length < 0 or length > len(view):
             raise InvalidInputError(
-                f"{HEADER_LENGTH} is '{header_length}', expected an integer between 0 and the "
+                f"{HEADER_LENGTH} is {header_length!r:.40}, expected an integer between 0 and the "
                 f"body length ({len(view)})"
             )
         json_part, binary_part = view[:length], view[length:]
@@ -104,7 +111,9 @@ def decode_request(
         plan = _plans.get(key)
         if plan is not None:
             return _from_plan(plan, binary_part, model_name, model_version), plan.encoding
-    request, encoding, planned = _decode(json_part, binary_part, model_name, model_version)
+    request, encoding, planned = _decode(
+        json_part, binary_part, model_name, model_version, header_length is not None
+    )
     if key is not None and planned is not None and not request.id:
         if len(_plans) >= MAX_PLANS:
             del _plans[next(iter(_plans))]
@@ -166,7 +175,11 @@ def _from_plan(
 
 
 def _decode(
-    json_part: memoryview, binary_part: memoryview, model_name: str, model_version: str
+    json_part: memoryview,
+    binary_part: memoryview,
+    model_name: str,
+    model_version: str,
+    header_length_given: bool,
 ) -> tuple[InferRequest, OutputEncoding, tuple[_InputPlan, ...] | None]:
     """The request, its output encoding and, when every input is binary, the plan of its
     inputs. Checks in the order a client reads about its mistakes: each input and its data
@@ -175,7 +188,13 @@ def _decode(
     try:
         document = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
+        hint = (
+            ""
+            if header_length_given
+            else f" (a body with binary tensor data needs the {HEADER_LENGTH} header: the "
+            "length of its JSON part)"
+        )
+        raise InvalidInputError(f"request body is not valid JSON: {exc}{hint}") from exc
     document = _object(document, "the request")
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -248,13 +267,14 @@ def _decode(
                     f"output '{name}': the classification extension is not supported"
                 )
             if "binary_data" in params:
-                binary[name] = params["binary_data"] is True
+                binary[name] = _flag(params["binary_data"], f"output '{name}' 'binary_data'")
             requested.append(name)
         requested = requested or None
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidInputError("'id' must be a string")
-    encoding = OutputEncoding(request_parameters.get("binary_data_output") is True, binary)
+    binary_output = request_parameters.get("binary_data_output", False)
+    encoding = OutputEncoding(_flag(binary_output, "parameter 'binary_data_output'"), binary)
     request = InferRequest(
         model_name=model_name,
         model_version=model_version,

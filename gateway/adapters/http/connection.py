@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 8190
 """A longer head goes to aiohttp, whose limits (8190 bytes a line or field) answer it."""
+_REQUEST_LINE_START = re.compile(rb"(?:\r?\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]{0,32}(?: |\Z)")
+"""What the first bytes of a request must look like (a method token, then a space): anything
+else (a TLS handshake on this plain port, say) goes to aiohttp at once, which refuses it."""
 PIPELINED_BYTES = 256 * 1024
 SERVED_PER_TURN = 32
 """Pipelined requests answered in one go before the loop serves others (then this goes on)."""
@@ -110,6 +114,15 @@ class Connection(asyncio.Protocol):
         self._buffer += data
         self._serve()
 
+    def eof_received(self) -> None:
+        """The client sent its FIN: taken as the client leaving, so the transport closes and
+        the request in flight leaves the batcher's line (connection_lost). TCP cannot tell a
+        close from a half-close (`nc -N`) until an answer is written, and a client that closes
+        or times out is the common case, whose work must not run for no one (nginx counts it
+        499, uvicorn and aiohttp do the same). A half-closing client gets only the answers
+        already written."""
+        return None
+
     def pause_writing(self) -> None:
         self._write_paused = True
 
@@ -144,7 +157,11 @@ class Connection(asyncio.Protocol):
         if head is None:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:  # incomplete, or ended by bare LFs (which aiohttp refuses its way)
-                if len(buffer) > MAX_HEAD_BYTES or buffer.find(b"\n\n") >= 0:
+                if (
+                    len(buffer) > MAX_HEAD_BYTES
+                    or buffer.find(b"\n\n") >= 0
+                    or not _REQUEST_LINE_START.match(buffer, 0, 64)
+                ):
                     self._hand_off()
                 return False
             head_end = end + 4
