@@ -19,6 +19,7 @@ from gateway import __version__
 from gateway.adapters.grpc.server import create_grpc_server
 from gateway.adapters.grpc.threaded import start_threaded_grpc_server
 from gateway.adapters.http.app import create_app
+from gateway.adapters.http.errors import quiet_client_mistakes
 from gateway.adapters.http.fastpath import FastPathServer
 from gateway.adapters.http.metrics import metrics_app, metrics_routes
 from gateway.config.settings import GatewaySettings
@@ -271,6 +272,7 @@ class Gateway:
         return await self._listen(await self._runner(app), port, what)
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
+        quiet_client_mistakes()
         runner = web.AppRunner(
             app,
             access_log=None,

@@ -7,6 +7,7 @@ malformed as real clients (and attackers) do.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -161,6 +162,33 @@ def test_a_request_sent_one_byte_at_a_time(connect: type[Connection]) -> None:
     for byte in infer_request(7):
         connection.send(bytes([byte]))
     assert_sum(connection.answer(), 7)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n",
+        b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: 12\r\n\r\nnot gzip at all"[:-3],
+    ],
+    ids=["bad-chunk-size", "body-not-the-gzip-it-claims"],
+)
+def test_a_malformed_request_is_logged_as_one_info_line_not_a_traceback(
+    connect: type[Connection], raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp logs these as ERRORs with tracebacks: any client could flood the log so."""
+    with caplog.at_level(logging.INFO, logger="aiohttp"):
+        connection = connect()
+        connection.send(raw)
+        answer = connection.answer()
+        assert answer.status == 400, answer
+        assert connection.closed_by_server()
+    records = [r for r in caplog.records if r.name.startswith("aiohttp")]
+    assert records, "aiohttp logged nothing"
+    for record in records:
+        assert record.levelno == logging.INFO and record.exc_info is None, record
+        assert "400" in record.getMessage()
 
 
 @pytest.mark.parametrize(

@@ -368,7 +368,18 @@ def test_http_compresses_only_bodies_worth_it(
 
 @pytest.mark.parametrize(
     ("accept", "coding"),
-    [("gzip, deflate", "deflate"), ("GZIP", "gzip"), ("br", None), ("identity", None)],
+    [
+        ("gzip, deflate", "deflate"),
+        ("GZIP", "gzip"),
+        ("br", None),
+        ("identity", None),
+        ("gzip;q=0", None),  # refused, not accepted (a substring match took it)
+        ("deflate;q=0, gzip", "gzip"),
+        ("deflate;q=0.5, gzip;q=0.8", "gzip"),
+        ("nogzip", None),
+        ("*", "deflate"),
+        ("*, deflate;q=0", "gzip"),
+    ],
 )
 @pytest.mark.parametrize("width", [16, 8192])  # 8192: compressed on a thread
 def test_http_compressed_answers_decode_to_the_same_tensors(
@@ -403,6 +414,7 @@ def test_http_compressed_answers_decode_to_the_same_tensors(
     connection.close()
     assert response.status == 200, body
     assert response.getheader("Content-Encoding") == coding
+    assert response.getheader("Vary") == "Accept-Encoding"
     if coding is not None:
         body = zlib.decompress(body, zlib.MAX_WBITS | (16 if coding == "gzip" else 0))
     length = int(response.getheader("Inference-Header-Content-Length") or 0)

@@ -33,18 +33,41 @@ _WBITS = {"deflate": zlib.MAX_WBITS, "gzip": 16 + zlib.MAX_WBITS}
 
 
 async def compressed(payload: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
-    """`payload` in the coding the client accepts, chosen as aiohttp chooses (deflate if
-    named, else gzip if named), and that coding; as it is, with None, when it is small or no
-    coding is accepted. Deflate is zlib-wrapped, as aiohttp sends it."""
+    """`payload` in the coding the client accepts (see accepted_coding), and that coding; as it
+    is, with None, when it is small or no coding is accepted. Deflate is zlib-wrapped, as
+    aiohttp sends it."""
     if len(payload) < MIN_COMPRESSED_BYTES or not accept_encoding:
         return payload, None
-    accepted = accept_encoding.lower()
-    coding = next((c for c in _WBITS if c in accepted), None)
+    coding = accepted_coding(accept_encoding)
     if coding is None:
         return payload, None
     if len(payload) > COMPRESS_INLINE_BYTES:
         return await asyncio.to_thread(_compress, payload, coding), coding
     return _compress(payload, coding), coding
+
+
+def accepted_coding(accept_encoding: str) -> str | None:
+    """deflate or gzip, whichever Accept-Encoding weighs highest (RFC 9110: `q=0` refuses a
+    coding, `*` stands for any not named); deflate on a tie, as aiohttp prefers it; None if
+    neither is acceptable."""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, _, parameters = item.partition(";")
+        weight = 1.0
+        for parameter in parameters.split(";"):
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights[coding.strip().lower()] = weight
+    best, best_weight = None, 0.0
+    for coding in _WBITS:  # deflate first: it wins ties
+        weight = weights.get(coding, weights.get("*", 0.0))
+        if weight > best_weight:  # a NaN weight is never greater: not acceptable
+            best, best_weight = coding, weight
+    return best
 
 
 def _compress(body: bytes, coding: str) -> bytes:

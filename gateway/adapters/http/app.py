@@ -12,7 +12,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.adapters.http import answers, codec
 from gateway.adapters.http.bodies import json_object
-from gateway.adapters.http.errors import error_middleware
+from gateway.adapters.http.errors import error_middleware, gateway_error_response
 from gateway.adapters.http.feedback import feedback_routes
 from gateway.adapters.metadata import repository_index_list
 from gateway.core.admin import AdminCall, Admitted
@@ -231,7 +231,13 @@ async def infer(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge as exc:  # chunked bodies: counted while read
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
     except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a broken gzip body
-        raise InvalidInputError(f"the request body cannot be read: {exc}") from exc
+        # The rest of the body cannot be read either, so the connection cannot go on: say
+        # so (Connection: close) rather than let aiohttp fail draining it after the answer.
+        response = gateway_error_response(
+            InvalidInputError(f"the request body cannot be read: {exc}")
+        )
+        response.force_close()
+        return response
     with service.callers.call():  # a caller, never solo (requests aiohttp has not read are unseen)
         payload, header_length = await answers.infer(
             service, body, request.headers, *_target(request)
@@ -241,6 +247,7 @@ async def infer(request: web.Request) -> web.Response:
         # gzip or deflate as the client asks (tritonclient's response_compression_algorithm);
         # Inference-Header-Content-Length counts the uncompressed JSON, as in Triton.
         payload, coding = await answers.compressed(payload, request.headers.get("Accept-Encoding"))
+        headers["Vary"] = "Accept-Encoding"  # for caches between client and server
         if coding is not None:
             headers["Content-Encoding"] = coding
     content_type = codec.JSON_CONTENT_TYPE if header_length is None else codec.BINARY_CONTENT_TYPE

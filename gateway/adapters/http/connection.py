@@ -251,6 +251,7 @@ class Connection(asyncio.Protocol):
             if self._server.compress_responses:
                 accept = head.headers.get("accept-encoding")
                 payload, coding = await answers.compressed(payload, accept)
+                extra += b"Vary: Accept-Encoding\r\n"  # for caches between client and server
                 if coding is not None:
                     extra += b"Content-Encoding: %s\r\n" % coding.encode()
             self._respond(head, 200, payload, _JSON if header_length is None else _BINARY, extra)

@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.core.errors import ErrorCode, GatewayError, OverloadedError
+from gateway.core.errors import ErrorCode, GatewayError, OverloadedError, clipped
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,30 @@ def gateway_error_response(error: GatewayError) -> web.Response:
     if wait is not None:
         response.headers["Retry-After"] = wait
     return response
+
+
+class ClientMistakes(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad chunk size, a header it refuses, a body
+    that is not the gzip it claims) as an ERROR with a traceback, though it answered the client
+    400: a client's mistake, which any client could repeat to flood the log. Such a record
+    becomes one INFO line (dropped where INFO is not logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError | RequestPayloadError):
+            return True
+        detail = clipped(" ".join(str(error).split()), 200)
+        record.msg, record.args = f"{record.getMessage()}: {detail}", ()
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+def quiet_client_mistakes() -> None:
+    """Install ClientMistakes on aiohttp's server logger (once)."""
+    server_logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientMistakes) for f in server_logger.filters):
+        server_logger.addFilter(ClientMistakes())
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
