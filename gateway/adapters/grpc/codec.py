@@ -126,17 +126,27 @@ def encode_response(response: InferResponse) -> Any:
     return message
 
 
-def stream_answer(request: Any, response: InferResponse | None, error: str | None) -> Any:
+StreamCaller = tuple[str, str, str]
+"""What a stream's error answer repeats of its request: model name, version and id."""
+
+
+def stream_caller(request: Any) -> StreamCaller:
+    """Kept for the answer instead of the request itself, whose tensors may be megabytes."""
+    return (
+        getattr(request, "model_name", ""),
+        getattr(request, "model_version", ""),
+        getattr(request, "id", ""),
+    )
+
+
+def stream_answer(caller: StreamCaller, response: InferResponse | None, error: str | None) -> Any:
     """A ModelStreamInferResponse: the answer, or the error with the request's id and model."""
     if response is not None:
         return pb.ModelStreamInferResponse(infer_response=encode_response(response))
-    model_name = getattr(request, "model_name", "")
-    request_id = getattr(request, "id", "")
+    model_name, model_version, request_id = caller
     return pb.ModelStreamInferResponse(
         error_message=error or "",
         infer_response=pb.ModelInferResponse(
-            model_name=model_name,
-            model_version=getattr(request, "model_version", ""),
-            id=request_id,
+            model_name=model_name, model_version=model_version, id=request_id
         ),
     )

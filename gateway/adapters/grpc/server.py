@@ -311,12 +311,14 @@ class InferenceServicer:
                     raise InvalidInputError(request.message)
                 infer_request = codec.decode_request(request)
                 response = await self._service.infer(infer_request, request_context(context))
-                answers.put_nowait(codec.stream_answer(request, response, None))
+                answers.put_nowait(codec.stream_answer(("", "", ""), response, None))
             except GatewayError as error:
-                answers.put_nowait(codec.stream_answer(request, None, error.message))
+                caller = codec.stream_caller(request)
+                answers.put_nowait(codec.stream_answer(caller, None, error.message))
             except Exception:
                 logger.exception("unexpected error in ModelStreamInfer")
-                answers.put_nowait(codec.stream_answer(request, None, "internal error"))
+                caller = codec.stream_caller(request)
+                answers.put_nowait(codec.stream_answer(caller, None, "internal error"))
 
         async def read() -> None:
             try:

@@ -224,7 +224,9 @@ class _LoopCall:
             self._notify(self)
 
 
-Answer = tuple[Any, "_LoopCall | None", str]
+Answer = tuple[codec.StreamCaller, "_LoopCall | None", str]
+"""Who asked (not the request: its tensors are let go as soon as it is answered), the call
+that answers it or None, and an error message when there is no call."""
 
 
 class _Stream:
@@ -246,8 +248,8 @@ class _Stream:
         with self._lock:
             self._pending.add(call)
 
-    def answered(self, request: Any, done: _LoopCall) -> None:
-        self.answers.put((request, done, ""))  # the answer first, then maybe the end
+    def answered(self, caller: codec.StreamCaller, done: _LoopCall) -> None:
+        self.answers.put((caller, done, ""))  # the answer first, then maybe the end
         with self._lock:
             self._pending.discard(done)
             self._outstanding -= 1
@@ -266,8 +268,8 @@ class _Stream:
                 for call in pending:  # each one ended answers through stream.answered
                     call.end_if_loop_stopped()
 
-    def answer_now(self, request: Any, error: str) -> None:
-        self.answers.put((request, None, error))
+    def answer_now(self, caller: codec.StreamCaller, error: str) -> None:
+        self.answers.put((caller, None, error))
 
     def reading_done(self) -> None:
         with self._lock:
@@ -386,37 +388,37 @@ class ThreadedFrontEnd:
         threading.Thread(target=read, name="grpc-stream-reader", daemon=True).start()
         while (item := stream.next_answer()) is not None:
             stream.room.release()
-            request, done, error = item
+            caller, done, error = item
             if done is not None:
                 if done.cancelled:
                     continue
                 failure, done.error = done.error, None  # taken: no cycle through the call
                 if failure is None:
-                    yield codec.stream_answer(request, done.result, None)
+                    yield codec.stream_answer(caller, done.result, None)
                     continue
                 if isinstance(failure, GatewayError):
                     error = failure.message
                 else:
                     logger.error("unexpected error in ModelStreamInfer", exc_info=failure)
                     error = "internal error"
-            yield codec.stream_answer(request, None, error)
+            yield codec.stream_answer(caller, None, error)
 
     def _submit_stream_request(
         self, stream: _Stream, request: Any, context: grpc.ServicerContext
     ) -> None:
         if isinstance(request, MalformedMessage):
-            stream.answer_now(request, request.message)
+            stream.answer_now(codec.stream_caller(request), request.message)
             return
         try:
             infer_request = codec.decode_request(request)
         except GatewayError as error:
-            stream.answer_now(request, error.message)
+            stream.answer_now(codec.stream_caller(request), error.message)
             return
         ctx = request_context(context)
         call = _LoopCall(
             self._service.infer(infer_request, ctx),
             self._loop,
-            functools.partial(stream.answered, request),
+            functools.partial(stream.answered, codec.stream_caller(request)),
         )
         stream.started()
         stream.track(call)
