@@ -72,7 +72,9 @@ class AdminAuthorizer:
             )
         if not authorization[: len(BEARER)].lower() == BEARER:
             raise UnauthenticatedError("the Authorization value must be 'Bearer <token>'")
-        offered = authorization[len(BEARER) :].strip().encode()
+        # A header may carry any byte (decoded latin-1, or surrogate-escaped): never fails
+        # here, it just matches no token.
+        offered = authorization[len(BEARER) :].strip().encode("utf-8", "surrogateescape")
         who = None
         for token, name in self._tokens.items():
             if hmac.compare_digest(offered, token.encode()):

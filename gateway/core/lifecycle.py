@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ class ModelLifecycle:
         self.registry = registry
         self._source = source
         self._pool = pool
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        """A model's lock lives while someone holds or awaits it: calls naming models that do
+        not exist (404s, any client can send them) leave nothing behind."""
         self._draining: set[ModelVersion] = set()
         self._drains: set[asyncio.Task[None]] = set()
         self._changes: set[asyncio.Task[Any]] = set()
@@ -84,7 +87,10 @@ class ModelLifecycle:
         return await loop.run_in_executor(self._pool, functools.partial(function, *args))
 
     def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
 
     async def _change(self, name: str, change: Coroutine[Any, Any, T]) -> T:
         """Run `change` under the model's lock in a task of its own that the caller's

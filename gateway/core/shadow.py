@@ -97,9 +97,14 @@ class ShadowDispatcher:
         if busy or len(self._tasks) >= self._max_in_flight or shadow.shadow_batcher is None:
             statistics.dropped += 1
             return
+        # The primary's rule is read now, while it serves: by the time the copy is compared
+        # the primary may have left service (its config gone), and must still be judged by it.
+        rule = self._rule(primary)
         shadow.acquire()  # an unload waits for the copy; released when its task is done, even
         task = asyncio.create_task(  # a task cancelled before it ever ran
-            self._run(request, primary, shadow, primary_answer, tolerance, protocol, statistics)
+            self._run(
+                request, primary, shadow, primary_answer, tolerance, protocol, statistics, rule
+            )
         )
         self._tasks.add(task)
 
@@ -120,6 +125,7 @@ class ShadowDispatcher:
         tolerance: Tolerance,
         protocol: str,
         statistics: PairStatistics,
+        rule: PredictionRule | None,
     ) -> None:
         started_ns = time.perf_counter_ns()
         timing = RequestTiming()
@@ -167,7 +173,7 @@ class ShadowDispatcher:
         answer = await asyncio.shield(primary_answer)  # shared: a cancelled copy leaves it be
         if answer is None:  # the primary failed: nothing to compare with
             return
-        self._compare(request, primary, shadow, answer, outputs, tolerance, statistics)
+        self._compare(request, primary, shadow, answer, outputs, tolerance, statistics, rule)
 
     def _compare(
         self,
@@ -178,8 +184,8 @@ class ShadowDispatcher:
         got: Sequence[Tensor],
         tolerance: Tolerance,
         statistics: PairStatistics,
+        rule: PredictionRule | None,
     ) -> None:
-        rule = self._rule(primary)
         shown: tuple[Any, Any]
         if rule is not None and rule.prediction is not Prediction.VALUE:
             mine, theirs = predicted_values(rule, expected), predicted_values(rule, got)

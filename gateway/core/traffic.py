@@ -130,9 +130,14 @@ def parse_policy(document: object) -> TrafficPolicy:
     if sum(weights.values()) <= 0:
         raise InvalidInputError('"weights" must give at least one version a positive weight')
     sticky = document.get("sticky_key", "") or ""
-    if not isinstance(sticky, str) or (sticky and not STICKY_KEY.match(sticky.lower())):
+    if not isinstance(sticky, str) or (sticky and not STICKY_KEY.fullmatch(sticky.lower())):
         raise InvalidInputError(
             '"sticky_key" must be a header / metadata key name (letters, digits, "_", ".", "-")'
+        )
+    if sticky.lower().endswith("-bin"):  # gRPC carries such keys' values as bytes, not text
+        raise InvalidInputError(
+            '"sticky_key" must not end in "-bin": gRPC metadata of that name is binary, and '
+            "would not route as the same text over HTTP"
         )
     shadows_in = document.get("shadows", []) or []
     if not isinstance(shadows_in, list):

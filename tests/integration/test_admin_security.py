@@ -139,6 +139,8 @@ def test_http_admin_calls_without_a_valid_token_are_refused(
     assert_json_error(http_call(address, method, path, body, basic), 401, "Bearer <token>")
     assert_json_error(http_call(address, method, path, body, bearer(WRONG)), 403, "not valid")
     assert_json_error(http_call(address, method, path, body, bearer("")), 401)
+    latin1 = {"Authorization": "Bearer caf\xe9"}  # a byte that is not UTF-8 (was a 500)
+    assert_json_error(http_call(address, method, path, body, latin1), 403, "not valid")
     # The token is checked before the body is read: a malformed body is still a 401.
     assert_json_error(http_call(address, method, path, b"{not json"), 401)
     # Nothing changed: gamma still serves, alpha has no label.

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.core.errors import NotFoundError
 from gateway.core.lifecycle import ModelLifecycle
 from gateway.core.ports import ModelSnapshot
 from gateway.core.registry import ModelRegistry, VersionState
@@ -116,3 +117,15 @@ async def test_a_label_whose_caller_leaves_is_still_saved(parts: Parts) -> None:
         await asyncio.sleep(0.01)
     assert parts.registry.get_model("m").labels == {"stable": 1}
     assert json.loads((parts.root / "m" / "labels.json").read_text()) == {"stable": 1}
+
+
+async def test_calls_naming_models_that_do_not_exist_leave_nothing_behind(parts: Parts) -> None:
+    """Any client may send them (404s): each once left a lock behind for good."""
+    for i in range(200):
+        with pytest.raises(NotFoundError):
+            await parts.lifecycle.unload(f"nope-{i}")
+        with pytest.raises(NotFoundError):
+            await parts.lifecycle.load(f"nope-{i}")
+        with pytest.raises(NotFoundError):
+            await parts.lifecycle.set_label(f"nope-{i}", "stable", "1")
+    assert len(parts.lifecycle._locks) == 0

@@ -1,15 +1,17 @@
-"""A rollout meeting unloads, aborts that are cancelled, and the last step's stable version:
-the controller, lifecycle and registry of a real repository, driven directly on one loop."""
+"""A rollout meeting unloads, aborts that are cancelled, the last step's stable version, and
+shadow copies outliving their primary: the controller, lifecycle, registry and shadow
+dispatcher of a real repository, driven directly on one loop."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.core.feedback import FeedbackStore
@@ -18,6 +20,8 @@ from gateway.core.registry import ModelRegistry, VersionState
 from gateway.core.rollout import RolloutController
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import Telemetry
+from gateway.core.traffic import Tolerance
+from gateway.core.types import InferRequest, Tensor
 from gateway.core.workers import WorkerPool
 from gateway.runtime.repository import FileRepository
 from tests.support.models import plus_constant, write_config
@@ -43,7 +47,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
     pool = ThreadPoolExecutor(2)
     telemetry = Telemetry()
     workers = WorkerPool(2, "inference")
-    registry = ModelRegistry(workers, telemetry=telemetry)
+    registry = ModelRegistry(workers, telemetry=telemetry, shadow_workers=workers)
     source = FileRepository(
         tmp_path, default_max_batch_size=8, default_intra_op_threads=1, default_concurrency=1
     )
@@ -100,3 +104,24 @@ async def test_the_stable_version_stays_loaded_at_the_last_step(parts: Parts) ->
     await parts.rollouts.abort("m")
     traffic = parts.registry.get_model("m").traffic
     assert traffic is not None and dict(traffic.weights) == {1: 100}
+
+
+async def test_a_shadow_copy_outliving_its_primary_is_judged_by_the_primary_s_rule(
+    parts: Parts,
+) -> None:
+    """An unload or reload may take the primary out of service (and its config with it) while
+    a shadow copy of one of its requests still runs: the copy must be compared as the pair
+    always is (both versions: argmax of 4 scores, the same class), not fall back to numbers
+    (they differ by 1) and count a disagreement that could roll a rollout back."""
+    primary, shadow = parts.registry.resolve("m", "1"), parts.registry.resolve("m", "2")
+    dispatcher = ShadowDispatcher(Telemetry())
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    answer: asyncio.Future[Sequence[Tensor] | None] = asyncio.get_running_loop().create_future()
+    request = InferRequest("m", "", [Tensor("X", "FP32", x)])
+    dispatcher.submit(request, primary, shadow, answer, Tolerance(), "http")
+    parts.registry.begin_drain(primary)  # the primary leaves service before the comparison
+    parts.registry.finish_drain(primary)
+    answer.set_result([Tensor("Y", "FP32", x + 1)])
+    await dispatcher.wait_idle()
+    pair = dispatcher.pair("m", 1, 2)
+    assert (pair.agree, pair.disagree, pair.error) == (1, 0, 0)

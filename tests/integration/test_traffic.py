@@ -145,6 +145,8 @@ def test_a_policy_may_only_name_ready_versions_and_is_checked(server: RunningGat
         ({"weights": {"1": 1}, "shadows": [{"version": "2"}, {"version": "2"}]}, "twice"),
         ({"weights": {"1": 1}, "shadows": [{"version": "2", "percent": 101}]}, "percent"),
         ({"weights": {"1": 1}, "sticky_key": "a b"}, "sticky_key"),
+        ({"weights": {"1": 1}, "sticky_key": "x-user\n"}, "sticky_key"),
+        ({"weights": {"1": 1}, "sticky_key": "x-user-bin"}, '"-bin"'),  # gRPC: bytes (INTERNAL)
         ({"weights": {"1": 1}, "colour": "red"}, "colour"),
         ([1, 2], "JSON object"),
     ]:
