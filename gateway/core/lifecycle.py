@@ -57,7 +57,9 @@ class ModelListener(Protocol):
 
     def model_restored(self, name: str, documents: Mapping[str, Any]) -> None: ...
 
-    def model_unloaded(self, name: str) -> None: ...
+    async def model_unloaded(self, name: str) -> None:
+        """Awaited under the model's lock: what it saves is on disk before any later load of
+        the model reads the model's files."""
 
 
 class ModelLifecycle:
@@ -70,6 +72,11 @@ class ModelLifecycle:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         """A model's lock lives while someone holds or awaits it: calls naming models that do
         not exist (404s, any client can send them) leave nothing behind."""
+        self._writes: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        """One per (model, document kind), held while one is written: writes land in the
+        order they were asked for (the load pool has several threads)."""
         self._draining: set[ModelVersion] = set()
         self._drains: set[asyncio.Task[None]] = set()
         self._changes: set[asyncio.Task[Any]] = set()
@@ -279,18 +286,20 @@ class ModelLifecycle:
         """Stop routing to every version of the model; they finish in-flight requests, then
         their sessions are released. Returns once they stopped taking requests."""
         check_model_name(name)
-        async with self._lock(name):
-            entry = self.registry.get_model(name)
-            leaving = [v for _, v in sorted(entry.versions.items()) if v.ready]
-            entry.unloaded = True
-            entry.labels.clear()
-            entry.traffic = None
-            self._labels_restored.discard(name)
-            for version in leaving:
-                self._retire(version)
-            for listener in self._listeners:
-                listener.model_unloaded(name)
-            return LoadResult(name, unloaded=tuple(v.version for v in leaving))
+        return await self._change(name, self._unload(name))
+
+    async def _unload(self, name: str) -> LoadResult:
+        entry = self.registry.get_model(name)
+        leaving = [v for _, v in sorted(entry.versions.items()) if v.ready]
+        entry.unloaded = True
+        entry.labels.clear()
+        entry.traffic = None
+        self._labels_restored.discard(name)
+        for version in leaving:
+            self._retire(version)
+        for listener in self._listeners:
+            await listener.model_unloaded(name)
+        return LoadResult(name, unloaded=tuple(v.version for v in leaving))
 
     def _retire(self, version: ModelVersion) -> None:
         self.registry.begin_drain(version)
@@ -338,25 +347,40 @@ class ModelLifecycle:
 
     # -- traffic ------------------------------------------------------------------------
     async def set_traffic(
-        self, name: str, policy: TrafficPolicy | None, persisted: TrafficPolicy | None = None
-    ) -> None:
+        self,
+        name: str,
+        policy: TrafficPolicy | None,
+        persisted: TrafficPolicy | None = None,
+        when: Callable[[], bool] | None = None,
+    ) -> bool:
         """Replace (None: remove) the model's traffic policy at once, and persist it (or
-        `persisted`: a rollout's step without the shadow it adds, which it sets again itself)."""
+        `persisted`: a rollout's step without the shadow it adds, which it sets again itself).
+        With `when`, only if it still holds once the model's other changes before this one
+        are done (a rollout's step: only if an unload has not ended the rollout meanwhile);
+        returns whether the policy was set."""
         check_model_name(name)
 
-        async def change() -> None:
+        async def change() -> bool:
+            if when is not None and not when():
+                return False
             self.registry.set_traffic(name, policy)
             saved = persisted or policy
             await self.save_document(name, "traffic", None if saved is None else saved.document())
+            return True
 
-        await self._change(name, change())
+        return await self._change(name, change())
 
     async def save_document(self, name: str, kind: str, document: Mapping[str, Any] | None) -> None:
         """Persist the model's state of `kind`; a read-only repository keeps it in memory."""
-        try:
-            await self._blocking(self._source.save_document, name, kind, document)
-        except OSError as exc:
-            logger.warning("model %s: %s is not persisted: %s", name, kind, exc)
+        key = (name, kind)
+        lock = self._writes.get(key)
+        if lock is None:
+            lock = self._writes[key] = asyncio.Lock()
+        async with lock:  # FIFO: the last asked for is the last written
+            try:
+                await self._blocking(self._source.save_document, name, kind, document)
+            except OSError as exc:
+                logger.warning("model %s: %s is not persisted: %s", name, kind, exc)
 
     # -- poll mode ----------------------------------------------------------------------
     async def poll_once(self) -> list[LoadResult]:

@@ -75,8 +75,6 @@ class RolloutController:
         self._rollouts: dict[str, Rollout] = {}
         self._active: dict[str, Rollout] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._saving: set[asyncio.Task[None]] = set()
-        self._aborting: dict[str, Rollout] = {}
         """Rollouts aborted by an unload whose saved state is still being written."""
         self.outcomes: Counter[tuple[str, str]] = Counter()
         """(model, promoted | rolled_back | aborted) -> rollouts that ended so."""
@@ -186,13 +184,16 @@ class RolloutController:
     # -- lifecycle listener ---------------------------------------------------------------
     def model_restored(self, name: str, documents: Mapping[str, Any]) -> None:
         """At a model's first load: its persisted rollout, resumed if it was running."""
-        document = documents.get("rollout")
-        if not isinstance(document, dict) or name in self._active:
+        if name in self._active:
             return
-        ended = self._aborting.get(name) or self._rollouts.get(name)
+        document = documents.get("rollout")
+        if not isinstance(document, dict):
+            return
+        ended = self._rollouts.get(name)
         if ended is not None and ended.state not in ACTIVE:
-            # This process ended it (an unload a moment ago): what the load read from disk may
-            # be older than that, so it must not resume, nor its step's traffic come back.
+            # This process ended it: what the load read from disk may be older than that (a
+            # repository that cannot be written keeps the state in memory only), so it must
+            # not resume, nor its step's traffic come back.
             if document.get("state") in ACTIVE:
                 serving = ended.plan.to if ended.state == PROMOTED else ended.plan.from_version
                 with contextlib.suppress(GatewayError):
@@ -221,8 +222,10 @@ class RolloutController:
         )
         self._launch(rollout, begin=True)
 
-    def model_unloaded(self, name: str) -> None:
-        """An unload on request (or the model leaving the repository) aborts its rollout."""
+    async def model_unloaded(self, name: str) -> None:
+        """An unload on request (or the model leaving the repository) aborts its rollout; the
+        aborted state and the stable version's traffic are saved before this returns (under
+        the model's lock: a load right after reads them, not the step's)."""
         rollout = self._active.pop(name, None)
         if rollout is None:
             return
@@ -235,19 +238,7 @@ class RolloutController:
         logger.warning("model %s: rollout of version %d aborted: unloaded", name, rollout.plan.to)
         # After a later load the stable version serves, as after any abort.
         fallback = self._fallback_policy(rollout, rollout.plan.from_version).document()
-        saving = asyncio.create_task(self._save_unloaded(rollout, fallback))
-        self._saving.add(saving)
-        self._aborting[name] = rollout
-
-        def saved(done: asyncio.Task[None]) -> None:
-            self._saving.discard(done)
-            if self._aborting.get(name) is rollout:
-                del self._aborting[name]
-
-        saving.add_done_callback(saved)
-
-    async def _save_unloaded(self, rollout: Rollout, traffic: dict[str, Any]) -> None:
-        await self._lifecycle.save_document(rollout.model, "traffic", traffic)
+        await self._lifecycle.save_document(name, "traffic", fallback)
         await self._persist(rollout)
 
     async def close(self) -> None:
@@ -260,7 +251,6 @@ class RolloutController:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*list(self._saving), return_exceptions=True)  # finish, not cancel
         self._tasks.clear()
 
     # -- the task of one rollout ----------------------------------------------------------
@@ -339,7 +329,15 @@ class RolloutController:
         # Saved without the candidate's shadow (a policy file may not copy requests to a
         # version that takes some itself); a restart resumes the rollout, which adds it again.
         persisted = dataclasses.replace(policy, shadows=()) if policy.shadows else None
-        await self._lifecycle.set_traffic(rollout.model, policy, persisted)
+
+        def still_active() -> bool:
+            return self._active.get(rollout.model) is rollout
+
+        # An unload may end the rollout before the weights are set (they must not be), or
+        # after it, before this goes on (the unload has undone them): it stays aborted.
+        set_now = await self._lifecycle.set_traffic(rollout.model, policy, persisted, still_active)
+        if not set_now or not still_active():
+            return
         rollout.begin_step(self._clock(), self._wall(), self._pair_counts(rollout))
         rollout.state = RUNNING
         what = (

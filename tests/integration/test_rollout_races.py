@@ -125,3 +125,23 @@ async def test_a_shadow_copy_outliving_its_primary_is_judged_by_the_primary_s_ru
     await dispatcher.wait_idle()
     pair = dispatcher.pair("m", 1, 2)
     assert (pair.agree, pair.disagree, pair.error) == (1, 0, 0)
+
+
+async def test_an_unload_while_a_rollout_starts_leaves_it_aborted(parts: Parts) -> None:
+    """The start's first weights wait for the model's lock, an unload right behind them: the
+    unload aborts the rollout before the start goes on, which must not make it run again."""
+    async with parts.lifecycle._lock("m"):  # both queue on the model's lock, start first
+        starting = asyncio.create_task(parts.rollouts.start("m", dict(PLAN)))
+        await asyncio.sleep(0.05)
+        unloading = asyncio.create_task(parts.lifecycle.unload("m"))
+        await asyncio.sleep(0.05)
+    started = await starting
+    await unloading
+    assert started["state"] == "aborted"
+    assert parts.rollouts.active("m") is None
+    await parts.lifecycle.load("m")  # what the load reads must not bring the rollout back
+    await asyncio.sleep(0.2)
+    assert parts.rollouts.status("m")["state"] == "aborted"
+    assert parts.saved("rollout")["state"] == "aborted"
+    traffic = parts.registry.get_model("m").traffic
+    assert traffic is not None and dict(traffic.weights) == {1: 100}

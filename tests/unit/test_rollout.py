@@ -38,11 +38,18 @@ class FakeLifecycle:
         self.saved: dict[tuple[str, str], Any] = {}
 
     async def set_traffic(
-        self, name: str, policy: TrafficPolicy | None, persisted: TrafficPolicy | None = None
-    ) -> None:
+        self,
+        name: str,
+        policy: TrafficPolicy | None,
+        persisted: TrafficPolicy | None = None,
+        when: Callable[[], bool] | None = None,
+    ) -> bool:
+        if when is not None and not when():
+            return False
         self.registry.set_traffic(name, policy)
         saved = persisted or policy
         self.saved[(name, "traffic")] = None if saved is None else saved.document()
+        return True
 
     async def set_label(self, name: str, label: str, version: str) -> None:
         self.registry.set_label(name, label, version)
@@ -365,9 +372,9 @@ async def test_an_unloaded_model_aborts_its_rollout() -> None:
     h = Harness()
     h.traffic.per_poll = GOOD
     await h.controller.start("m", PLAN)
-    h.controller.model_unloaded("m")
+    await h.controller.model_unloaded("m")
     assert h.controller.active("m") is None
-    await h.until(lambda: h.lifecycle.saved[("m", "rollout")]["state"] == "aborted")
+    assert h.lifecycle.saved[("m", "rollout")]["state"] == "aborted"  # saved before it returns
     assert h.lifecycle.saved[("m", "traffic")]["weights"] == {"1": 100}
     await h.controller.close()
 
