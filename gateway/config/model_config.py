@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf import json_format, text_format
 
+from gateway.core.errors import clipped
 from gateway.core.model import (
     BatchingPolicy,
     DeviceKind,
@@ -141,6 +142,11 @@ def _placement(path: Path, config: Any, parameters: dict[str, str]) -> Placement
         if group.HasField("rate_limiter"):
             raise ModelConfigError(f"{path}: instance_group rate_limiter is not supported")
         kinds.add("KIND_GPU" if kind == "KIND_GPU" else "KIND_CPU")
+        if group.count < 0:
+            raise ModelConfigError(
+                f"{path}: instance_group count is {group.count}, expected 1 or more (0 or "
+                "absent: 1)"
+            )
         count += group.count or 1
         gpus.extend(group.gpus)
     if len(kinds) > 1:
@@ -190,10 +196,11 @@ def _parameters(path: Path, config: Any) -> dict[str, str]:
         text = value.string_value.strip()
         text = text if key in _VERBATIM else text.lower()
         names = [name.strip() for name in text.split(",")]
+        whole = text.isascii() and text.isdigit() and len(text) <= 9  # not "²", not 10**5000
         valid = {
-            "intra_op_thread_count": text.isdigit(),
-            "inter_op_thread_count": text.isdigit(),
-            "returning_wait_microseconds": text.isdigit(),
+            "intra_op_thread_count": whole,
+            "inter_op_thread_count": whole,
+            "returning_wait_microseconds": whole,
             "graph_optimization_level": text in _GRAPH_LEVELS,
             "execution_mode": text in _EXECUTION_MODES,
             "prediction_output": bool(text),
@@ -302,18 +309,30 @@ def _policy(path: Path, config: Any, directory_name: str) -> ModelPolicy:
         batching=_batching(path, config),
         placement=_placement(path, config, parameters),
         parameters=parameters,
-        default_model_filename=config.default_model_filename or "model.onnx",
+        default_model_filename=_model_filename(path, config.default_model_filename),
         warmup=_warmup(path, config),
         configured=True,
     )
 
 
+def _model_filename(path: Path, name: str) -> str:
+    """A file name inside each version directory: never a path that leads out of it."""
+    if not name:
+        return "model.onnx"
+    if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise ModelConfigError(
+            f"{path}: default_model_filename {clipped(name)!r} must be a file name in the "
+            "version directory, not a path"
+        )
+    return name
+
+
 def read_model_policy(model_dir: Path) -> ModelPolicy:
     """The policy of the model in `model_dir`: from its config.pbtxt, or all defaults."""
     path = model_dir / CONFIG_FILENAME
-    if not path.is_file():
-        return ModelPolicy(name=model_dir.name)
     try:
+        if not path.is_file():
+            return ModelPolicy(name=model_dir.name)
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelConfigError(f"{path}: cannot be read: {exc}") from exc

@@ -21,7 +21,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from gateway.core.errors import GatewayError, InvalidInputError, NotFoundError
+from gateway.core.errors import (
+    MAX_MESSAGE_CHARS,
+    GatewayError,
+    InvalidInputError,
+    NotFoundError,
+    clipped,
+)
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner, ModelSnapshot, ModelSource, SourceError
 from gateway.core.registry import ModelRegistry, ModelVersion, VersionState
@@ -118,8 +124,9 @@ class ModelLifecycle:
             task.exception()  # retrieved here too: a caller that left cannot read it
 
     async def model_names(self) -> list[str]:
-        """The models in the repository, loaded or not."""
-        return await self._blocking(self._source.model_names)
+        """The models in the repository, loaded or not. Listed on a thread of its own, not the
+        load pool: the repository index must not wait behind loads (a warm-up takes seconds)."""
+        return await asyncio.to_thread(self._source.model_names)
 
     # -- load ---------------------------------------------------------------------------
     async def load_all(self, names: Sequence[str] | None = None) -> list[LoadFailure]:
@@ -200,7 +207,15 @@ class ModelLifecycle:
                 failures.append(outcome)
                 continue
             fresh, runner = outcome
-            replaced = self.registry.install(fresh, runner, snapshot.versions[number])
+            try:
+                replaced = self.registry.install(fresh, runner, snapshot.versions[number])
+            except Exception as exc:  # a bug must not leave the version LOADING for good
+                logger.exception("model %s version %d could not be installed", name, number)
+                await self._blocking(runner.close)
+                failure = LoadFailure(name, number, f"unexpected error: {exc}")
+                self.registry.set_failed(name, number, failure.reason)
+                failures.append(failure)
+                continue
             loaded.append(number)
             logger.info(
                 "model %s version %d ready on %s (max_batch_size %d)%s",
@@ -247,6 +262,7 @@ class ModelLifecycle:
 
     def _model_failed(self, name: str, reason: str) -> LoadResult:
         """The model as a whole cannot be read: what serves keeps serving, and says why."""
+        reason = clipped(reason, MAX_MESSAGE_CHARS)  # a config may quote anything at length
         logger.error("model %s: %s", name, reason)
         entry = self.registry.entry(name)
         serving = entry.ready_versions()

@@ -15,7 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gateway.core.batcher import DynamicBatcher, batcher_config
-from gateway.core.errors import InvalidInputError, NotFoundError, UnavailableError, clipped
+from gateway.core.errors import (
+    MAX_MESSAGE_CHARS,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
+    clipped,
+)
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner
 from gateway.core.telemetry import Telemetry
@@ -226,6 +232,7 @@ class ModelRegistry:
 
     def set_failed(self, name: str, version: int | None, reason: str) -> None:
         """Record a failed load; a copy of the version that still serves keeps serving."""
+        reason = clipped(reason, MAX_MESSAGE_CHARS)  # shown in every index answer from now on
         entry = self.entry(name)
         entry.load_failures += 1
         if version is None:

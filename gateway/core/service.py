@@ -180,7 +180,12 @@ class InferenceService:
                     f"version {f.version}: {f.reason}" if f.version else f.reason
                     for f in result.failures
                 )
-                raise InvalidInputError(f"failed to load '{name}': {reasons}")
+                loaded = (
+                    f" (loaded and serving: version(s) {', '.join(map(str, result.loaded))})"
+                    if result.loaded
+                    else ""
+                )
+                raise InvalidInputError(f"failed to load '{name}': {reasons}{loaded}")
             return result
 
         return await self._admin(caller, "load", name, work)

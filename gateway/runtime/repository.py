@@ -27,7 +27,7 @@ from gateway.core.errors import NotFoundError
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner, ModelSnapshot, SourceError
 from gateway.core.registry import LABEL
-from gateway.core.validation import check_model_name, is_valid_model_name
+from gateway.core.validation import MAX_VERSION_DIGITS, check_model_name, is_valid_model_name
 from gateway.runtime.onnx_runner import load_version
 from gateway.runtime.warmup import warm_up
 
@@ -59,11 +59,14 @@ class FileRepository:
     def model_names(self) -> list[str]:
         if not self.root.is_dir():
             raise FileNotFoundError(f"model repository {self.root} is not a directory")
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and is_valid_model_name(p.name)
-        )
+        try:
+            return sorted(
+                p.name
+                for p in self.root.iterdir()
+                if not p.name.startswith(".") and is_valid_model_name(p.name) and _is_dir(p)
+            )
+        except OSError as exc:  # e.g. a repository this process may not list
+            raise SourceError(f"model repository {self.root} cannot be listed: {exc}") from exc
 
     def _model_dir(self, name: str) -> Path:
         check_model_name(name)  # never a path outside the repository
@@ -73,19 +76,28 @@ class FileRepository:
         """A digest of every file's path, size and modification time under the model's
         directory (hidden entries and labels.json excepted); None if the model is gone."""
         model_dir = self._model_dir(name)
-        if not model_dir.is_dir():
+        if not _is_dir(model_dir):
             return None
         digest = hashlib.sha256()
-        for path, stat in _walk(model_dir):
-            if path in STATE_FILES:
-                continue
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        try:
+            for path, stat in _walk(model_dir):
+                if path in STATE_FILES:
+                    continue
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError as exc:  # unreadable: a change to apply, which says why it fails
+            return f"unreadable: {exc}"
         return digest.hexdigest()
 
     def read(self, name: str, config_json: str | None) -> ModelSnapshot:
         model_dir = self._model_dir(name)
-        if not model_dir.is_dir():
+        if not _is_dir(model_dir):
             raise NotFoundError(f"model '{name}' is not in the model repository")
+        try:
+            return self._read(model_dir, name, config_json)
+        except OSError as exc:  # a directory or file this process may not read
+            raise SourceError(f"{model_dir}: cannot be read: {exc}") from exc
+
+    def _read(self, model_dir: Path, name: str, config_json: str | None) -> ModelSnapshot:
         if config_json is None:
             policy = read_model_policy(model_dir)
             config_text = _read_bytes(model_dir / CONFIG_FILENAME)
@@ -94,10 +106,10 @@ class FileRepository:
             config_text = config_json.encode()
         versions: dict[int, str] = {}
         for entry in model_dir.iterdir():
-            if not (entry.name.isascii() and entry.name.isdigit() and entry.is_dir()):
+            number = _version_number(entry.name)
+            if number is None or not entry.is_dir():
                 continue
-            number = int(entry.name)
-            if number < 1 or not (entry / policy.default_model_filename).is_file():
+            if not (entry / policy.default_model_filename).is_file():
                 continue
             digest = hashlib.sha256(config_text)
             for path, stat in _walk(entry):
@@ -187,20 +199,45 @@ def _read_document(path: Path) -> Any:
         raise ModelConfigError(f"{path}: cannot be read: {exc}") from exc
 
 
+def _version_number(name: str) -> int | None:
+    """A version directory's number: 1 up to an int64, written as Triton writes it ('01' or
+    '+1' name no version: the version would be opened as '1', another directory)."""
+    if not (name.isascii() and name.isdigit()) or len(name) > MAX_VERSION_DIGITS:
+        return None
+    number = int(name)
+    return number if number >= 1 and str(number) == name else None
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # Python 3.11 raises for some (permission denied on a parent, say)
+        return False
+
+
 def _walk(directory: Path) -> list[tuple[str, os.stat_result]]:
-    """Every regular file under `directory` (relative path, stat), hidden entries skipped."""
+    """Every regular file under `directory` (relative path, stat), hidden entries skipped.
+    A directory right under it that is a symbolic link (a version linked in from elsewhere)
+    is walked too, so its changes are seen; links further down are not followed."""
     found: list[tuple[str, os.stat_result]] = []
     if not directory.is_dir():
         return found
-    for parent, directories, files in os.walk(directory):
-        directories[:] = sorted(d for d in directories if not d.startswith("."))
-        for file in sorted(f for f in files if not f.startswith(".")):
-            path = Path(parent) / file
-            try:
-                stat = path.stat()
-            except OSError:
-                continue  # removed while we looked: the next poll sees the change
-            found.append((str(path.relative_to(directory)), stat))
+    roots = [directory]
+    roots += sorted(
+        entry
+        for entry in directory.iterdir()
+        if not entry.name.startswith(".") and entry.is_symlink() and entry.is_dir()
+    )
+    for root in roots:
+        for parent, directories, files in os.walk(root):
+            directories[:] = sorted(d for d in directories if not d.startswith("."))
+            for file in sorted(f for f in files if not f.startswith(".")):
+                path = Path(parent) / file
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue  # removed while we looked: the next poll sees the change
+                found.append((str(path.relative_to(directory)), stat))
     return found
 
 

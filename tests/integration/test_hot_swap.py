@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
 import threading
 import time
@@ -501,3 +502,66 @@ def test_poll_mode_runs_by_itself(repository: Path) -> None:
             time.sleep(0.05)
     finally:
         running.stop()
+
+
+def test_poll_mode_sees_a_version_linked_in_from_elsewhere(
+    repository: Path, tmp_path: Path
+) -> None:
+    """`ln -s /artifacts/m-v2 m/2`: the link's files count, so a poll loads it, sees its files
+    change, and unloads it when the link goes."""
+    running = RunningGateway(repository, model_control_mode="poll", repository_poll_secs=3600)
+    try:
+        artifact = tmp_path / "artifacts" / "swap-v2"
+        plus_constant(artifact / "model.onnx", 2.0, WIDTH)
+        (repository / "swap" / "2").symlink_to(artifact, target_is_directory=True)
+        poll(running)
+        assert [r.loaded for r in poll(running)] == [(2,)]
+        assert infer_http(running, "swap") == ("2", 2.0)
+        plus_constant(artifact / "model.onnx", 20.0, WIDTH)  # a new copy behind the link
+        os.utime(artifact / "model.onnx", ns=(1, 1))  # whatever the clock did, it changed
+        poll(running)
+        assert [r.loaded for r in poll(running)] == [(2,)]
+        assert infer_http(running, "swap") == ("2", 20.0)
+    finally:
+        running.stop()
+
+
+def test_a_version_directory_not_written_as_triton_writes_numbers_is_no_version(
+    repository: Path,
+) -> None:
+    """'01' once became version 1, then failed to open '1'; more than 19 digits is no int64."""
+    for name in ("01", "+2", "99999999999999999999"):
+        plus_constant(repository / "steady" / name / "model.onnx", 5.0, WIDTH)
+    running = RunningGateway(repository)
+    try:
+        versions = {version for name, version in index(running) if name == "steady"}
+        assert versions == {"7"}
+        assert infer_http(running, "steady") == ("7", 7.0)
+    finally:
+        running.stop()
+
+
+def test_a_failure_reason_is_shown_cut_short(server: RunningGateway) -> None:
+    """A config quoting a 2 MB name: the reason every index answer carries stays short."""
+    huge = json.dumps({"name": "x" * 2_000_000, "max_batch_size": 8})
+    status, message = admin_error(
+        server, "/v2/repository/models/swap/load", {"parameters": {"config": huge}}
+    )
+    assert status == 400 and len(message) < 1_100
+    reason = index(server)[("swap", "1")]["reason"]
+    assert "reload failed, still serving" in reason and len(reason) < 1_100
+    assert infer_http(server, "swap") == ("1", 1.0)
+
+
+def test_a_load_that_partly_fails_says_which_versions_it_did_load(
+    server: RunningGateway, repository: Path
+) -> None:
+    write_config(repository / "swap", "max_batch_size: 8\nversion_policy { all { } }\n")
+    add_version(repository / "swap", 2)
+    broken = repository / "swap" / "3"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    status, message = admin_error(server, "/v2/repository/models/swap/load")
+    assert status == 400 and "version 3" in message
+    assert "(loaded and serving: version(s) 1, 2)" in message  # a new config: both reloaded
+    assert infer_http(server, "swap", "2") == ("2", 2.0)

@@ -116,6 +116,22 @@ def test_version_policies() -> None:
             ["'returning_wait_microseconds' is '-5'", "non-negative integer"],
         ),
         ('model_warmup [ { name: "w", batch_size: 1 } ]', ["model_warmup"]),
+        # Each of these once loaded far enough to leave its version LOADING for good (a 500).
+        ("instance_group [ { count: -1 } ]", ["instance_group count is -1", "1 or more"]),
+        (
+            'parameters { key: "returning_wait_microseconds" value: { string_value: "\u00b2" } }',
+            ["'returning_wait_microseconds'", "non-negative integer"],
+        ),
+        (
+            'parameters { key: "intra_op_thread_count" value: { string_value: "1000000000000" } }',
+            ["'intra_op_thread_count'", "non-negative integer"],
+        ),
+        (
+            'default_model_filename: "../../other/1/model.onnx"',
+            ["default_model_filename", "not a path"],
+        ),
+        ('default_model_filename: "/etc/model.onnx"', ["not a path"]),
+        ('default_model_filename: ".."', ["not a path"]),
     ],
 )
 def test_unsupported_or_invalid_configs_name_file_and_field(
