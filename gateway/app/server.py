@@ -26,6 +26,7 @@ from gateway.config.settings import GatewaySettings
 from gateway.core.admin import AdminAuthorizer, read_token_file
 from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadFailure, ModelLifecycle
+from gateway.core.ports import SourceError
 from gateway.core.registry import ModelRegistry
 from gateway.core.rollout import RolloutController
 from gateway.core.service import InferenceService
@@ -331,7 +332,9 @@ class Gateway:
             await asyncio.sleep(interval_s)
             try:
                 await self.lifecycle.poll_once()
-            except Exception:  # the poller must outlive a bad scan (a vanished directory...)
+            except (SourceError, FileNotFoundError) as exc:  # the repository: one line a scan
+                logger.error("repository poll failed: %s", exc)
+            except Exception:  # the poller must outlive a bad scan (and a bug says where)
                 logger.exception("repository poll failed")
 
     async def stop(self) -> None:

@@ -22,6 +22,7 @@ from gateway.core.errors import (
 from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadResult, ModelLifecycle
 from gateway.core.model import LoadedVersion
+from gateway.core.ports import SourceError
 from gateway.core.registry import ModelEntry, ModelRegistry, ModelVersion, VersionState
 from gateway.core.rollout import RolloutController
 from gateway.core.shadow import PairStatistics, ShadowDispatcher
@@ -129,7 +130,12 @@ class InferenceService:
                     continue
                 index.append(IndexEntry(entry.name, number, version.state, version.reason))
         if self.lifecycle is not None and not ready_only:
-            for name in await self.lifecycle.model_names():
+            try:
+                names = await self.lifecycle.model_names()
+            except SourceError as exc:  # what is loaded is still known: answer with that
+                logger.warning("repository index without the models not loaded: %s", exc)
+                names = []
+            for name in names:
                 if name not in known:
                     index.append(IndexEntry(name, None, VersionState.UNLOADED, "not loaded"))
             index.sort(key=lambda item: (item.name, item.version or 0))
