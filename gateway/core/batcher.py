@@ -211,6 +211,8 @@ class DynamicBatcher:
         """How long the last one-row execution took (unknown until one has run)."""
         self._one_row_run_nbytes = 0
         """Its input bytes: a larger request (dynamic non-batch dimensions) may run longer."""
+        self._flushing = False
+        """No company is coming (the version left service): batches launch without waiting."""
 
     @property
     def waiting(self) -> int:
@@ -219,6 +221,12 @@ class DynamicBatcher:
     @property
     def running(self) -> int:
         return self._running
+
+    def flush(self) -> None:
+        """The version left service: what waits in line runs now, without waiting for company
+        that will not come (its queue delay may be long), so its drain ends."""
+        self._flushing = True
+        self._dispatch()
 
     async def wait_idle(self) -> None:
         """Return once nothing waits or runs (for a version leaving service)."""
@@ -389,7 +397,7 @@ class DynamicBatcher:
         """When the batch of `rows` may launch at the latest (loop time), if it should wait for
         company; None to launch it now."""
         config = self.config
-        if not config.merge or rows >= config.max_batch_size:
+        if not config.merge or rows >= config.max_batch_size or self._flushing:
             return None
         if config.max_queue_delay_s > 0:  # Triton's queue delay, and then only it
             preferred = config.preferred_batch_sizes

@@ -247,6 +247,9 @@ class ModelRegistry:
     def begin_drain(self, version: ModelVersion) -> None:
         """Stop routing new requests to `version`; its leases and queue still finish."""
         version.state, version.reason = VersionState.DRAINING, "unloading"
+        for batcher in (version.batcher, version.shadow_batcher):
+            if batcher is not None:
+                batcher.flush()
         entry = self._models.get(version.name)
         if entry is not None and entry.versions.get(version.version) is version:
             entry.labels = {k: v for k, v in entry.labels.items() if v != version.version}

@@ -23,12 +23,30 @@ from gateway.runtime.onnx_runner import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
+ZEROS_MAX_BYTES = 64 * 1024 * 1024
+"""The default warm-up is skipped when its batch-1 request of zeros would be larger (a config
+may pin a dimension to millions): no request that large fits --max-request-bytes' default."""
+
 
 def warm_up(loaded: LoadedVersion, runner: ModelRunner, warmup_dir: Path) -> None:
     """Run the warm-up samples of `loaded` (blocking; on the load pool)."""
     outputs = loaded.signature.output_names
     batched = loaded.signature.batched
     if not loaded.policy.warmup:
+        shapes = {spec.name: _zeros_shape(spec, batched) for spec in loaded.signature.inputs}
+        nbytes = sum(
+            int(np.prod(shape, dtype=np.float64)) * DATATYPES[spec.datatype].numpy_dtype.itemsize
+            for spec, shape in zip(loaded.signature.inputs, shapes.values(), strict=True)
+        )
+        if nbytes > ZEROS_MAX_BYTES:
+            logger.warning(
+                "model %s version %d: no warm-up: a batch-1 request of zeros would take %d "
+                "bytes; add model_warmup to its config to warm it",
+                loaded.name,
+                loaded.version,
+                nbytes,
+            )
+            return
         feeds = {spec.name: _zeros(spec, batched) for spec in loaded.signature.inputs}
         try:
             runner.run(feeds, outputs)
@@ -51,8 +69,12 @@ def warm_up(loaded: LoadedVersion, runner: ModelRunner, warmup_dir: Path) -> Non
                 raise ModelLoadError(message) from exc
 
 
+def _zeros_shape(spec: TensorSpec, batched: bool) -> tuple[int, ...]:
+    return ((1,) if batched else ()) + tuple(1 if d == -1 else d for d in spec.dims)
+
+
 def _zeros(spec: TensorSpec, batched: bool) -> npt.NDArray[Any]:
-    shape = ((1,) if batched else ()) + tuple(1 if d == -1 else d for d in spec.dims)
+    shape = _zeros_shape(spec, batched)
     datatype = DATATYPES[spec.datatype]
     if datatype.is_bytes:
         return np.full(shape, b"", dtype=object)

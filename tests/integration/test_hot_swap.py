@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import shutil
 import threading
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.request
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.support.models import plus_constant, slow, write_config
+from tests.support.models import identity_any_width, plus_constant, slow, write_config
 from tests.support.server import RunningGateway
 
 WIDTH = 4
@@ -380,6 +382,22 @@ def test_model_warmup_runs_before_ready_and_a_bad_sample_fails_the_load(
     assert status == 400 and "no input(s) NOPE" in message
 
 
+def test_no_default_warm_up_when_its_zeros_would_not_fit_a_request(
+    server: RunningGateway, repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config pinning a free dimension to 200 million: the batch-1 zeros (800 MB) are never
+    allocated; the version loads, unwarmed, and says so."""
+    identity_any_width(repository / "wide" / "1" / "model.onnx")
+    pinned = '[ { name: "%s" data_type: TYPE_FP32 dims: [ 200000000 ] } ]'
+    write_config(
+        repository / "wide", f"max_batch_size: 2\ninput {pinned % 'X'}\noutput {pinned % 'Y'}\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="gateway.runtime.warmup"):
+        assert admin(server, "/v2/repository/models/wide/load")["loaded"] == [1]
+    assert "no warm-up: a batch-1 request of zeros would take 800000000 bytes" in caplog.text
+    assert index(server)[("wide", "1")]["state"] == "READY"
+
+
 # -- labels ------------------------------------------------------------------------------------
 def test_labels_route_requests_pin_versions_and_survive_a_restart(
     repository: Path,
@@ -565,3 +583,23 @@ def test_a_load_that_partly_fails_says_which_versions_it_did_load(
     assert status == 400 and "version 3" in message
     assert "(loaded and serving: version(s) 1, 2)" in message  # a new config: both reloaded
     assert infer_http(server, "swap", "2") == ("2", 2.0)
+
+
+def test_a_swap_runs_what_waits_in_the_old_copy_s_line_at_once(
+    server: RunningGateway, repository: Path
+) -> None:
+    """A queue delay of an hour: the request waiting for company in the copy being replaced is
+    run at the swap, not an hour later (nor does the old session stay held that long)."""
+    delayed = "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 3600000000 }\n"
+    write_config(repository / "swap", delayed)
+    admin(server, "/v2/repository/models/swap/load")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(infer_http, server, "swap")
+        batcher = server.gateway.registry.resolve("swap", "1").batcher
+        assert batcher is not None
+        deadline = time.monotonic() + 20
+        while batcher.waiting != 1:
+            assert time.monotonic() < deadline, "the request never reached the line"
+            time.sleep(0.01)
+        admin(server, "/v2/repository/models/swap/load", {"parameters": {"reload": True}})
+        assert waiting.result(timeout=20) == ("1", 1.0)

@@ -92,6 +92,17 @@ def plus_constant(path: Path, constant: float, width: int = 4) -> Path:
     return _save(graph, path)
 
 
+def identity_any_width(path: Path) -> Path:
+    """Y = X for X of shape [batch, any width]: a dimension a config may pin."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["X"], ["Y"])],
+        "identity_any_width",
+        [_vi("X", TensorProto.FLOAT, ["batch", "width"])],
+        [_vi("Y", TensorProto.FLOAT, ["batch", "width"])],
+    )
+    return _save(graph, path)
+
+
 def reshape(path: Path) -> Path:
     """Y = Reshape(DATA[4], SHAPE[2]): a runtime failure that depends on the caller's values."""
     graph = helper.make_graph(

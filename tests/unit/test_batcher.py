@@ -1128,3 +1128,16 @@ def test_a_keyboard_interrupt_in_a_run_on_the_loop_answers_the_batch_and_stops_t
 
 async def submit_on(batcher: DynamicBatcher, feeds: Mapping[str, Array]) -> list[Array]:
     return await batcher.infer(feeds, list(OUTPUTS), 1, None, solo=True)
+
+
+async def test_a_flushed_line_runs_without_waiting_for_company(workers: WorkerPool) -> None:
+    """A version leaving service: company will not come, so its queue delay is not waited."""
+    runner = ArithRunner()
+    batcher = make(runner, workers, max_batch_size=8, delay_s=3600.0)
+    waiting = [submit(batcher, feed(i)) for i in (1, 2)]
+    await until(lambda: batcher.waiting == 2, "two requests wait for company")
+    batcher.flush()
+    answers = await asyncio.wait_for(asyncio.gather(*waiting), WAIT_S)
+    for i, answer in zip((1, 2), answers, strict=True):
+        assert_answer(answer, feed(i), OUTPUTS)
+    assert_answer(await asyncio.wait_for(submit(batcher, feed(3)), WAIT_S), feed(3), OUTPUTS)
