@@ -348,7 +348,14 @@ class FeedbackStore:
                     entry, item, f"{where} must be class indices (integers), got {value}"
                 )
             else:
-                truth.append(int(value))
+                index = int(value)
+                classes = len(rule.class_names)
+                if index < 0 or (classes and index >= classes):
+                    bound = f" (version {version} has {classes} class_names)" if classes else ""
+                    return self._invalid(
+                        entry, item, f"{where}: class index {index} is out of range{bound}"
+                    )
+                truth.append(index)
         hits = [int(p == t) for p, t in zip(predicted, truth, strict=True)]
         for hit in hits:
             stats.hits.append(hit)

@@ -434,6 +434,12 @@ HTTP_ONLY_CASES = [
                  id="parameters-not-an-object"),
     pytest.param("simple", {**only_i0(), "id": 7}, b"", None, ["id", "string"],
                  id="id-not-a-string"),
+    pytest.param("simple", {**only_i0(), "parameters": []}, b"", None, ["parameters", "object"],
+                 id="parameters-an-empty-list"),
+    pytest.param("simple", only_i0(parameters=""), b"", None, ["INPUT0", "parameters", "object"],
+                 id="input-parameters-an-empty-string"),
+    pytest.param("simple", {**only_i0(), "outputs": [{"name": "OUTPUT0", "parameters": []}]},
+                 b"", None, ["OUTPUT0", "parameters", "object"], id="output-parameters-a-list"),
 ]  # fmt: skip
 
 

@@ -266,6 +266,16 @@ def test_class_names() -> None:
     assert one(store, "a", "dog").correct == 1
     bad = one(store, "b", "fish")
     assert bad.outcome is Outcome.INVALID and "not one of its class_names" in bad.error
+    bad = one(store, "b", 3)  # an index past the names: no class, so not a wrong answer
+    assert bad.outcome is Outcome.INVALID and "class index 3 is out of range" in bad.error
+
+
+def test_a_negative_class_index_is_invalid_not_a_wrong_answer() -> None:
+    store = FeedbackStore()
+    store.record(version(), "a", labels(3))
+    bad = one(store, "a", -1)
+    assert bad.outcome is Outcome.INVALID and "class index -1 is out of range" in bad.error
+    assert one(store, "a", 3).outcome is Outcome.JOINED  # the id was not consumed
 
 
 def test_regression_mean_absolute_error_total_and_windowed() -> None:

@@ -217,7 +217,7 @@ def _decode(
         shape = _shape(raw.get("shape"), what)
         parameters = raw.get("parameters")
         size = None
-        if parameters:
+        if parameters is not None:  # [] or "" is a mistake, not "no parameters"
             if type(parameters) is not dict:
                 raise InvalidInputError(f"{what} 'parameters' must be a JSON object")
             size = parameters.get("binary_data_size")
@@ -240,8 +240,10 @@ def _decode(
             planned = None
     _unclaimed(binary_part, offset)
 
-    request_parameters = document.get("parameters") or {}
-    if type(request_parameters) is not dict:
+    request_parameters = document.get("parameters")
+    if request_parameters is None:
+        request_parameters = {}
+    elif type(request_parameters) is not dict:
         raise InvalidInputError("the request 'parameters' must be a JSON object")
     requested: list[str] | None = None
     binary: dict[str, bool] | None = None
@@ -257,7 +259,7 @@ def _decode(
             if type(name) is not str or not name:
                 raise InvalidInputError(f"outputs[{index}]: 'name' must be a non-empty string")
             params = raw.get("parameters")
-            if not params:
+            if params is None:
                 requested.append(name)
                 continue
             if type(params) is not dict:
