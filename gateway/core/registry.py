@@ -283,7 +283,7 @@ class ModelRegistry:
     def delete_label(self, name: str, label: str) -> None:
         entry = self.get_model(name)
         if entry.labels.pop(label, None) is None:
-            raise NotFoundError(f"model '{name}' has no label '{label}'")
+            raise NotFoundError(f"model '{name}' has no label '{clipped(label)}'")
 
     # -- traffic ------------------------------------------------------------------------
     def set_traffic(self, name: str, policy: TrafficPolicy | None) -> None:

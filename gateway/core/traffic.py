@@ -155,6 +155,12 @@ def parse_policy(document: object) -> TrafficPolicy:
     tolerance_in = document.get("tolerance", {}) or {}
     if not isinstance(tolerance_in, dict):
         raise InvalidInputError('"tolerance" must be an object like {"atol": 1e-4, "rtol": 1e-3}')
+    unknown = sorted(set(tolerance_in) - {"atol", "rtol"})
+    if unknown:  # a misspelt "atol" must not silently leave the default in force
+        raise InvalidInputError(
+            f'"tolerance" has unknown field(s) {", ".join(map(repr, unknown))}: expected '
+            '"atol" and "rtol"'
+        )
     tolerance = Tolerance(
         atol=bounded_number(tolerance_in.get("atol", 1e-4), '"tolerance".atol', 0, 1e12),
         rtol=bounded_number(tolerance_in.get("rtol", 1e-3), '"tolerance".rtol', 0, 1e12),

@@ -148,6 +148,7 @@ def test_a_policy_may_only_name_ready_versions_and_is_checked(server: RunningGat
         ({"weights": {"1": 1}, "sticky_key": "x-user\n"}, "sticky_key"),
         ({"weights": {"1": 1}, "sticky_key": "x-user-bin"}, '"-bin"'),  # gRPC: bytes (INTERNAL)
         ({"weights": {"1": 1}, "colour": "red"}, "colour"),
+        ({"weights": {"1": 1}, "tolerance": {"btol": 1}}, "'btol'"),
         ([1, 2], "JSON object"),
     ]:
         status, message = call_error(server, "PUT", "/v2/models/split/traffic", body)
