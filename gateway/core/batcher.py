@@ -340,16 +340,21 @@ class DynamicBatcher:
     def _dispatch_line(self) -> None:
         loop = asyncio.get_running_loop()
         while self._running < self.config.concurrency and self._line:
-            batch, rows, gone = self._collect(loop.time())
-            if gone:  # never run rows no one will read: drop them and form the batch again
-                for request in gone:
-                    self._take_out(request)
-                    self._answer_expired(request)  # a caller that left needs no answer
-                continue
+            batch, rows = self._collect()
             due_s = self._wait_until(rows)
             if due_s is not None:
                 self._arm_timer(due_s)
                 return
+            # Checked at launch only (not each time an arrival re-forms the batch): a caller
+            # that left in this loop turn (its _leave not run yet) or a deadline that passed
+            # while the loop lagged (its timer not run yet). Their rows are never run.
+            now_s = loop.time()
+            gone = [request for request in batch if _gone(request, now_s)]
+            if gone:
+                for request in gone:
+                    self._take_out(request)
+                    self._answer_expired(request)  # a caller that left needs no answer
+                continue
             self._returning_rows = 0
             if len(batch) == 1:
                 self._line.popleft()
@@ -369,29 +374,20 @@ class DynamicBatcher:
         if not self._line and not self._running:
             self._idle.set()
 
-    def _collect(self, now_s: float) -> tuple[list[_Request], int, list[_Request]]:
-        """The head of the line and the later requests that fit with it, in line order; and
-        the requests met on the way that must not run: their caller left (cancelled in this
-        loop turn, its `_leave` not run yet) or their deadline passed (their timer not run
-        yet: the loop lagged)."""
+    def _collect(self) -> tuple[list[_Request], int]:
+        """The head of the line and the later requests that fit with it, in line order."""
         head = self._line[0]
-        if _gone(head, now_s):
-            return [], 0, [head]
         batch, rows = [head], head.rows
-        gone: list[_Request] = []
         if not self.config.merge:
-            return batch, rows, gone
+            return batch, rows
         limit = self.config.max_batch_size
         for request in itertools.islice(self._line, 1, None):
             if rows >= limit:
                 break
             if request.key == head.key and rows + request.rows <= limit:
-                if _gone(request, now_s):
-                    gone.append(request)
-                    continue
                 batch.append(request)
                 rows += request.rows
-        return batch, rows, gone
+        return batch, rows
 
     def _wait_until(self, rows: int) -> float | None:
         """When the batch of `rows` may launch at the latest (loop time), if it should wait for

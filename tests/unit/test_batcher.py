@@ -841,10 +841,10 @@ class BuggyBatcher(DynamicBatcher):
 
     broken = False
 
-    def _collect(self, now_s: float) -> Any:
+    def _collect(self) -> Any:
         if self.broken:
             raise AttributeError("a bug")
-        return super()._collect(now_s)
+        return super()._collect()
 
 
 async def test_a_bug_while_dispatching_answers_the_line_and_strands_no_one(
