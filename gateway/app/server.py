@@ -188,7 +188,7 @@ class Gateway:
         )
         try:
             self.load_failures = await self.lifecycle.load_all(self._startup_models())
-        except FileNotFoundError as exc:
+        except SourceError as exc:  # the repository itself: missing, or not listable
             raise StartupError(str(exc)) from exc
         if self.load_failures and settings.exit_on_error:
             lines = "\n".join(f"  - {f.model}: {f.reason}" for f in self.load_failures)
@@ -332,7 +332,7 @@ class Gateway:
             await asyncio.sleep(interval_s)
             try:
                 await self.lifecycle.poll_once()
-            except (SourceError, FileNotFoundError) as exc:  # the repository: one line a scan
+            except SourceError as exc:  # the repository: one line a scan
                 logger.error("repository poll failed: %s", exc)
             except Exception:  # the poller must outlive a bad scan (and a bug says where)
                 logger.exception("repository poll failed")

@@ -356,7 +356,7 @@ class ModelLifecycle:
     async def _save_labels(self, name: str) -> dict[str, int]:
         labels = dict(self.registry.get_model(name).labels)
         try:
-            await self._blocking(self._source.save_labels, name, labels)
+            await _finished(asyncio.to_thread(self._source.save_labels, name, labels))
         except OSError as exc:  # a read-only repository: labels hold until the next restart
             logger.warning("model %s: labels are not persisted: %s", name, exc)
         return labels
@@ -394,7 +394,7 @@ class ModelLifecycle:
             lock = self._writes[key] = asyncio.Lock()
         async with lock:  # FIFO: the last asked for is the last written
             try:
-                await self._blocking(self._source.save_document, name, kind, document)
+                await _finished(asyncio.to_thread(self._source.save_document, name, kind, document))
             except OSError as exc:
                 logger.warning("model %s: %s is not persisted: %s", name, kind, exc)
 
@@ -437,6 +437,19 @@ class ModelLifecycle:
             if version.runner is not None:
                 version.runner.close()
                 version.runner = None
+
+
+async def _finished(write: Coroutine[Any, Any, None]) -> None:
+    """Await a state file's write on its own thread (never the load pool: a write must not
+    wait behind warm-ups, and it is done under the model's lock). A caller cancelled meanwhile
+    still waits for the thread to finish writing before it lets go of the file's lock, so no
+    later write can land before this one."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 def _restored_traffic(snapshot: ModelSnapshot) -> TrafficPolicy | None:

@@ -75,7 +75,7 @@ class RolloutController:
         self._rollouts: dict[str, Rollout] = {}
         self._active: dict[str, Rollout] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        """Rollouts aborted by an unload whose saved state is still being written."""
+        self._closed = False
         self.outcomes: Counter[tuple[str, str]] = Counter()
         """(model, promoted | rolled_back | aborted) -> rollouts that ended so."""
 
@@ -244,6 +244,7 @@ class RolloutController:
     async def close(self) -> None:
         """Stop driving rollouts (at shutdown): their persisted state resumes at the next start.
         A transition under way (weights set, state saved) completes first."""
+        self._closed = True
         for name, rollout in list(self._active.items()):
             async with rollout.lock:
                 await self._stop_task(name)
@@ -255,6 +256,8 @@ class RolloutController:
 
     # -- the task of one rollout ----------------------------------------------------------
     def _launch(self, rollout: Rollout, *, begin: bool) -> None:
+        if self._closed:  # stopping (a load still finishing): the next start resumes it
+            return
         task = asyncio.create_task(self._run(rollout, begin))
         self._tasks[rollout.model] = task
 
@@ -424,8 +427,15 @@ class RolloutController:
 
     async def _end(self, rollout: Rollout, state: str, reason: str, serving: int) -> None:
         name = rollout.model
+
+        def still_active() -> bool:
+            return self._active.get(name) is rollout
+
         try:
-            await self._lifecycle.set_traffic(name, self._fallback_policy(rollout, serving))
+            if not await self._lifecycle.set_traffic(
+                name, self._fallback_policy(rollout, serving), when=still_active
+            ):
+                return  # an unload ended it first (and counted, noted and saved that)
         except GatewayError as exc:
             reason += f" (the traffic policy could not be set: {exc.message})"
             logger.error("model %s: %s", name, exc.message)

@@ -186,12 +186,12 @@ class InferenceService:
                     f"version {f.version}: {f.reason}" if f.version else f.reason
                     for f in result.failures
                 )
-                loaded = (
+                loaded = (  # first: a long reason is cut from the end of the message
                     f" (loaded and serving: version(s) {', '.join(map(str, result.loaded))})"
                     if result.loaded
                     else ""
                 )
-                raise InvalidInputError(f"failed to load '{name}': {reasons}{loaded}")
+                raise InvalidInputError(f"failed to load '{name}'{loaded}: {reasons}")
             return result
 
         return await self._admin(caller, "load", name, work)

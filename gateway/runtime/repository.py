@@ -57,8 +57,9 @@ class FileRepository:
         self._default_concurrency = default_concurrency
 
     def model_names(self) -> list[str]:
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"model repository {self.root} is not a directory")
+        """SourceError if the repository is not a directory this process may list."""
+        if not _is_dir(self.root):
+            raise SourceError(f"model repository {self.root} is not a directory")
         try:
             return sorted(
                 p.name

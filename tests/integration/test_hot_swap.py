@@ -603,3 +603,13 @@ def test_a_swap_runs_what_waits_in_the_old_copy_s_line_at_once(
             time.sleep(0.01)
         admin(server, "/v2/repository/models/swap/load", {"parameters": {"reload": True}})
         assert waiting.result(timeout=20) == ("1", 1.0)
+
+
+def test_the_index_answers_when_the_repository_is_gone(
+    server: RunningGateway, repository: Path
+) -> None:
+    """Unmounted or removed: what is loaded still serves and is still listed (was a 500)."""
+    shutil.rmtree(repository)
+    states = index(server)
+    assert states[("swap", "1")]["state"] == "READY" and ("steady", "7") in states
+    assert infer_http(server, "swap") == ("1", 1.0)

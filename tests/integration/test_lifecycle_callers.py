@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -129,3 +130,28 @@ async def test_calls_naming_models_that_do_not_exist_leave_nothing_behind(parts:
         with pytest.raises(NotFoundError):
             await parts.lifecycle.set_label(f"nope-{i}", "stable", "1")
     assert len(parts.lifecycle._locks) == 0
+
+
+async def test_a_state_file_written_last_is_the_one_asked_for_last(parts: Parts) -> None:
+    """A writer cancelled while its thread still writes (a slow disk) keeps the file's turn
+    until it is done, so the next write is never overtaken by it."""
+    slow_started = threading.Event()
+    plain = parts.source.save_document
+
+    def slow_save(name: str, kind: str, document: Any) -> None:
+        if document == {"state": "running"}:
+            slow_started.set()
+            time.sleep(0.3)
+        plain(name, kind, document)
+
+    parts.source.save_document = slow_save  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4) as pool:  # writers on threads enough to overtake each other
+        lifecycle = ModelLifecycle(parts.registry, parts.source, pool)
+        first = asyncio.create_task(lifecycle.save_document("m", "rollout", {"state": "running"}))
+        assert await asyncio.to_thread(slow_started.wait, WAIT_S)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await lifecycle.save_document("m", "rollout", {"state": "aborted"})
+        await asyncio.sleep(0.4)
+    saved = json.loads((parts.root / "m" / "rollout.json").read_text())
+    assert saved == {"state": "aborted"}

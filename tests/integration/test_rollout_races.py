@@ -145,3 +145,21 @@ async def test_an_unload_while_a_rollout_starts_leaves_it_aborted(parts: Parts) 
     assert parts.saved("rollout")["state"] == "aborted"
     traffic = parts.registry.get_model("m").traffic
     assert traffic is not None and dict(traffic.weights) == {1: 100}
+
+
+async def test_an_abort_queued_behind_an_unload_ends_the_rollout_once(parts: Parts) -> None:
+    """The unload ends the rollout first (aborted, counted, saved); the abort that waited for
+    the model's lock must not end it a second time (counted twice, noted twice)."""
+    await parts.rollouts.start("m", dict(PLAN))
+    async with parts.lifecycle._lock("m"):  # the unload queues first, the abort's end behind it
+        unloading = asyncio.create_task(parts.lifecycle.unload("m"))
+        await asyncio.sleep(0.05)
+        aborting = asyncio.create_task(parts.rollouts.abort("m"))
+        await asyncio.sleep(0.05)
+    await unloading
+    answer = await aborting
+    assert answer["state"] == "aborted"
+    assert parts.rollouts.outcomes[("m", "aborted")] == 1
+    notes = [entry["reason"] for entry in answer["history"]]
+    assert notes[-1] == "aborted: the model was unloaded" and len(notes) == 2
+    assert parts.saved("rollout")["state"] == "aborted"

@@ -165,7 +165,7 @@ def test_idle_streams_cannot_take_every_worker_of_the_threaded_server(tmp_path: 
             with pytest.raises(grpc.RpcError) as raised:
                 list(refused)
             assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "2 ModelStreamInfer streams are open" in str(raised.value.details())
+            assert "at most 2 open ModelStreamInfer streams" in str(raised.value.details())
             assert stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live
             answer = stub.ModelInfer(_raw_requests(1)[0], timeout=5)
             values = np.frombuffer(answer.raw_output_contents[0], np.float32)

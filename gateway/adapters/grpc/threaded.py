@@ -300,7 +300,8 @@ class ThreadedFrontEnd:
         self._loop = loop
         self._callers = service.callers
         self._max_streams = max_streams
-        self._streams = threading.BoundedSemaphore(max_streams)
+        self._streams = threading.BoundedSemaphore(max(max_streams, 1))
+        """Open streams; with one worker (max_streams 0) every stream is refused."""
 
     def _on_loop(self, coroutine: Any, context: grpc.ServicerContext) -> Any:
         call = _LoopCall(coroutine, self._loop)
@@ -353,12 +354,12 @@ class ThreadedFrontEnd:
         An open stream holds a worker for its whole life, idle or not: at most `max_streams`
         may be open, so that streams alone can never take every worker (unary calls, health
         checks) and hang the server; one more is refused at once with RESOURCE_EXHAUSTED."""
-        if not self._streams.acquire(blocking=False):
+        if not self._max_streams or not self._streams.acquire(blocking=False):
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self._max_streams} ModelStreamInfer streams are open, the most this server "
-                "takes (half of --grpc-threads); send more requests on an open stream, or retry "
-                "later",
+                f"this server takes at most {self._max_streams} open ModelStreamInfer streams "
+                "(half of --grpc-threads), and that many are open; send more requests on an open "
+                "stream, or retry later",
             )
         try:
             stream = _Stream()
@@ -459,7 +460,7 @@ def start_threaded_grpc_server(
 ) -> tuple[grpc.Server, int]:
     """Start the threaded server (call from the event loop it feeds)."""
     front = ThreadedFrontEnd(
-        service, asyncio.get_running_loop(), admin_elsewhere, max_streams=max(1, workers // 2)
+        service, asyncio.get_running_loop(), admin_elsewhere, max_streams=workers // 2
     )
     server = grpc.server(
         ThreadPoolExecutor(workers, thread_name_prefix="grpc", initializer=name_os_thread),
