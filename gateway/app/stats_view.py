@@ -118,11 +118,13 @@ def rows(before: Scrape, after: Scrape, model: str | None = None) -> list[Row]:
         p50, p99 = quantile(0.5, delta), quantile(0.99, delta)
         batches = after.batch_count.get(key, 0.0) - before.batch_count.get(key, 0.0)
         batch_rows = after.batch_sum.get(key, 0.0) - before.batch_sum.get(key, 0.0)
+        # Requests refused before a version was chosen count with version '' (and names the
+        # gateway does not know with model ''): shown as '-' and '(unknown)', state 'refused'.
         table.append(
             Row(
-                model=key[0],
-                version=key[1],
-                state=after.state.get(key, "?"),
+                model=key[0] or "(unknown)",
+                version=key[1] or "-",
+                state=after.state.get(key, "?" if key[1] else "refused"),
                 weight=after.weight.get(key),
                 requests_per_s=requests / seconds,
                 p50_ms=None if p50 is None else p50 * 1e3,

@@ -155,6 +155,10 @@ class ModelRegistry:
             found = self._models[name] = ModelEntry(name)
         return found
 
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a model this registry has seen (loaded, failed or unloaded)."""
+        return name in self._models
+
     def models(self) -> list[ModelEntry]:
         return [self._models[name] for name in sorted(self._models)]
 

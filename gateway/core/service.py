@@ -295,20 +295,39 @@ class InferenceService:
         return found.loaded
 
     # -- inference ----------------------------------------------------------------------
+    def _count_refused(
+        self, request: InferRequest, ctx: RequestContext, error: GatewayError
+    ) -> None:
+        """A request refused before a version was chosen (no ready version, an unknown label)
+        still counts in the request metrics, with version '': a model that serves nothing
+        must not look healthy. A model name the gateway does not know counts as model '', one
+        series however many names clients send."""
+        model = request.model_name if self.registry.knows(request.model_name) else ""
+        now_ns = time.perf_counter_ns()
+        event = RequestEvent(
+            model, "", "primary", ctx.protocol, error.code.value, now_ns, now_ns, 0,
+            RequestTiming(), request.id, error.message,
+        )  # fmt: skip
+        self.registry.telemetry.request_finished(event, None)
+
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         if not self._accepting:
             raise UnavailableError("the server is shutting down")
         entry, policy, key = None, None, None
-        if request.model_version:  # a pinned version or label bypasses the traffic policy
-            target, role = (
-                self.registry.resolve(request.model_name, request.model_version),
-                "primary",
-            )
-        else:
-            entry = self.registry.get_model(request.model_name)
-            policy = entry.traffic
-            key = _routing_key(request, ctx, policy)
-            target, role = self.registry.route(entry, key)
+        try:
+            if request.model_version:  # a pinned version or label bypasses the traffic policy
+                target, role = (
+                    self.registry.resolve(request.model_name, request.model_version),
+                    "primary",
+                )
+            else:
+                entry = self.registry.get_model(request.model_name)
+                policy = entry.traffic
+                key = _routing_key(request, ctx, policy)
+                target, role = self.registry.route(entry, key)
+        except GatewayError as refused:
+            self._count_refused(request, ctx, refused)
+            raise
         loaded, batcher = target.loaded, target.batcher
         assert loaded is not None and batcher is not None
         started_ns = time.perf_counter_ns()

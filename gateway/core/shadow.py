@@ -129,13 +129,13 @@ class ShadowDispatcher:
     ) -> None:
         started_ns = time.perf_counter_ns()
         timing = RequestTiming()
-        code, error, rows = OK, "", 0
+        code, error, rows, batched = OK, "", 0, False
         outputs: list[Tensor] | None = None
         try:
             loaded, batcher = shadow.loaded, shadow.shadow_batcher
             assert loaded is not None and batcher is not None
             feeds, names, batch_size = validate_request(request, loaded.signature)
-            rows = max(batch_size, 1)
+            rows, batched = max(batch_size, 1), batch_size > 0
             arrays = await batcher.infer(feeds, names, batch_size, SHADOW_TIMEOUT_S, timing)
             specs = loaded.signature.outputs_by_name
             outputs = [
@@ -173,7 +173,9 @@ class ShadowDispatcher:
         answer = await asyncio.shield(primary_answer)  # shared: a cancelled copy leaves it be
         if answer is None:  # the primary failed: nothing to compare with
             return
-        self._compare(request, primary, shadow, answer, outputs, tolerance, statistics, rule)
+        self._compare(
+            request, primary, shadow, answer, outputs, tolerance, statistics, rule, rows, batched
+        )
 
     def _compare(
         self,
@@ -185,21 +187,30 @@ class ShadowDispatcher:
         tolerance: Tolerance,
         statistics: PairStatistics,
         rule: PredictionRule | None,
+        rows: int,
+        batched: bool,
     ) -> None:
+        """Counted per row (a request of 5 rows is 5 comparisons), so agreement does not depend
+        on how clients batch their rows; an unbatched model's request is one row."""
         shown: tuple[Any, Any]
         if rule is not None and rule.prediction is not Prediction.VALUE:
             mine, theirs = predicted_values(rule, expected), predicted_values(rule, got)
-            agree = mine is not None and mine == theirs
+            if mine is not None and theirs is not None and len(mine) == len(theirs) == rows:
+                agreeing = sum(m == t for m, t in zip(mine, theirs, strict=True))
+            else:  # one answer per request (or none): the request is the comparison
+                rows, agreeing = 1, int(mine is not None and mine == theirs)
             shown = (mine, theirs)
         else:
-            agree, difference = _numeric_agreement(expected, got, tolerance)
+            agreeing, difference = _numeric_agreement(
+                expected, got, tolerance, rows if batched else 0
+            )
+            rows = rows if batched else 1
             statistics.max_abs_diff = max(statistics.max_abs_diff, difference)
             shown = (_preview(expected), _preview(got))
-        if agree:
-            statistics.agree += 1
-            return
-        statistics.disagree += 1
-        self._log_disagreement(request, primary, shadow, shown)
+        statistics.agree += agreeing
+        statistics.disagree += rows - agreeing
+        if agreeing < rows:
+            self._log_disagreement(request, primary, shadow, shown)
 
     def _rule(self, version: ModelVersion) -> PredictionRule | None:
         loaded = version.loaded
@@ -246,24 +257,29 @@ class ShadowDispatcher:
 
 
 def _numeric_agreement(
-    expected: Sequence[Tensor], got: Sequence[Tensor], tolerance: Tolerance
-) -> tuple[bool, float]:
-    """Whether every output both answers have is close, and the largest absolute difference."""
+    expected: Sequence[Tensor], got: Sequence[Tensor], tolerance: Tolerance, rows: int
+) -> tuple[int, float]:
+    """How many rows agree (every output both answers have close on that row; `rows` 0: the
+    model has no batch dimension and the whole answer is one row), and the largest absolute
+    difference."""
     theirs: Mapping[str, npt.NDArray[Any]] = {t.name: t.array for t in got}
-    agree, largest = True, 0.0
+    count = max(rows, 1)
+    agree = np.ones(count, dtype=bool)
+    largest = 0.0
     for tensor in expected:
         other = theirs.get(tensor.name)
         mine = tensor.array
-        if other is None or other.shape != mine.shape:
-            return False, float("inf")
+        if other is None or other.shape != mine.shape or (rows and mine.shape[:1] != (rows,)):
+            return 0, float("inf")
         if mine.dtype == object or other.dtype == object:
-            agree = agree and bool(np.array_equal(mine, other))
-            continue
-        a, b = mine.astype(np.float64), other.astype(np.float64)
-        if a.size:
-            largest = max(largest, float(np.max(np.abs(a - b))))
-        agree = agree and bool(np.allclose(b, a, atol=tolerance.atol, rtol=tolerance.rtol))
-    return agree, largest
+            same = np.asarray(mine == other, dtype=bool)
+        else:
+            a, b = mine.astype(np.float64), other.astype(np.float64)
+            if a.size:
+                largest = max(largest, float(np.max(np.abs(a - b))))
+            same = np.isclose(b, a, atol=tolerance.atol, rtol=tolerance.rtol)
+        agree &= same.reshape(count, -1).all(axis=1) if same.size else True
+    return int(agree.sum()), largest
 
 
 def _preview(outputs: Sequence[Tensor]) -> str:

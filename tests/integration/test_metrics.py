@@ -114,6 +114,32 @@ def test_requests_batches_and_failures_are_counted_per_version_and_protocol(
     assert {"0.0001", "0.001", "1.0", "30.0", "+Inf"} <= edges
 
 
+def test_requests_refused_before_a_version_is_chosen_are_counted(server: RunningGateway) -> None:
+    """'broken' has no ready version: an outage must show in the failure metrics. Names the
+    gateway does not know all count as one model, ''."""
+    before = scrape(server.http_url)
+    client = httpclient.InferenceServerClient(server.http_url)
+    x = httpclient.InferInput("X", [1, WIDTH], "FP32")
+    x.set_data_from_numpy(np.zeros((1, WIDTH), np.float32))
+    for model, version in [("broken", ""), ("digits", "no-such-label")] + [
+        (f"nope-{i}", "") for i in range(5)
+    ]:
+        with pytest.raises(InferenceServerException):
+            client.infer(model, [x], model_version=version)
+    client.close()
+    after = scrape(server.http_url)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    unversioned = {"version": "", "role": "primary"}
+    assert grew("gateway_request_failures_total", model="broken", **unversioned) == 1
+    assert grew("gateway_requests_total", model="digits", code="not_found", **unversioned) == 1
+    assert grew("gateway_requests_total", model="", code="not_found", protocol="http") == 5
+    models = {labels.get("model", "") for series in after.values() for labels, _ in series}
+    assert not any(model.startswith("nope") for model in models)
+
+
 def test_state_gauges_and_load_failures(server: RunningGateway) -> None:
     samples = scrape(server.http_url)
     assert value(samples, "gateway_model_state", model="digits", version="2", state="READY") == 1
@@ -263,7 +289,8 @@ def test_gateway_stats_shows_each_version_over_the_last_interval(
     assert rows[("broken", "1")]["state"] == "FAILED"
     header, *lines = table.splitlines()
     assert header.split()[:3] == ["MODEL", "VERSION", "STATE"]
-    assert {line.split()[1] for line in lines} == {"1", "2"}  # only digits
+    versions = {line.split()[1] for line in lines}  # only digits ('-': refused unversioned)
+    assert versions - {"-"} == {"1", "2"}
 
 
 def test_gateway_stats_says_when_it_cannot_reach_the_gateway(

@@ -409,3 +409,29 @@ def test_under_overload_shadows_are_dropped_before_primaries_are_refused(tmp_pat
         assert set(outcomes) <= {"ok", "429"}
     finally:
         running.stop()
+
+
+def test_agreement_is_counted_per_row_however_clients_batch(
+    demo_repository: Path, tmp_path: Path
+) -> None:
+    """The same 450 digits in requests of 10 rows agree on the same 426 rows (a request of 10
+    counted as one comparison, agreeing only if all 10 did: 60 % instead of 95 %)."""
+    root = tmp_path / "repository"
+    shutil.copytree(demo_repository / "digits", root / "digits")
+    with np.load(root / "digits" / "test_split.npz") as data:
+        images = data["X"].astype(np.float32)
+    running = RunningGateway(root)
+    try:
+        policy = {"weights": {"2": 1}, "shadows": [{"version": "1"}]}
+        call(running, "PUT", "/v2/models/digits/traffic", policy)
+        client = httpclient.InferenceServerClient(running.http_url)
+        for start in range(0, len(images), 10):
+            x = httpclient.InferInput("input", [10, 64], "FP32")
+            x.set_data_from_numpy(images[start : start + 10])
+            client.infer("digits", [x])
+            running.call(running.gateway.shadows.wait_idle())  # one at a time: none dropped
+        client.close()
+        (pair,) = call(running, "GET", "/v2/models/digits/traffic")["comparisons"]
+        assert (pair["agree"], pair["disagree"], pair["dropped"]) == (426, 24, 0)
+    finally:
+        running.stop()
