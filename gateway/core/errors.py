@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 
+INTERNAL_MESSAGE = "internal error; see the gateway log"
+"""What a client is told of a failure that is the gateway's own (the log has the traceback)."""
+
 MAX_MESSAGE_CHARS = 1000
 """An error message is cut to this many characters. gRPC carries it in a trailer that clients
 refuse past 16 KiB (percent-encoded: up to 12 bytes a character), so a message quoting what a

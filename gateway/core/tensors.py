@@ -40,12 +40,18 @@ def element_count(tensor: str, shape: Sequence[int]) -> int:
         raise InvalidInputError(
             f"{tensor}: shape has {len(shape)} dimensions, expected at most {MAX_RANK}"
         )
-    count = 1
+    count = span = 1
     for dim in shape:  # one pass; the error names the first problem in the same order as ever
         if dim < 0 or dim > MAX_DIM:
             break
         count *= dim
+        span *= dim or 1  # numpy refuses [0, 2**40, 2**40] too: its other dims overflow
     else:
+        if span > MAX_DIM:
+            raise InvalidInputError(
+                f"{tensor}: shape {list(shape)} spans more than {MAX_DIM} elements; expected "
+                "a real tensor's shape"
+            )
         return count
     if any(dim > MAX_DIM for dim in shape):
         raise InvalidInputError(f"{tensor}: shape {list(shape)} has a dimension over {MAX_DIM}")

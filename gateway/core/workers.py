@@ -37,6 +37,10 @@ def name_os_thread() -> None:
         comm.write(name)
 
 
+STARTUP_WAIT_S = 10.0
+"""How long the first submit waits for the pool's threads to be set up."""
+
+
 class PoolShutDownError(RuntimeError):
     """The pool was shut down before the work could run; it never ran."""
 
@@ -89,10 +93,19 @@ class WorkerPool:
                 thread.join()
 
     def _start(self) -> None:
+        """Start the threads and return once each one is set up (named, its initializer run:
+        a niceness or scheduling policy applies before any work, and is there to be seen)."""
+        ready = threading.Barrier(self._size + 1)
         for index in range(self._size):
-            thread = threading.Thread(target=self._work, name=f"{self.name}_{index}", daemon=True)
+            thread = threading.Thread(
+                target=self._work, args=(ready,), name=f"{self.name}_{index}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
+        try:
+            ready.wait(timeout=STARTUP_WAIT_S)
+        except threading.BrokenBarrierError:  # a thread slow to start still serves; never hang
+            logger.warning("worker pool '%s': its threads were slow to start", self.name)
 
     def _cancel_pending(self) -> None:
         while True:
@@ -104,13 +117,17 @@ class WorkerPool:
                 error = PoolShutDownError(f"worker pool '{self.name}' shut down before it ran")
                 _post(item, None, error)
 
-    def _work(self) -> None:
-        name_os_thread()
-        if self._initializer is not None:
-            try:
-                self._initializer()
-            except Exception:  # a thread that cannot be set up still serves: never strand work
-                logger.exception("worker pool '%s': the thread initializer failed", self.name)
+    def _work(self, ready: threading.Barrier) -> None:
+        try:
+            name_os_thread()
+            if self._initializer is not None:
+                try:
+                    self._initializer()
+                except Exception:  # a thread that cannot be set up still serves work
+                    logger.exception("worker pool '%s': the thread initializer failed", self.name)
+        finally:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                ready.wait()
         while (item := self._queue.get()) is not None:
             result: Any = None
             error: BaseException | None = None

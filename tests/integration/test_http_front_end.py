@@ -196,8 +196,10 @@ def test_a_malformed_request_is_logged_as_one_info_line_not_a_traceback(
     [
         bytes.fromhex("160301") + b"\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS ClientHello
         b"\x00\x01garbage\r\r\n",
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\n\r\n",  # never ends in CRLF CRLF
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\r\n",
     ],
-    ids=["tls-client-hello", "binary-garbage"],
+    ids=["tls-client-hello", "binary-garbage", "lf-crlf-ending", "cr-cr-lf-ending"],
 )
 def test_bytes_that_cannot_start_a_request_are_refused_at_once(
     connect: type[Connection], raw: bytes

@@ -23,7 +23,7 @@ from gateway.adapters.metadata import (
     statistics_dict,
 )
 from gateway.core.admin import AdminCall, Admitted
-from gateway.core.errors import ErrorCode, GatewayError, InvalidInputError
+from gateway.core.errors import INTERNAL_MESSAGE, ErrorCode, GatewayError, InvalidInputError
 from gateway.core.feedback import MAX_FEEDBACK_ITEMS, Feedback
 from gateway.core.lifecycle import labels_document
 from gateway.core.prediction import parse_label
@@ -120,7 +120,7 @@ def translated(method: Method[Response]) -> Method[Response]:
                 raise
             except Exception:
                 logger.exception("unexpected error in %s", method.__name__)
-                status = (grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+                status = (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
         # Ended by setting the status, not by abort(): grpc.aio's AbortError keeps the frames
         # it is raised through (and with them the request) in a reference cycle that only the
         # garbage collector frees. A unary call whose code is not OK sends no message, so
@@ -318,7 +318,7 @@ class InferenceServicer:
             except Exception:
                 logger.exception("unexpected error in ModelStreamInfer")
                 caller = codec.stream_caller(request)
-                answers.put_nowait(codec.stream_answer(caller, None, "internal error"))
+                answers.put_nowait(codec.stream_answer(caller, None, INTERNAL_MESSAGE))
 
         async def read() -> None:
             try:

@@ -32,7 +32,7 @@ from gateway.adapters.grpc.server import (
     request_context,
     unimplemented,
 )
-from gateway.core.errors import GatewayError, UnavailableError
+from gateway.core.errors import INTERNAL_MESSAGE, GatewayError, UnavailableError
 from gateway.core.service import InferenceService
 from gateway.core.workers import name_os_thread
 
@@ -336,7 +336,7 @@ class ThreadedFrontEnd:
             if context.code() is not None:  # abort() raises; let it through
                 raise
             logger.exception("unexpected error in ModelInfer")
-            status = (grpc.StatusCode.INTERNAL, "internal error; see the gateway log")
+            status = (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
         # Aborted here, not in a handler: abort() raises, and an exception raised while a
         # handler's `error` is bound keeps that error, its traceback and this frame (with the
         # request's tensors) in a reference cycle that only the garbage collector frees. A
@@ -401,7 +401,7 @@ class ThreadedFrontEnd:
                     error = failure.message
                 else:
                     logger.error("unexpected error in ModelStreamInfer", exc_info=failure)
-                    error = "internal error"
+                    error = INTERNAL_MESSAGE
             yield codec.stream_answer(caller, None, error)
 
     def _submit_stream_request(
@@ -414,6 +414,10 @@ class ThreadedFrontEnd:
             infer_request = codec.decode_request(request)
         except GatewayError as error:
             stream.answer_now(codec.stream_caller(request), error.message)
+            return
+        except Exception:  # a bug answers this request only; the stream goes on
+            logger.exception("unexpected error decoding a ModelStreamInfer request")
+            stream.answer_now(codec.stream_caller(request), INTERNAL_MESSAGE)
             return
         ctx = request_context(context)
         call = _LoopCall(

@@ -19,7 +19,7 @@ import orjson
 from gateway.adapters.http import answers, codec
 from gateway.adapters.http.errors import HTTP_STATUS, error_body, retry_after
 from gateway.adapters.http.heads import INFER, Head, match_route, parse_head
-from gateway.core.errors import GatewayError, PayloadTooLargeError
+from gateway.core.errors import INTERNAL_MESSAGE, GatewayError, PayloadTooLargeError
 
 if TYPE_CHECKING:
     from gateway.adapters.http.fastpath import FastPathServer
@@ -31,6 +31,9 @@ MAX_HEAD_BYTES = 8190
 _REQUEST_LINE_START = re.compile(rb"(?:\r?\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]{0,32}(?: |\Z)")
 """What the first bytes of a request must look like (a method token, then a space): anything
 else (a TLS handshake on this plain port, say) goes to aiohttp at once, which refuses it."""
+_ODD_LINE_END = re.compile(rb"\n\r?\n|\r[^\n]")
+"""A head that ended with bare LFs ('\\n\\n', '\\n\\r\\n') or has a CR not before an LF: it will
+never end in CRLF CRLF, so aiohttp answers it (400) rather than this waiting for more."""
 PIPELINED_BYTES = 256 * 1024
 SERVED_PER_TURN = 32
 """Pipelined requests answered in one go before the loop serves others (then this goes on)."""
@@ -159,7 +162,7 @@ class Connection(asyncio.Protocol):
             if end < 0:  # incomplete, or ended by bare LFs (which aiohttp refuses its way)
                 if (
                     len(buffer) > MAX_HEAD_BYTES
-                    or buffer.find(b"\n\n") >= 0
+                    or _ODD_LINE_END.search(buffer)
                     or not _REQUEST_LINE_START.match(buffer, 0, 64)
                 ):
                     self._hand_off()
@@ -225,7 +228,7 @@ class Connection(asyncio.Protocol):
             return
         except Exception:
             logger.exception("unexpected error handling GET %s", head.url.decode("latin-1"))
-            self._respond(head, 500, error_body("internal error; see the gateway log"), _JSON)
+            self._respond(head, 500, error_body(INTERNAL_MESSAGE), _JSON)
             return
         self._respond(head, status, body, _JSON)
 
@@ -244,7 +247,7 @@ class Connection(asyncio.Protocol):
             self._error(head, error)
         except Exception:
             logger.exception("unexpected error handling POST %s", head.url.decode("latin-1"))
-            self._respond(head, 500, error_body("internal error; see the gateway log"), _JSON)
+            self._respond(head, 500, error_body(INTERNAL_MESSAGE), _JSON)
         else:
             # Inference-Header-Content-Length counts the JSON before any compression.
             extra = b"" if header_length is None else _HEADER_LENGTH_LINE % header_length

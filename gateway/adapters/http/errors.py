@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.core.errors import ErrorCode, GatewayError, OverloadedError, clipped
+from gateway.core.errors import INTERNAL_MESSAGE, ErrorCode, GatewayError, OverloadedError, clipped
 
 logger = logging.getLogger(__name__)
 
@@ -98,4 +98,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         logger.exception("unexpected error handling %s %s", request.method, request.path)
-        return error_response(500, "internal error; see the gateway log")
+        return error_response(500, INTERNAL_MESSAGE)

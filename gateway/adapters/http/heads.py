@@ -66,6 +66,7 @@ class Head:
         "_lower",
         "content_length",
         "expect_continue",
+        "fields",
         "headers",
         "keep_alive",
         "method",
@@ -86,6 +87,7 @@ class Head:
         self.keep_alive = False
         self.repeated = False
         self.content_length = 0
+        self.fields = 0
         self.expect_continue = False
         self.plain = False
         """HTTP/1.1 with one Host, a body framed by Content-Length (or none), not compressed,
@@ -96,13 +98,15 @@ class Head:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Decoded as aiohttp decodes them, so both front ends see the same values.
+        # Decoded as aiohttp decodes them (trailing whitespace is not part of a value, RFC
+        # 9110), so both front ends see the same values (a sticky key routes the same).
+        self.fields += 1
         lower = self._lower
         key = name.decode("utf-8", "surrogateescape").lower()
         if key in lower:
             self.repeated = self.repeated or key in SINGLETON_HEADERS
             return
-        lower[key] = value.decode("utf-8", "surrogateescape")
+        lower[key] = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -113,6 +117,8 @@ class Head:
 
 
 MAX_CACHED_HEAD_BYTES = 1024
+MAX_HEADER_FIELDS = 128
+"""aiohttp's limit: a head with more fields goes to it, which answers 400."""
 
 
 def parse_head(raw: bytes) -> Head | None:
@@ -156,6 +162,7 @@ def _parse_head(raw: bytes) -> Head | None:
         and "content-encoding" not in lower
         and "upgrade" not in lower
         and (expect is None or head.expect_continue)
+        and head.fields <= MAX_HEADER_FIELDS  # aiohttp refuses more (400)
     )
     return head
 
