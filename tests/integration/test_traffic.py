@@ -292,14 +292,19 @@ def test_traffic_over_grpc(repository: Path, grpc_server: str) -> None:
         running.stop()
 
 
-def test_agreement_of_the_two_digits_versions_on_the_real_test_split(
-    demo_repository: Path, tmp_path: Path
-) -> None:
+def digits_gateway(demo_repository: Path, tmp_path: Path) -> tuple[np.ndarray, RunningGateway]:
+    """The demo digits test split, and a gateway serving a copy of the demo digits model."""
     root = tmp_path / "repository"
     shutil.copytree(demo_repository / "digits", root / "digits")
     with np.load(root / "digits" / "test_split.npz") as data:
         images = data["X"].astype(np.float32)
-    running = RunningGateway(root)
+    return images, RunningGateway(root)
+
+
+def test_agreement_of_the_two_digits_versions_on_the_real_test_split(
+    demo_repository: Path, tmp_path: Path
+) -> None:
+    images, running = digits_gateway(demo_repository, tmp_path)
     try:
         call(
             running,
@@ -416,11 +421,7 @@ def test_agreement_is_counted_per_row_however_clients_batch(
 ) -> None:
     """The same 450 digits in requests of 10 rows agree on the same 426 rows (a request of 10
     counted as one comparison, agreeing only if all 10 did: 60 % instead of 95 %)."""
-    root = tmp_path / "repository"
-    shutil.copytree(demo_repository / "digits", root / "digits")
-    with np.load(root / "digits" / "test_split.npz") as data:
-        images = data["X"].astype(np.float32)
-    running = RunningGateway(root)
+    images, running = digits_gateway(demo_repository, tmp_path)
     try:
         policy = {"weights": {"2": 1}, "shadows": [{"version": "1"}]}
         call(running, "PUT", "/v2/models/digits/traffic", policy)
