@@ -174,8 +174,9 @@ def test_repeats_are_measured_in_rounds_and_each_row_is_their_median(
         (run,) = runs
         rates = [repeat["samples_per_s"] for repeat in run["repeats"]]
         assert len(rates) == 3 and run["samples_per_s"] == sorted(rates)[1]
-        (same,) = (r for r in run["repeats"] if r["samples_per_s"] == run["samples_per_s"])
-        assert same["p50_ms"] == run["latency_ms"]["p50"]
+        # Short windows may tie (the same count of answers): any of the tied repeats will do.
+        same = [r for r in run["repeats"] if r["samples_per_s"] == run["samples_per_s"]]
+        assert any(r["p50_ms"] == run["latency_ms"]["p50"] for r in same)
     (check,) = results["latency_targets"]
     assert check["repeats"] == 3
     allowance = check["ort_batch1_p50_ms"] + check["slack_ms"]
