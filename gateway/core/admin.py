@@ -23,6 +23,9 @@ class AdminCall:
     peer: str
     admin_elsewhere: str = ""
     """On a front end whose admin calls are served on a separate admin address: where."""
+    repeated: bool = False
+    """The call carried more than one Authorization value (refused: which one a proxy in front
+    checked is anyone's guess)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,11 @@ class AdminAuthorizer:
             )
         if not self._tokens:
             return "anonymous"
+        if call.repeated:
+            raise UnauthenticatedError(
+                "send one 'Authorization: Bearer <token>' header (gRPC: one 'authorization' "
+                "metadata entry), not several"
+            )
         if not authorization:
             raise UnauthenticatedError(
                 "this admin call needs an 'Authorization: Bearer <token>' header (gRPC: "

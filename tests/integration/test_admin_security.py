@@ -3,6 +3,7 @@ model names, the separate admin address, and malformed admin requests."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,8 +214,35 @@ def test_grpc_admin_calls_without_a_valid_token_are_refused(
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     else:
         pytest.fail("a Basic credential was accepted")
+    # Two tokens, the right one among them: which one a proxy checked is anyone's guess.
+    for twice in [(TOKEN, WRONG), (WRONG, TOKEN), (TOKEN, TOKEN)]:
+        metadata = tuple(("authorization", f"Bearer {token}") for token in twice)
+        with pytest.raises(grpc.RpcError) as caught:
+            admin.triton.RepositoryModelUnload(
+                pb.RepositoryModelUnloadRequest(model_name="gamma"), metadata=metadata
+            )
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "not several" in (caught.value.details() or "")
     assert infer_grpc(secured.grpc_url, "gamma") == [10.0] * 4
     assert admin.labels("alpha") == {}
+
+
+def test_http_admin_calls_with_two_authorization_headers_are_refused(
+    secured: RunningGateway,
+) -> None:
+    host, port = secured.http_url.rsplit(":", 1)
+    for first, second in [(TOKEN, WRONG), (WRONG, TOKEN), (TOKEN, TOKEN)]:
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.putrequest("POST", "/v2/repository/models/gamma/unload")
+        connection.putheader("Authorization", f"Bearer {first}")
+        connection.putheader("Authorization", f"Bearer {second}")
+        connection.putheader("Content-Length", "0")
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert response.status == 401 and b"not several" in body, body
+    assert infer_http(secured.http_url, "gamma") == [10.0] * 4
 
 
 def test_grpc_admin_calls_with_the_token_succeed(secured: RunningGateway, admin: GrpcAdmin) -> None:

@@ -150,8 +150,13 @@ class InferenceServicer:
         self._admin_elsewhere = admin_elsewhere
 
     def _admit(self, context: Any, action: str, target: str) -> Admitted:
-        metadata = dict(context.invocation_metadata() or ())
-        call = AdminCall(metadata.get("authorization"), context.peer(), self._admin_elsewhere)
+        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        call = AdminCall(
+            values[0] if values else None,
+            context.peer(),
+            self._admin_elsewhere,
+            repeated=len(values) > 1,
+        )
         return self._service.admit(call, action, target)
 
     @translated

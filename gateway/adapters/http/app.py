@@ -83,10 +83,12 @@ def _parameters(document: dict[str, Any], expected: str) -> dict[str, Any]:
 
 def _admit(request: web.Request, action: str, target: str) -> Admitted:
     """The token check, before the body is read."""
+    values = request.headers.getall("Authorization", [])
     call = AdminCall(
-        request.headers.get("Authorization"),
+        values[0] if values else None,
         f"http:{request.remote or '?'}",
         request.app[ADMIN_ELSEWHERE],
+        repeated=len(values) > 1,
     )
     return request.app[SERVICE].admit(call, action, target)
 
