@@ -37,6 +37,7 @@ from gateway.core.validation import check_model_name
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +101,7 @@ class ModelLifecycle:
         return await loop.run_in_executor(self._pool, functools.partial(function, *args))
 
     def _lock(self, name: str) -> asyncio.Lock:
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
-        return lock
+        return _held_lock(self._locks, name)
 
     async def _change(self, name: str, change: Coroutine[Any, Any, T]) -> T:
         """Run `change` under the model's lock in a task of its own that the caller's
@@ -262,16 +260,16 @@ class ModelLifecycle:
 
     def _model_failed(self, name: str, reason: str) -> LoadResult:
         """The model as a whole cannot be read: what serves keeps serving, and says why."""
-        reason = clipped(reason, MAX_MESSAGE_CHARS)  # a config may quote anything at length
-        logger.error("model %s: %s", name, reason)
+        shown = clipped(reason, MAX_MESSAGE_CHARS)  # a config may quote anything at length
+        logger.error("model %s: %s", name, shown)
         entry = self.registry.entry(name)
         serving = entry.ready_versions()
         if serving:
             entry.load_failures += 1
             for version in serving:
-                version.reason = f"reload failed, still serving the previous copy: {reason}"
+                version.reason = f"reload failed, still serving the previous copy: {shown}"
         else:
-            self.registry.set_failed(name, None, reason)
+            self.registry.set_failed(name, None, reason)  # which cuts it short itself
         return LoadResult(name, failures=(LoadFailure(name, None, reason),))
 
     def _restore_labels(self, name: str, snapshot: ModelSnapshot) -> None:
@@ -388,11 +386,7 @@ class ModelLifecycle:
 
     async def save_document(self, name: str, kind: str, document: Mapping[str, Any] | None) -> None:
         """Persist the model's state of `kind`; a read-only repository keeps it in memory."""
-        key = (name, kind)
-        lock = self._writes.get(key)
-        if lock is None:
-            lock = self._writes[key] = asyncio.Lock()
-        async with lock:  # FIFO: the last asked for is the last written
+        async with _held_lock(self._writes, (name, kind)):  # FIFO: the last asked, last written
             try:
                 await _finished(asyncio.to_thread(self._source.save_document, name, kind, document))
             except OSError as exc:
@@ -437,6 +431,14 @@ class ModelLifecycle:
             if version.runner is not None:
                 version.runner.close()
                 version.runner = None
+
+
+def _held_lock(locks: weakref.WeakValueDictionary[K, asyncio.Lock], key: K) -> asyncio.Lock:
+    """The lock of `key` in `locks`, made if no one holds or awaits one now."""
+    lock = locks.get(key)
+    if lock is None:
+        lock = locks[key] = asyncio.Lock()
+    return lock
 
 
 async def _finished(write: Coroutine[Any, Any, None]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter
@@ -332,10 +333,7 @@ class RolloutController:
         # Saved without the candidate's shadow (a policy file may not copy requests to a
         # version that takes some itself); a restart resumes the rollout, which adds it again.
         persisted = dataclasses.replace(policy, shadows=()) if policy.shadows else None
-
-        def still_active() -> bool:
-            return self._active.get(rollout.model) is rollout
-
+        still_active = functools.partial(self._is_active, rollout)
         # An unload may end the rollout before the weights are set (they must not be), or
         # after it, before this goes on (the unload has undone them): it stays aborted.
         set_now = await self._lifecycle.set_traffic(rollout.model, policy, persisted, still_active)
@@ -427,13 +425,11 @@ class RolloutController:
 
     async def _end(self, rollout: Rollout, state: str, reason: str, serving: int) -> None:
         name = rollout.model
-
-        def still_active() -> bool:
-            return self._active.get(name) is rollout
-
         try:
             if not await self._lifecycle.set_traffic(
-                name, self._fallback_policy(rollout, serving), when=still_active
+                name,
+                self._fallback_policy(rollout, serving),
+                when=functools.partial(self._is_active, rollout),
             ):
                 return  # an unload ended it first (and counted, noted and saved that)
         except GatewayError as exc:
@@ -447,6 +443,10 @@ class RolloutController:
         await self._persist(rollout)
         if self._active.get(name) is rollout:
             del self._active[name]
+
+    def _is_active(self, rollout: Rollout) -> bool:
+        """`rollout` is still the model's running one (no unload or other end overtook it)."""
+        return self._active.get(rollout.model) is rollout
 
     def _policy(self, rollout: Rollout) -> TrafficPolicy:
         """The weights of the current step; below 100% the candidate also shadows the stable

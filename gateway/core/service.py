@@ -432,7 +432,7 @@ def _routing_key(
     if policy.sticky_key and ctx.headers is not None:
         value = ctx.headers.get(policy.sticky_key)
         if value:
-            return value if isinstance(value, str) else bytes(value).decode("latin-1")
+            return value
     return request.id or None
 
 

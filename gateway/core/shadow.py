@@ -129,13 +129,13 @@ class ShadowDispatcher:
     ) -> None:
         started_ns = time.perf_counter_ns()
         timing = RequestTiming()
-        code, error, rows, batched = OK, "", 0, False
+        code, error, rows, batch_size = OK, "", 0, 0
         outputs: list[Tensor] | None = None
         try:
             loaded, batcher = shadow.loaded, shadow.shadow_batcher
             assert loaded is not None and batcher is not None
             feeds, names, batch_size = validate_request(request, loaded.signature)
-            rows, batched = max(batch_size, 1), batch_size > 0
+            rows = max(batch_size, 1)
             arrays = await batcher.infer(feeds, names, batch_size, SHADOW_TIMEOUT_S, timing)
             specs = loaded.signature.outputs_by_name
             outputs = [
@@ -174,7 +174,7 @@ class ShadowDispatcher:
         if answer is None:  # the primary failed: nothing to compare with
             return
         self._compare(
-            request, primary, shadow, answer, outputs, tolerance, statistics, rule, rows, batched
+            request, primary, shadow, answer, outputs, tolerance, statistics, rule, batch_size
         )
 
     def _compare(
@@ -187,11 +187,12 @@ class ShadowDispatcher:
         tolerance: Tolerance,
         statistics: PairStatistics,
         rule: PredictionRule | None,
-        rows: int,
-        batched: bool,
+        batch_size: int,
     ) -> None:
         """Counted per row (a request of 5 rows is 5 comparisons), so agreement does not depend
-        on how clients batch their rows; an unbatched model's request is one row."""
+        on how clients batch their rows; an unbatched model's request (`batch_size` 0) is one
+        row."""
+        rows = max(batch_size, 1)
         shown: tuple[Any, Any]
         if rule is not None and rule.prediction is not Prediction.VALUE:
             mine, theirs = predicted_values(rule, expected), predicted_values(rule, got)
@@ -201,10 +202,7 @@ class ShadowDispatcher:
                 rows, agreeing = 1, int(mine is not None and mine == theirs)
             shown = (mine, theirs)
         else:
-            agreeing, difference = _numeric_agreement(
-                expected, got, tolerance, rows if batched else 0
-            )
-            rows = rows if batched else 1
+            agreeing, difference = _numeric_agreement(expected, got, tolerance, batch_size)
             statistics.max_abs_diff = max(statistics.max_abs_diff, difference)
             shown = (_preview(expected), _preview(got))
         statistics.agree += agreeing

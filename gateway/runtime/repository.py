@@ -27,7 +27,7 @@ from gateway.core.errors import NotFoundError
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner, ModelSnapshot, SourceError
 from gateway.core.registry import LABEL
-from gateway.core.validation import MAX_VERSION_DIGITS, check_model_name, is_valid_model_name
+from gateway.core.validation import check_model_name, is_valid_model_name, parse_version
 from gateway.runtime.onnx_runner import load_version
 from gateway.runtime.warmup import warm_up
 
@@ -203,10 +203,8 @@ def _read_document(path: Path) -> Any:
 def _version_number(name: str) -> int | None:
     """A version directory's number: 1 up to an int64, written as Triton writes it ('01' or
     '+1' name no version: the version would be opened as '1', another directory)."""
-    if not (name.isascii() and name.isdigit()) or len(name) > MAX_VERSION_DIGITS:
-        return None
-    number = int(name)
-    return number if number >= 1 and str(number) == name else None
+    number = parse_version(name)
+    return number if number and str(number) == name else None
 
 
 def _is_dir(path: Path) -> bool:

@@ -33,10 +33,10 @@ def warm_up(loaded: LoadedVersion, runner: ModelRunner, warmup_dir: Path) -> Non
     outputs = loaded.signature.output_names
     batched = loaded.signature.batched
     if not loaded.policy.warmup:
-        shapes = {spec.name: _zeros_shape(spec, batched) for spec in loaded.signature.inputs}
+        shaped = [(spec, _zeros_shape(spec, batched)) for spec in loaded.signature.inputs]
         nbytes = sum(
             int(np.prod(shape, dtype=np.float64)) * DATATYPES[spec.datatype].numpy_dtype.itemsize
-            for spec, shape in zip(loaded.signature.inputs, shapes.values(), strict=True)
+            for spec, shape in shaped
         )
         if nbytes > ZEROS_MAX_BYTES:
             logger.warning(
@@ -47,7 +47,7 @@ def warm_up(loaded: LoadedVersion, runner: ModelRunner, warmup_dir: Path) -> Non
                 nbytes,
             )
             return
-        feeds = {spec.name: _zeros(spec, batched) for spec in loaded.signature.inputs}
+        feeds = {spec.name: _zeros(spec, shape) for spec, shape in shaped}
         try:
             runner.run(feeds, outputs)
         except GatewayError as exc:
@@ -73,8 +73,7 @@ def _zeros_shape(spec: TensorSpec, batched: bool) -> tuple[int, ...]:
     return ((1,) if batched else ()) + tuple(1 if d == -1 else d for d in spec.dims)
 
 
-def _zeros(spec: TensorSpec, batched: bool) -> npt.NDArray[Any]:
-    shape = _zeros_shape(spec, batched)
+def _zeros(spec: TensorSpec, shape: tuple[int, ...]) -> npt.NDArray[Any]:
     datatype = DATATYPES[spec.datatype]
     if datatype.is_bytes:
         return np.full(shape, b"", dtype=object)

@@ -139,13 +139,16 @@ def stream_caller(request: Any) -> StreamCaller:
     )
 
 
-def stream_answer(caller: StreamCaller, response: InferResponse | None, error: str | None) -> Any:
-    """A ModelStreamInferResponse: the answer, or the error with the request's id and model."""
-    if response is not None:
-        return pb.ModelStreamInferResponse(infer_response=encode_response(response))
+def stream_answer(response: InferResponse) -> Any:
+    """A ModelStreamInferResponse carrying the answer."""
+    return pb.ModelStreamInferResponse(infer_response=encode_response(response))
+
+
+def stream_error(caller: StreamCaller, error: str) -> Any:
+    """A ModelStreamInferResponse carrying the error, with the request's model and id."""
     model_name, model_version, request_id = caller
     return pb.ModelStreamInferResponse(
-        error_message=error or "",
+        error_message=error,
         infer_response=pb.ModelInferResponse(
             model_name=model_name, model_version=model_version, id=request_id
         ),

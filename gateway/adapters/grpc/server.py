@@ -316,14 +316,14 @@ class InferenceServicer:
                     raise InvalidInputError(request.message)
                 infer_request = codec.decode_request(request)
                 response = await self._service.infer(infer_request, request_context(context))
-                answers.put_nowait(codec.stream_answer(("", "", ""), response, None))
+                answers.put_nowait(codec.stream_answer(response))
             except GatewayError as error:
-                caller = codec.stream_caller(request)
-                answers.put_nowait(codec.stream_answer(caller, None, error.message))
+                answers.put_nowait(codec.stream_error(codec.stream_caller(request), error.message))
             except Exception:
                 logger.exception("unexpected error in ModelStreamInfer")
-                caller = codec.stream_caller(request)
-                answers.put_nowait(codec.stream_answer(caller, None, INTERNAL_MESSAGE))
+                answers.put_nowait(
+                    codec.stream_error(codec.stream_caller(request), INTERNAL_MESSAGE)
+                )
 
         async def read() -> None:
             try:

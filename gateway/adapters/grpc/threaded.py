@@ -300,7 +300,7 @@ class ThreadedFrontEnd:
         self._loop = loop
         self._callers = service.callers
         self._max_streams = max_streams
-        self._streams = threading.BoundedSemaphore(max(max_streams, 1))
+        self._streams = threading.BoundedSemaphore(max_streams)
         """Open streams; with one worker (max_streams 0) every stream is refused."""
 
     def _on_loop(self, coroutine: Any, context: grpc.ServicerContext) -> Any:
@@ -354,7 +354,7 @@ class ThreadedFrontEnd:
         An open stream holds a worker for its whole life, idle or not: at most `max_streams`
         may be open, so that streams alone can never take every worker (unary calls, health
         checks) and hang the server; one more is refused at once with RESOURCE_EXHAUSTED."""
-        if not self._max_streams or not self._streams.acquire(blocking=False):
+        if not self._streams.acquire(blocking=False):
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"this server takes at most {self._max_streams} open ModelStreamInfer streams "
@@ -395,35 +395,36 @@ class ThreadedFrontEnd:
                     continue
                 failure, done.error = done.error, None  # taken: no cycle through the call
                 if failure is None:
-                    yield codec.stream_answer(caller, done.result, None)
+                    yield codec.stream_answer(done.result)
                     continue
                 if isinstance(failure, GatewayError):
                     error = failure.message
                 else:
                     logger.error("unexpected error in ModelStreamInfer", exc_info=failure)
                     error = INTERNAL_MESSAGE
-            yield codec.stream_answer(caller, None, error)
+            yield codec.stream_error(caller, error)
 
     def _submit_stream_request(
         self, stream: _Stream, request: Any, context: grpc.ServicerContext
     ) -> None:
+        caller = codec.stream_caller(request)
         if isinstance(request, MalformedMessage):
-            stream.answer_now(codec.stream_caller(request), request.message)
+            stream.answer_now(caller, request.message)
             return
         try:
             infer_request = codec.decode_request(request)
         except GatewayError as error:
-            stream.answer_now(codec.stream_caller(request), error.message)
+            stream.answer_now(caller, error.message)
             return
         except Exception:  # a bug answers this request only; the stream goes on
             logger.exception("unexpected error decoding a ModelStreamInfer request")
-            stream.answer_now(codec.stream_caller(request), INTERNAL_MESSAGE)
+            stream.answer_now(caller, INTERNAL_MESSAGE)
             return
         ctx = request_context(context)
         call = _LoopCall(
             self._service.infer(infer_request, ctx),
             self._loop,
-            functools.partial(stream.answered, codec.stream_caller(request)),
+            functools.partial(stream.answered, caller),
         )
         stream.started()
         stream.track(call)

@@ -97,9 +97,8 @@ def decode_request(
     if header_length is None:
         json_part, binary_part = view, view[len(view) :]
     else:
-        text = header_length.strip(" \t")  # optional whitespace, as aiohttp's parser drops
-        digits = text.isascii() and text.isdigit() and len(text) < 19
-        length = int(text) if digits else -1
+        digits = header_length.isascii() and header_length.isdigit() and len(header_length) < 19
+        length = int(header_length) if digits else -1
         if length < 0 or length > len(view):
             raise InvalidInputError(
                 f"{HEADER_LENGTH} is {header_length!r:.40}, expected an integer between 0 and the "
