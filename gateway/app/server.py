@@ -169,6 +169,7 @@ class Gateway:
             default_max_batch_size=settings.default_max_batch_size,
             default_intra_op_threads=settings.resolved_intra_op_threads(),
             default_concurrency=settings.resolved_inference_threads(),
+            huge_pages=settings.huge_pages,
         )
         self.lifecycle = ModelLifecycle(self.registry, repository, self._load_pool)
         # Rollouts: each step's window from the request events; resumed as models load.

@@ -50,11 +50,13 @@ class FileRepository:
         default_max_batch_size: int,
         default_intra_op_threads: int,
         default_concurrency: int,
+        huge_pages: bool = True,
     ) -> None:
         self.root = root
         self._default_max_batch_size = default_max_batch_size
         self._default_intra_op_threads = default_intra_op_threads
         self._default_concurrency = default_concurrency
+        self._huge_pages = huge_pages
 
     def model_names(self) -> list[str]:
         """SourceError if the repository is not a directory this process may list."""
@@ -136,6 +138,7 @@ class FileRepository:
             default_max_batch_size=self._default_max_batch_size,
             default_intra_op_threads=self._default_intra_op_threads,
             default_concurrency=self._default_concurrency,
+            huge_pages=self._huge_pages,
         )
         try:
             warm_up(loaded, runner, model_dir / WARMUP_DIRECTORY)

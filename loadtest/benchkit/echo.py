@@ -54,7 +54,7 @@ class Echo:
         if job.get("model_file"):
             from .baseline import open_model
 
-            self.session = open_model(job["model_file"])[0]
+            self.session = open_model(job["model_file"], huge_pages=job["huge_pages"])[0]
         self._output_names = [out.name for out in self.outputs]
 
     def answer(
@@ -438,6 +438,8 @@ def echo_server(
         "outputs": signature["outputs"],
         "lifetime_s": lifetime_s,
         "model_file": None if model_file is None else str(model_file),
+        # As the gateway runs it: its memory in huge pages unless the gateway is told not to.
+        "huge_pages": "--no-huge-pages" not in (args.gateway_arg or []),
         "loops": args.multi_loop_grpc_echo,
     }
     command = bench_command(args.server_core, "_echo", json.dumps(job))
