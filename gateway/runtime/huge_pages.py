@@ -13,10 +13,11 @@ memory a later load reuses after an earlier one freed it (glibc gives freed page
 changing the mapping, so a load cannot be told from the mappings that changed). Chunks already
 in a huge page cost the kernel a look, not a copy. Sparse chunks (thread stacks, freed arenas)
 stay as they are, so no memory is added. Pages pinned by a device are left alone by the kernel.
-MADV_COLLAPSE needs Linux 6.1 or later and transparent huge pages not set to `never`; where
-either is missing nothing happens, and the first load says so in the log. Other threads may map
-and unmap memory meanwhile: a chunk gone by the time it is collapsed is skipped, and collapsing
-memory changes only its page size, never its contents.
+A mapping kept out of huge pages (MADV_NOHUGEPAGE) is skipped. MADV_COLLAPSE needs Linux 6.1 or
+later and transparent huge pages not set to `never`; where either is missing nothing happens,
+and the first load says so in the log. Other threads may map and unmap memory meanwhile: a chunk
+gone by the time it is collapsed is skipped, and collapsing memory changes only its page size,
+never its contents.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import errno
 import functools
 import logging
 import mmap
+import platform
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MADV_COLLAPSE = 25
 """From linux/mman.h (Linux 6.1); Python's mmap module does not name it."""
+_ENABLED_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 _PMD_SIZE_FILE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
 _DEFAULT_HUGE_PAGE_BYTES = 2 * 1024 * 1024
 
@@ -74,7 +78,7 @@ def collapse_resident_memory() -> CollapseResult:
     """Collapse every fully resident huge-page-sized chunk of the process's private anonymous
     writable memory (blocking: a copy of each chunk not yet in a huge page)."""
     with _one_at_a_time:
-        reason = _unsupported_reason()
+        reason = unsupported_reason()
         if reason is not None:
             return CollapseResult(0, 0, reason)
         page = mmap.PAGESIZE
@@ -85,11 +89,37 @@ def collapse_resident_memory() -> CollapseResult:
                 error = _madvise_collapse(run_start, run_end - run_start)
                 if error == 0:
                     collapsed += run_end - run_start
-                elif error == errno.EINVAL:  # the kernel cannot collapse at all (or THP is off)
-                    return CollapseResult(collapsed, skipped, _remember_unsupported(error))
+                elif error == errno.EINVAL:  # a mapping kept out of huge pages (MADV_NOHUGEPAGE)
+                    break
                 else:  # EAGAIN: no free huge page; ENOMEM: unmapped meanwhile
                     skipped += run_end - run_start
         return CollapseResult(collapsed, skipped)
+
+
+@functools.cache
+def unsupported_reason() -> str | None:
+    """Why this system cannot collapse memory into huge pages, or None (logged once)."""
+    reason = _why_unsupported()
+    if reason is not None:
+        logger.info("model weights stay in 4 KiB pages: %s", reason)
+    return reason
+
+
+def _why_unsupported() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "huge pages are collapsed on Linux only"
+    try:
+        with open(_ENABLED_FILE, encoding="ascii") as file:
+            enabled = file.read()
+    except OSError:
+        return "this kernel has no transparent huge pages"
+    if "[never]" in enabled:
+        return f"transparent huge pages are off ({_ENABLED_FILE} is 'never')"
+    release = platform.release()
+    version = re.match(r"(\d+)\.(\d+)", release)
+    if version and (int(version[1]), int(version[2])) < (6, 1):
+        return f"Linux {release} has no MADV_COLLAPSE (6.1 or later has)"
+    return None
 
 
 def _resident_runs(start: int, end: int, page: int, huge: int) -> Iterator[tuple[int, int]]:
@@ -131,27 +161,6 @@ def _madvise_collapse(address: int, length: int) -> int:
     if libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), MADV_COLLAPSE) == 0:
         return 0
     return ctypes.get_errno()
-
-
-_unsupported: list[str] = []
-"""Set once madvise(MADV_COLLAPSE) has said EINVAL: the kernel's answer will not change."""
-
-
-def _remember_unsupported(error: int) -> str:
-    reason = f"madvise(MADV_COLLAPSE) failed with {errno.errorcode.get(error, error)}"
-    reason += " (Linux 6.1 or later with transparent huge pages is needed)"
-    if not _unsupported:
-        _unsupported.append(reason)
-        logger.info("model weights stay in 4 KiB pages: %s", reason)
-    return reason
-
-
-def _unsupported_reason() -> str | None:
-    if not sys.platform.startswith("linux"):
-        return "not Linux"
-    if _unsupported:
-        return _unsupported[0]
-    return None
 
 
 @functools.cache

@@ -21,11 +21,11 @@ def supported() -> None:
         pytest.skip(f"this kernel cannot collapse memory: {reason}")
 
 
-def _private_mapping() -> Iterator[tuple[mmap.mmap, int]]:
+def _private_mapping(advice: int = mmap.MADV_DONTDUMP) -> Iterator[tuple[mmap.mmap, int]]:
     region = mmap.mmap(-1, SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     # A flag of its own keeps the kernel from merging it with its neighbours, so smaps
     # reports it alone.
-    region.madvise(mmap.MADV_DONTDUMP)
+    region.madvise(advice)
     anchor = ctypes.c_char.from_buffer(region)
     address = ctypes.addressof(anchor)
     yield region, address
@@ -41,6 +41,12 @@ def dense() -> Iterator[tuple[mmap.mmap, int]]:
 @pytest.fixture
 def sparse() -> Iterator[tuple[mmap.mmap, int]]:
     yield from _private_mapping()
+
+
+@pytest.fixture
+def refused() -> Iterator[tuple[mmap.mmap, int]]:
+    """Memory its owner keeps out of huge pages."""
+    yield from _private_mapping(mmap.MADV_NOHUGEPAGE)
 
 
 def _smaps_field(address: int, field: str) -> int:
@@ -91,3 +97,19 @@ def test_sparse_memory_is_left_alone_so_no_memory_is_added(
     assert _smaps_field(address, "AnonHugePages") == 0
     assert _smaps_field(address, "Rss") == resident_kb
     del view
+
+
+@pytest.mark.usefixtures("supported")
+def test_memory_kept_out_of_huge_pages_stays_out_and_the_rest_still_moves(
+    dense: tuple[mmap.mmap, int], refused: tuple[mmap.mmap, int]
+) -> None:
+    # mmap places the later mapping below the earlier one here, so the refused one is met
+    # first: refusing it must not stop the rest.
+    for region, _ in (refused, dense):
+        region.write(b"\x01" * SIZE)
+
+    result = collapse_resident_memory()
+
+    assert result.unsupported is None
+    assert _smaps_field(refused[1], "AnonHugePages") == 0
+    assert _smaps_field(dense[1], "AnonHugePages") >= 5 * 2048
