@@ -2,28 +2,30 @@
 
 A model of tens of megabytes read once per small batch takes one TLB miss per 4 KiB page it
 touches; in 2 MiB pages it takes one per 512 of them. `mlp_wide` (80 MB of weights) ran batch-1
-requests in x0.84-0.88 the time this way on this host, and the gateway answered a lone caller
-in x0.92 the time (loadtest/FINDINGS.md); large batches and models that fit in the caches gain
-little. onnxruntime has no option for it, and glibc's own (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)
-must be set before the process starts.
+requests in x0.84-0.88 the time this way on this host, and the gateway answered a lone caller in
+about x0.92 the time ("Weights in huge pages" in loadtest/FINDINGS.md); large batches and models
+that fit in the caches gain little. onnxruntime has no option for it, and glibc's own
+(GLIBC_TUNABLES=glibc.malloc.hugetlb=1) must be set before the process starts.
 
-After a CPU model version loads, every huge-page-sized chunk of the process's private anonymous
-writable memory whose every page is resident is collapsed: the new version's weights, and any
-memory a later load reuses after an earlier one freed it (glibc gives freed pages back without
-changing the mapping, so a load cannot be told from the mappings that changed). Chunks already
-in a huge page cost the kernel a look, not a copy. Sparse chunks (thread stacks, freed arenas)
-stay as they are, so no memory is added. Pages pinned by a device are left alone by the kernel.
-A mapping kept out of huge pages (MADV_NOHUGEPAGE) is skipped. MADV_COLLAPSE needs Linux 6.1 or
-later and transparent huge pages not set to `never`; where either is missing nothing happens,
-and the first load says so in the log. Other threads may map and unmap memory meanwhile: a chunk
-gone by the time it is collapsed is skipped, and collapsing memory changes only its page size,
-never its contents.
+After a CPU model version loads and warms up, every huge-page-sized chunk of the process's
+private anonymous writable memory whose every page is present and this process's alone is
+collapsed: the new version's weights and arenas, and any memory a later load reuses after an
+earlier one freed it (glibc gives freed pages back without changing the mapping, so what a load
+allocated cannot be told from the mappings that changed). Chunks already in a huge page cost
+the kernel a look, not a copy. A chunk with a page never written (the kernel's shared zero
+page), never touched, or shared with another process is left alone, so the memory in use does
+not grow (unless another thread frees a page of a chunk between the check and the collapse,
+which the kernel then fills). A mapping kept out of huge pages (MADV_NOHUGEPAGE) and pages a
+device has pinned are left as they are by the kernel.
+
+MADV_COLLAPSE needs Linux 6.1 or later. The gateway also honours an administrator's `never` in
+/sys/kernel/mm/transparent_hugepage/enabled and a process started with THP disabled (prctl);
+in any of these cases nothing happens and the first load says why in the log.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import functools
 import logging
 import mmap
@@ -31,8 +33,12 @@ import platform
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,12 @@ MADV_COLLAPSE = 25
 _ENABLED_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 _PMD_SIZE_FILE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
 _DEFAULT_HUGE_PAGE_BYTES = 2 * 1024 * 1024
+_PRESENT_AND_EXCLUSIVE = np.uint64((1 << 63) | (1 << 56))
+"""/proc/self/pagemap: bit 63, the page is in memory; bit 56, mapped by this process alone
+(the shared zero page, which a read of untouched memory maps, is not)."""
+
+_WINDOW_CHUNKS = 512
+"""Chunks whose pagemap entries are read at once: 1 GiB of address space, 2 MiB of entries."""
 
 _one_at_a_time = threading.Lock()
 """Loads finishing together collapse in turn: the second finds the first's work done."""
@@ -48,18 +60,57 @@ _one_at_a_time = threading.Lock()
 
 @dataclass(frozen=True, slots=True)
 class CollapseResult:
-    collapsed_bytes: int
-    """Bytes in huge pages now (those that already were included)."""
-    skipped_bytes: int
-    """Bytes of fully resident chunks the kernel did not collapse (no free huge page, or
-    unmapped meanwhile)."""
+    moved_bytes: int
+    """How much more of the process is in huge pages than before the pass."""
+    huge_bytes: int
+    """How much of the process is in huge pages after it."""
     unsupported: str | None = None
     """Why nothing could be collapsed on this system, if so."""
 
 
+def move_to_huge_pages(label: str) -> CollapseResult:
+    """Collapse what can be, and log what moved under `label` (a model version)."""
+    started = time.perf_counter()
+    result = collapse_resident_memory()
+    if result.unsupported is None:
+        logger.info(
+            "%s: %.1f MiB moved to huge pages in %.2f s (%.1f MiB of the process now in them)",
+            label,
+            result.moved_bytes / 2**20,
+            time.perf_counter() - started,
+            result.huge_bytes / 2**20,
+        )
+    return result
+
+
+def collapse_resident_memory() -> CollapseResult:
+    """Collapse every huge-page-sized chunk of the process's private anonymous writable memory
+    whose pages are all present and its own (blocking: a copy of each chunk not yet in a huge
+    page)."""
+    with _one_at_a_time:
+        reason = unsupported_reason()
+        if reason is not None:
+            return CollapseResult(0, 0, reason)
+        before = _anon_huge_bytes()
+        page = mmap.PAGESIZE
+        huge = _huge_page_bytes()
+        try:
+            with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
+                for start, end in anonymous_mappings().items():
+                    for run_start, run_end in _owned_runs(pagemap, start, end, page, huge):
+                        # An error means some chunk stayed as it was (a page pinned or locked,
+                        # no free huge page, a cgroup limit, a mapping kept out of huge pages);
+                        # the kernel has still collapsed the others of the run.
+                        _libc().madvise(run_start, run_end - run_start, MADV_COLLAPSE)
+        except OSError as exc:  # no pagemap (a restricted /proc): nothing to go by
+            logger.debug("cannot read /proc/self/pagemap: %s", exc)
+        after = _anon_huge_bytes()
+        return CollapseResult(max(0, after - before), after)
+
+
 def anonymous_mappings() -> dict[int, int]:
-    """The private anonymous writable mappings of this process (the heap included); empty
-    where /proc is not there."""
+    """Start -> end address of the process's private anonymous writable mappings (the heap
+    included); empty where /proc is not there."""
     mappings: dict[int, int] = {}
     try:
         with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
@@ -74,31 +125,41 @@ def anonymous_mappings() -> dict[int, int]:
     return mappings
 
 
-def collapse_resident_memory() -> CollapseResult:
-    """Collapse every fully resident huge-page-sized chunk of the process's private anonymous
-    writable memory (blocking: a copy of each chunk not yet in a huge page)."""
-    with _one_at_a_time:
-        reason = unsupported_reason()
-        if reason is not None:
-            return CollapseResult(0, 0, reason)
-        page = mmap.PAGESIZE
-        huge = _huge_page_bytes()
-        collapsed = skipped = 0
-        for start, end in anonymous_mappings().items():
-            for run_start, run_end in _resident_runs(start, end, page, huge):
-                error = _madvise_collapse(run_start, run_end - run_start)
-                if error == 0:
-                    collapsed += run_end - run_start
-                elif error == errno.EINVAL:  # a mapping kept out of huge pages (MADV_NOHUGEPAGE)
-                    break
-                else:  # EAGAIN: no free huge page; ENOMEM: unmapped meanwhile
-                    skipped += run_end - run_start
-        return CollapseResult(collapsed, skipped)
+def _owned_runs(
+    pagemap: BinaryIO, start: int, end: int, page: int, huge: int
+) -> Iterator[tuple[int, int]]:
+    """The runs of consecutive huge-page-aligned chunks of [start, end) whose every page is
+    present and this process's alone, read a window of chunks at a time (a mapping may be
+    gigabytes)."""
+    first = -(-start // huge) * huge
+    last = end // huge * huge
+    per_chunk = huge // page
+    for window in range(first, last, _WINDOW_CHUNKS * huge):
+        chunks = min(_WINDOW_CHUNKS, (last - window) // huge)
+        try:
+            pagemap.seek(window // page * 8)
+            entries = pagemap.read(chunks * per_chunk * 8)
+        except OSError:  # unmapped meanwhile
+            return
+        if len(entries) != chunks * per_chunk * 8:
+            return
+        flags = np.frombuffer(entries, dtype=np.uint64).reshape(chunks, per_chunk)
+        owned = ((flags & _PRESENT_AND_EXCLUSIVE) == _PRESENT_AND_EXCLUSIVE).all(axis=1)
+        run_start: int | None = None
+        for index, whole in enumerate(owned.tolist()):
+            address = window + index * huge
+            if whole and run_start is None:
+                run_start = address
+            elif not whole and run_start is not None:
+                yield run_start, address
+                run_start = None
+        if run_start is not None:
+            yield run_start, window + chunks * huge
 
 
 @functools.cache
 def unsupported_reason() -> str | None:
-    """Why this system cannot collapse memory into huge pages, or None (logged once)."""
+    """Why memory is not collapsed on this system, or None (logged once)."""
     reason = _why_unsupported()
     if reason is not None:
         logger.info("model weights stay in 4 KiB pages: %s", reason)
@@ -108,59 +169,44 @@ def unsupported_reason() -> str | None:
 def _why_unsupported() -> str | None:
     if not sys.platform.startswith("linux"):
         return "huge pages are collapsed on Linux only"
+    release = platform.release()
+    version = re.match(r"(\d+)\.(\d+)", release)
+    if version and (int(version[1]), int(version[2])) < (6, 1):
+        return f"Linux {release} has no MADV_COLLAPSE (6.1 or later has)"
     try:
         with open(_ENABLED_FILE, encoding="ascii") as file:
             enabled = file.read()
     except OSError:
         return "this kernel has no transparent huge pages"
     if "[never]" in enabled:
-        return f"transparent huge pages are off ({_ENABLED_FILE} is 'never')"
-    release = platform.release()
-    version = re.match(r"(\d+)\.(\d+)", release)
-    if version and (int(version[1]), int(version[2])) < (6, 1):
-        return f"Linux {release} has no MADV_COLLAPSE (6.1 or later has)"
+        return f"transparent huge pages are off ({_ENABLED_FILE} says never)"
+    if _process_status("THP_enabled") == "0":
+        return "transparent huge pages are disabled for this process (prctl PR_SET_THP_DISABLE)"
     return None
 
 
-def _resident_runs(start: int, end: int, page: int, huge: int) -> Iterator[tuple[int, int]]:
-    """The runs of consecutive huge-page-aligned chunks of [start, end) whose every page is
-    resident."""
-    first = -(-start // huge) * huge
-    last = end // huge * huge
-    if last - first < huge:
-        return
-    residency = _residency(first, last - first, page)
-    if residency is None:
-        return
-    per_chunk = huge // page
-    run_start: int | None = None
-    for index in range((last - first) // huge):
-        chunk = residency[index * per_chunk : (index + 1) * per_chunk]
-        address = first + index * huge
-        if chunk.count(0) == 0:
-            if run_start is None:
-                run_start = address
-        elif run_start is not None:
-            yield run_start, address
-            run_start = None
-    if run_start is not None:
-        yield run_start, last
+def _process_status(field: str) -> str | None:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
 
 
-def _residency(address: int, length: int, page: int) -> bytes | None:
-    """One byte a page, non-zero where the page is resident (mincore); None if unmapped."""
-    vector = (ctypes.c_ubyte * (length // page))()
-    if _libc().mincore(ctypes.c_void_p(address), ctypes.c_size_t(length), vector) != 0:
-        return None
-    return bytes(vector)
-
-
-def _madvise_collapse(address: int, length: int) -> int:
-    """0, or the errno of madvise(MADV_COLLAPSE)."""
-    libc = _libc()
-    if libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), MADV_COLLAPSE) == 0:
-        return 0
-    return ctypes.get_errno()
+def _anon_huge_bytes() -> int:
+    """The process's anonymous memory in huge pages (/proc/self/smaps_rollup)."""
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii", errors="replace") as rollup:
+            for line in rollup:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 @functools.cache
@@ -177,6 +223,4 @@ def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.madvise.restype = ctypes.c_int
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-    libc.mincore.restype = ctypes.c_int
     return libc

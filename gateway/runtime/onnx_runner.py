@@ -10,7 +10,6 @@ import functools
 import importlib.metadata
 import logging
 import re
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from gateway.core.model import (
 )
 from gateway.core.ports import SourceError
 from gateway.core.prediction import prediction_rule
-from gateway.runtime.huge_pages import collapse_resident_memory
 
 logger = logging.getLogger(__name__)
 
@@ -324,21 +322,6 @@ def _merge(
     return merged
 
 
-def _memory_to_huge_pages(name: str) -> None:
-    """The session's weights, and the rest of the process's dense memory, into huge pages."""
-    started = time.perf_counter()
-    result = collapse_resident_memory()
-    if result.collapsed_bytes or result.skipped_bytes:
-        skipped = result.skipped_bytes / 2**20
-        logger.info(
-            "%s loaded: %.1f MiB of the process's memory in huge pages (%.2f s)%s",
-            name,
-            result.collapsed_bytes / 2**20,
-            time.perf_counter() - started,
-            f"; {skipped:.1f} MiB could not be moved" if skipped else "",
-        )
-
-
 def load_version(
     path: Path,
     policy: ModelPolicy,
@@ -347,14 +330,11 @@ def load_version(
     default_max_batch_size: int,
     default_intra_op_threads: int,
     default_concurrency: int,
-    huge_pages: bool = True,
 ) -> tuple[LoadedVersion, OnnxRunner]:
     """Load one version from `path` (blocking: call it on the load thread pool)."""
     session, providers = create_session(
         path, policy, default_intra_op_threads=default_intra_op_threads
     )
-    if huge_pages and providers[0] == CPU:
-        _memory_to_huge_pages(f"{policy.name}:{version}")
     signature = build_signature(session, policy, path, default_max_batch_size)
     try:  # a configured prediction output that cannot be read fails the load
         prediction_rule(signature, policy.parameters)

@@ -28,7 +28,8 @@ from gateway.core.model import LoadedVersion
 from gateway.core.ports import ModelRunner, ModelSnapshot, SourceError
 from gateway.core.registry import LABEL
 from gateway.core.validation import check_model_name, is_valid_model_name, parse_version
-from gateway.runtime.onnx_runner import load_version
+from gateway.runtime.huge_pages import move_to_huge_pages
+from gateway.runtime.onnx_runner import CPU, load_version
 from gateway.runtime.warmup import warm_up
 
 logger = logging.getLogger(__name__)
@@ -138,13 +139,14 @@ class FileRepository:
             default_max_batch_size=self._default_max_batch_size,
             default_intra_op_threads=self._default_intra_op_threads,
             default_concurrency=self._default_concurrency,
-            huge_pages=self._huge_pages,
         )
         try:
             warm_up(loaded, runner, model_dir / WARMUP_DIRECTORY)
         except BaseException:
             runner.close()
             raise
+        if self._huge_pages and loaded.providers[0] == CPU:  # weights and warmed-up arenas
+            move_to_huge_pages(f"{snapshot.name}:{version}")
         return loaded, runner
 
     def save_labels(self, name: str, labels: Mapping[str, int]) -> None:

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import threading
@@ -38,6 +39,16 @@ Stop = Callable[[], Awaitable[None]]
 """Stops a server started by one of SERVERS."""
 LOOPS_STOP_S = 5.0
 """How long the several-loops echo waits for its servers and loop threads to stop."""
+
+
+def gateway_huge_pages(gateway_args: list[str]) -> bool:
+    """Whether the gateway the bench starts moves its memory into huge pages (`--huge-pages`,
+    on by default): the last of the two flags given, else GATEWAY_HUGE_PAGES."""
+    for arg in reversed(gateway_args):
+        if arg in ("--huge-pages", "--no-huge-pages"):
+            return arg == "--huge-pages"
+    setting = os.environ.get("GATEWAY_HUGE_PAGES", "true").strip().lower()
+    return setting not in {"0", "false", "f", "no", "n", "off"}
 
 
 class Echo:
@@ -438,8 +449,8 @@ def echo_server(
         "outputs": signature["outputs"],
         "lifetime_s": lifetime_s,
         "model_file": None if model_file is None else str(model_file),
-        # As the gateway runs it: its memory in huge pages unless the gateway is told not to.
-        "huge_pages": "--no-huge-pages" not in (args.gateway_arg or []),
+        # A minimal server loads the model as the gateway does.
+        "huge_pages": gateway_huge_pages(args.gateway_arg or []),
         "loops": args.multi_loop_grpc_echo,
     }
     command = bench_command(args.server_core, "_echo", json.dumps(job))
