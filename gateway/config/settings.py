@@ -178,10 +178,10 @@ class GatewaySettings(BaseSettings):
     )
     huge_pages: bool = Field(
         True,
-        description="After each CPU model version loads, move the process's dense memory (the "
-        "weights among it) into transparent huge pages, for fewer TLB misses: a lone caller of "
-        "an 80 MB model was answered in x0.92 the time here. Linux 6.1 or later; adds no "
-        "memory (see gateway/runtime/huge_pages.py).",
+        description="After each CPU model version loads, move the process's memory whose pages "
+        "are all written (the weights among it) into transparent huge pages, for fewer TLB "
+        "misses: a lone caller of an 80 MB model was answered in about x0.92 the time here. "
+        "Linux 6.1 or later; adds no memory (see gateway/runtime/huge_pages.py).",
     )
     feedback_max_entries: int = Field(
         100_000,
