@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import logging
 import mmap
 import platform
@@ -145,16 +146,12 @@ def _owned_runs(
             return
         flags = np.frombuffer(entries, dtype=np.uint64).reshape(chunks, per_chunk)
         owned = ((flags & _PRESENT_AND_EXCLUSIVE) == _PRESENT_AND_EXCLUSIVE).all(axis=1)
-        run_start: int | None = None
-        for index, whole in enumerate(owned.tolist()):
-            address = window + index * huge
-            if whole and run_start is None:
-                run_start = address
-            elif not whole and run_start is not None:
-                yield run_start, address
-                run_start = None
-        if run_start is not None:
-            yield run_start, window + chunks * huge
+        index = 0
+        for whole, group in itertools.groupby(owned.tolist()):
+            count = len(list(group))
+            if whole:
+                yield window + index * huge, window + (index + count) * huge
+            index += count
 
 
 @functools.cache
@@ -180,15 +177,16 @@ def _why_unsupported() -> str | None:
         return "this kernel has no transparent huge pages"
     if "[never]" in enabled:
         return f"transparent huge pages are off ({_ENABLED_FILE} says never)"
-    if _process_status("THP_enabled") == "0":
+    if _proc_field("/proc/self/status", "THP_enabled") == "0":
         return "transparent huge pages are disabled for this process (prctl PR_SET_THP_DISABLE)"
     return None
 
 
-def _process_status(field: str) -> str | None:
+def _proc_field(path: str, field: str) -> str | None:
+    """The value of `field` in a /proc file of `Name: value` lines, or None."""
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
+        with open(path, encoding="ascii", errors="replace") as lines:
+            for line in lines:
                 name, _, value = line.partition(":")
                 if name == field:
                     return value.strip()
@@ -198,15 +196,9 @@ def _process_status(field: str) -> str | None:
 
 
 def _anon_huge_bytes() -> int:
-    """The process's anonymous memory in huge pages (/proc/self/smaps_rollup)."""
-    try:
-        with open("/proc/self/smaps_rollup", encoding="ascii", errors="replace") as rollup:
-            for line in rollup:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    """The process's anonymous memory in huge pages."""
+    value = _proc_field("/proc/self/smaps_rollup", "AnonHugePages")  # "2048 kB"
+    return int(value.split()[0]) * 1024 if value else 0
 
 
 @functools.cache

@@ -44,11 +44,17 @@ LOOPS_STOP_S = 5.0
 def gateway_huge_pages(gateway_args: list[str]) -> bool:
     """Whether the gateway the bench starts moves its memory into huge pages (`--huge-pages`,
     on by default): the last of the two flags given, else GATEWAY_HUGE_PAGES."""
+    from pydantic import TypeAdapter  # here: the echo servers stay free of the gateway's code
+
+    from gateway.config.settings import GatewaySettings
+
     for arg in reversed(gateway_args):
         if arg in ("--huge-pages", "--no-huge-pages"):
             return arg == "--huge-pages"
-    setting = os.environ.get("GATEWAY_HUGE_PAGES", "true").strip().lower()
-    return setting not in {"0", "false", "f", "no", "n", "off"}
+    setting = os.environ.get("GATEWAY_HUGE_PAGES")
+    if setting is None:
+        return bool(GatewaySettings.model_fields["huge_pages"].default)
+    return TypeAdapter(bool).validate_python(setting)  # read as the gateway's settings read it
 
 
 class Echo:
