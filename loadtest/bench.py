@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from benchkit.analysis import annotate, latency_targets, limits, minimal_checks, model_limit
-from benchkit.baseline import baseline_main, model_file, run_baseline
+from benchkit.baseline import baseline_main, model_file, run_baseline, run_batch1
 from benchkit.clients import PROTOCOLS
 from benchkit.echo import echo_main, echo_server
 from benchkit.gateway import gateway, gateway_command, model_signature, stats_path
@@ -276,8 +276,9 @@ def analyse(results: dict[str, Any]) -> None:
     results["limits"] = limits(limit, results["echo_runs"], results["settings"]["protocols"])
     annotate(results["runs"], results["limits"])
     annotate(results["echo_runs"], results["limits"])
+    beside = results.get("batch1_beside_rows") or {}  # none in runs before 2026-12-07
     results["latency_targets"] = latency_targets(
-        results["runs"], results["echo_runs"], results["baseline"]
+        results["runs"], results["echo_runs"], results["baseline"], beside
     )
     lean = results.setdefault("lean_echo_runs", [])
     if lean:  # the gateway's own stacks (httptools, threaded grpcio) as the front ends
@@ -285,7 +286,7 @@ def analyse(results: dict[str, Any]) -> None:
         results["lean_limits"] = limits(limit, lean, protocols)
         annotate(lean, results["lean_limits"])
         runs = [r for r in results["runs"] if r["protocol"] in protocols]
-        results["lean_latency_targets"] = latency_targets(runs, lean, results["baseline"])
+        results["lean_latency_targets"] = latency_targets(runs, lean, results["baseline"], beside)
     minimal = results.setdefault("minimal_runs", [])
     annotate(minimal, results["limits"])
     annotate(results.setdefault("loops_echo_runs", []), results["limits"])
@@ -318,7 +319,9 @@ def bench_main(args: argparse.Namespace) -> int:
         # Each row's echo first, then the gateway, then the references (if asked for).
         order = [t for t in echoes if t.name in ECHO_TARGETS] + [gateway_target]
         order += [t for t in echoes if t.name not in ECHO_TARGETS]
-        rows = interleaved(args, signature, order)
+        rows, batch1 = interleaved(
+            args, signature, order, bare_batch1=lambda protocol: run_batch1(args, protocol)
+        )
     runs = rows.pop("gateway")
     lean_runs = [run for target in LEAN_ECHO_TARGETS for run in rows.pop(target, [])]
     minimal_runs = [run for target in MINIMAL_TARGETS for run in rows.pop(target, [])]
@@ -340,6 +343,7 @@ def bench_main(args: argparse.Namespace) -> int:
         "signature": signature,
         "baseline": baseline,
         "baseline_end": baseline_end,
+        "batch1_beside_rows": batch1,
         "runs": runs,
         "echo_runs": echo_runs,
         "lean_echo_runs": lean_runs,

@@ -156,22 +156,26 @@ def batch_sizes(args: argparse.Namespace) -> list[int]:
     return sorted(sizes)
 
 
-def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
-    """Bare onnxruntime in a subprocess pinned to the server core."""
-    sizes = batch_sizes(args)
-    job = {
+def bare_job(args: argparse.Namespace, sizes: list[int], duration_s: float) -> dict[str, Any]:
+    """The job of a `_baseline` subprocess: batch 1 for `duration_s`, then `sizes`."""
+    return {
         "model_file": str(model_file(args).resolve()),
         "seed": args.seed,
         "warmup_s": args.warmup,
-        "duration_s": args.baseline_duration,
+        "duration_s": duration_s,
         "batch_sizes": sizes,
         "sweep_s": args.sweep_duration,
     }
-    log(f"bare onnxruntime on core {args.server_core}: {job['model_file']}")
-    # Twice over: as onnxruntime makes the session, then with its memory in huge pages.
-    budget = 2 * (args.warmup + args.baseline_duration + len(sizes) * (args.sweep_duration + 1))
-    result = run_pinned(args.server_core, "_baseline", job, budget + 60)
-    for _ in range(args.retry_noisy):  # disturbed: wait for quiet, measure again
+
+
+def run_bare(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any]:
+    """`job` in a subprocess pinned to the server core, twice over: as onnxruntime makes the
+    session, then with its memory in huge pages. Disturbed by other processes: wait for quiet
+    and measure again (at most --retry-noisy times)."""
+    steps = 1 + len(job["batch_sizes"])
+    budget = 2 * (job["warmup_s"] + job["duration_s"] + steps * (job["sweep_s"] + 1)) + 60
+    result = run_pinned(args.server_core, "_baseline", job, budget)
+    for _ in range(args.retry_noisy):
         busy = max(
             batch1["other_cpu_pct"] + batch1["steal_pct"]
             for batch1 in (result["batch1"], (result["huge_pages"] or {}).get("batch1"))
@@ -182,5 +186,33 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
         log(f"  other processes used {busy:.0f} % of a core; again")
         if args.wait_quiet > 0:
             wait_for_quiet(args.wait_quiet)
-        result = run_pinned(args.server_core, "_baseline", job, budget + 60)
+        result = run_pinned(args.server_core, "_baseline", job, budget)
     return result
+
+
+def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """Bare onnxruntime in a subprocess pinned to the server core: batch 1, then the sweep."""
+    job = bare_job(args, batch_sizes(args), args.baseline_duration)
+    log(f"bare onnxruntime on core {args.server_core}: {job['model_file']}")
+    return run_bare(args, job)
+
+
+def run_batch1(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
+    """Bare onnxruntime's batch-1 run alone, as made and in huge pages, for as long as a row:
+    measured beside each round of concurrency-1 rows of `protocol`, so that the latency target
+    adds the model's time of the same minutes as the rows it judges (the host's speed drifts
+    by more than the target's slack between the run's start and its concurrency-1 rows)."""
+    log(f"bare onnxruntime, batch 1, beside the {protocol} concurrency-1 rows")
+    result = run_bare(args, bare_job(args, [], args.duration))
+    stock, huge = result["batch1"], (result["huge_pages"] or {}).get("batch1")
+    log(
+        f"  p50 {stock['latency_ms']['p50']:.3f} ms"
+        + ("" if huge is None else f", in huge pages {huge['latency_ms']['p50']:.3f} ms")
+    )
+    return {
+        "p50_ms": stock["latency_ms"]["p50"],
+        "huge_pages_p50_ms": None if huge is None else huge["latency_ms"]["p50"],
+        "runs": stock["runs"],
+        "other_cpu_pct": max(b["other_cpu_pct"] for b in (stock, huge) if b is not None),
+        "steal_pct": max(b["steal_pct"] for b in (stock, huge) if b is not None),
+    }

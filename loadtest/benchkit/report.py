@@ -7,6 +7,7 @@ from typing import Any
 
 from .analysis import LATENCY_SLACK_MS, SATURATED_PCT
 from .measure import CLIENT_BOUND_PCT, NOISY_PCT, THREAD_ROLE_ORDER
+from .sweep import is_noisy
 
 VERDICT = {True: "yes", False: "**no**", None: "-"}
 
@@ -242,7 +243,8 @@ def latency_section(checks: list[dict[str, Any]]) -> list[str]:
     ]
     return [
         f"Target: gateway p50 <= echo p50 + bare onnxruntime batch-1 p50 + {LATENCY_SLACK_MS} ms "
-        "(all in ms)."
+        "(all in ms). "
+        + _ort_batch1_source(checks)
         + (
             " The last columns count bare onnxruntime with its memory in huge pages, as the "
             "gateway loads a model (`--huge-pages`, its default): the stricter target."
@@ -252,6 +254,22 @@ def latency_section(checks: list[dict[str, Any]]) -> list[str]:
         "",
         *table(header, rows),
     ]
+
+
+def _ort_batch1_source(checks: list[dict[str, Any]]) -> str:
+    if any(c.get("ort_batch1_measured") == "beside the rows" for c in checks):
+        rounds = max(c.get("ort_batch1_rounds") or 0 for c in checks)
+        return (
+            "Bare onnxruntime's batch 1 was measured beside each round of a protocol's "
+            "concurrency-1 rows, in the same minutes"
+            + (
+                f": its p50 here is the median of the {rounds} rounds', and each repeat is "
+                "judged against its own round's."
+                if rounds > 1
+                else "."
+            )
+        )
+    return "Bare onnxruntime's batch 1 is the baseline's, measured at the run's start."
 
 
 def minimal_section(results: dict[str, Any]) -> list[str]:
@@ -341,6 +359,30 @@ def baseline_section(baseline: dict[str, Any]) -> list[str]:
     elif baseline.get("huge_pages_unsupported"):
         lines += ["", f"No huge pages here: {baseline['huge_pages_unsupported']}."]
     return [*lines, "", *table(header, rows)]
+
+
+def beside_rows_section(beside: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Bare onnxruntime's batch-1 runs beside each round of concurrency-1 rows."""
+    if not beside:
+        return []
+    strict = any(r["huge_pages_p50_ms"] is not None for rounds in beside.values() for r in rounds)
+    rows = [
+        [
+            protocol,
+            ", ".join(fmt(r["p50_ms"], 3) + (" ~" if is_noisy(r) else "") for r in rounds),
+            *([", ".join(fmt(r["huge_pages_p50_ms"], 3) for r in rounds)] if strict else []),
+        ]
+        for protocol, rounds in beside.items()
+    ]
+    header = ["beside the rows of", "batch 1 p50 ms, by round"]
+    header += ["in huge pages"] if strict else []
+    return [
+        "",
+        "Batch 1 alone, beside each round of a protocol's concurrency-1 rows (the latency "
+        f"target's figures; ~: other processes used {NOISY_PCT} % of a core or more meanwhile):",
+        "",
+        *table(header, rows),
+    ]
 
 
 LEAN_STACKS = {
@@ -524,6 +566,7 @@ def markdown_report(results: dict[str, Any]) -> str:
             if results.get("baseline_end")
             else []
         ),
+        *beside_rows_section(results.get("batch1_beside_rows") or {}),
         "",
     ]
     if results.get("plots"):

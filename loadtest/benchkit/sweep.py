@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,20 +97,34 @@ def median_row(repeats: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+BareBatch1 = Callable[[str], dict[str, Any]]
+"""Measures bare onnxruntime's batch-1 run beside the concurrency-1 rows of a protocol."""
+
+
 def interleaved(
-    args: argparse.Namespace, signature: dict[str, Any], targets: Sequence[Target]
-) -> dict[str, list[dict[str, Any]]]:
+    args: argparse.Namespace,
+    signature: dict[str, Any],
+    targets: Sequence[Target],
+    bare_batch1: BareBatch1 | None = None,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
     """Every protocol x concurrency, measured on each target that serves the protocol one
     after the other, so that a gateway row and the echo rows it is compared with are taken
     seconds apart, not minutes: this VM's speed drifts by 10-20 % over minutes. With
     --repeat N that round is measured N times in a row and each target's row is the repeat with
-    the median samples/s (median_row). The rows of each target, by its name."""
+    the median samples/s (median_row). With `bare_batch1`, each round at concurrency 1 starts
+    with bare onnxruntime's batch-1 run, the model's part of the latency target.
+
+    The rows of each target, by its name; and the bare batch-1 runs of each protocol, one a
+    round, in the order measured."""
     rows: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+    batch1: dict[str, list[dict[str, Any]]] = {}
     for protocol in args.protocols:
         for concurrency in args.concurrency:
             serving = [target for target in targets if protocol in target.protocols]
             repeats: dict[str, list[dict[str, Any]]] = {target.name: [] for target in serving}
             for _ in range(args.repeat):
+                if concurrency == 1 and bare_batch1 is not None:
+                    batch1.setdefault(protocol, []).append(bare_batch1(protocol))
                 for target in serving:
                     run = measure(
                         args,
@@ -124,4 +138,4 @@ def interleaved(
                     repeats[target.name].append(run)
             for name, runs in repeats.items():
                 rows[name].append(median_row(runs))
-    return rows
+    return rows, batch1

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadtest.benchkit.analysis import annotate, repeats_met
-from loadtest.benchkit.report import load_table, repeats_section
+import pytest
+
+from loadtest.benchkit.analysis import annotate, latency_targets, repeats_met
+from loadtest.benchkit.report import latency_section, load_table, repeats_section
 from loadtest.benchkit.sweep import median_row
 
 
@@ -99,3 +101,63 @@ def test_the_report_lists_every_repeat() -> None:
     assert lines[0] == "## Repeats"
     assert "| gateway | grpc | 1 | 1,000, 1,250, 1,100 | 0.900, 0.800, 0.850 | 1.25 |" in lines
     assert repeats_section({"runs": [row(1000, 0.9)], "echo_runs": []}) == []
+
+
+def test_each_repeat_can_have_an_allowance_of_its_own() -> None:
+    gateway = median_row([row(1000, 0.90), row(1000, 0.80), row(1000, 0.85)])
+    echo = median_row([row(2000, 0.50), row(2000, 0.55), row(2000, 0.70)])
+    # 0.90 <= 0.50 + 0.45, 0.80 > 0.55 + 0.2, 0.85 <= 0.70 + 0.2.
+    assert repeats_met(gateway, echo, [0.45, 0.2, 0.2]) == {"repeats": 3, "repeats_met": 2}
+    # A round without an allowance is not counted; a count that differs counts nothing.
+    assert repeats_met(gateway, echo, [0.45, None, 0.2]) == {"repeats": 2, "repeats_met": 2}
+    assert repeats_met(gateway, echo, [0.45, 0.2]) == {"repeats": None, "repeats_met": None}
+
+
+def latency_rows(
+    gateway_p50s: list[float], echo_p50s: list[float]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    gateway = median_row([row(1000 + i, p50) for i, p50 in enumerate(gateway_p50s)])
+    echo = median_row([row(2000 + i, p50, target="echo-grpc") for i, p50 in enumerate(echo_p50s)])
+    return [gateway], [echo]
+
+
+BASELINE = {"batch1": {"latency_ms": {"p50": 0.10}}, "huge_pages": None}
+
+
+def test_the_latency_target_takes_the_bare_runs_beside_the_rows() -> None:
+    runs, echoes = latency_rows([0.80, 0.95, 0.85], [0.50, 0.50, 0.50])
+    beside = {
+        "grpc": [
+            {"p50_ms": 0.10, "huge_pages_p50_ms": 0.09},
+            {"p50_ms": 0.30, "huge_pages_p50_ms": 0.20},
+            {"p50_ms": 0.12, "huge_pages_p50_ms": 0.11},
+        ]
+    }
+    (check,) = latency_targets(runs, echoes, BASELINE, beside)
+    assert check["ort_batch1_measured"] == "beside the rows"
+    assert check["ort_batch1_rounds"] == 3
+    # The median of the rounds' p50s, not the baseline's.
+    assert check["ort_batch1_p50_ms"] == 0.12
+    assert check["ort_batch1_huge_pages_p50_ms"] == 0.11
+    # The median row is the middle repeat by samples/s (p50 0.95): 0.95 > 0.50 + 0.12 + 0.2.
+    assert check["target_ms"] == pytest.approx(0.82)
+    assert check["met"] is False
+    # Each repeat against its own round: 0.80 <= 0.80, 0.95 <= 1.00, 0.85 > 0.82.
+    assert (check["repeats"], check["repeats_met"]) == (3, 2)
+    # In huge pages: 0.80 > 0.79, 0.95 > 0.90, 0.85 > 0.81.
+    assert check["repeats_met_huge_pages"] == 0
+    lines = latency_section([check])
+    assert "measured beside each round" in lines[0]
+    assert "median of the 3 rounds'" in lines[0]
+
+
+def test_without_bare_runs_beside_the_rows_the_target_takes_the_baseline() -> None:
+    runs, echoes = latency_rows([0.80, 0.95, 0.85], [0.50, 0.50, 0.50])
+    for beside in (None, {}, {"http-binary": [{"p50_ms": 9.0, "huge_pages_p50_ms": None}]}):
+        (check,) = latency_targets(runs, echoes, BASELINE, beside)
+        assert check["ort_batch1_measured"] == "the run's start"
+        assert check["ort_batch1_p50_ms"] == 0.10
+        assert check["target_ms"] == pytest.approx(0.80)
+        assert (check["repeats"], check["repeats_met"]) == (3, 1)
+        assert check["target_huge_pages_ms"] is None
+    assert "measured at the run's start" in latency_section([check])[0]
