@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 K = TypeVar("K")
 
+Check = Callable[[], None]
+"""Run under the model's lock right before a change, in the same step as it: raising (a
+GatewayError) refuses the change. A check made before the lock would leave a gap in which
+another change (a rollout starting) could make it stale."""
+
 
 @dataclass(frozen=True, slots=True)
 class LoadFailure:
@@ -337,15 +342,25 @@ class ModelLifecycle:
             await asyncio.gather(*list(self._drains))
 
     # -- labels -------------------------------------------------------------------------
-    async def set_label(self, name: str, label: str, version: str) -> dict[str, int]:
+    async def set_label(
+        self, name: str, label: str, version: str, check: Check | None = None
+    ) -> dict[str, int]:
+        """Point `label` at `version`; `check`, if given, may refuse it (see Check)."""
+
         async def change() -> dict[str, int]:
+            if check is not None:
+                check()
             self.registry.set_label(name, label, version)
             return await self._save_labels(name)
 
         return await self._change(name, change())
 
-    async def delete_label(self, name: str, label: str) -> dict[str, int]:
+    async def delete_label(
+        self, name: str, label: str, check: Check | None = None
+    ) -> dict[str, int]:
         async def change() -> dict[str, int]:
+            if check is not None:
+                check()
             self.registry.delete_label(name, label)
             return await self._save_labels(name)
 
@@ -366,15 +381,18 @@ class ModelLifecycle:
         policy: TrafficPolicy | None,
         persisted: TrafficPolicy | None = None,
         when: Callable[[], bool] | None = None,
+        check: Check | None = None,
     ) -> bool:
         """Replace (None: remove) the model's traffic policy at once, and persist it (or
         `persisted`: a rollout's step without the shadow it adds, which it sets again itself).
         With `when`, only if it still holds once the model's other changes before this one
         are done (a rollout's step: only if an unload has not ended the rollout meanwhile);
-        returns whether the policy was set."""
+        returns whether the policy was set. `check`, if given, may refuse it (see Check)."""
         check_model_name(name)
 
         async def change() -> bool:
+            if check is not None:
+                check()
             if when is not None and not when():
                 return False
             self.registry.set_traffic(name, policy)

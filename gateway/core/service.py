@@ -24,7 +24,7 @@ from gateway.core.lifecycle import LoadResult, ModelLifecycle
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import SourceError
 from gateway.core.registry import ModelEntry, ModelRegistry, ModelVersion, VersionState
-from gateway.core.rollout import RolloutController
+from gateway.core.rollout import STABLE_LABEL, RolloutController
 from gateway.core.shadow import PairStatistics, ShadowDispatcher
 from gateway.core.statistics import VersionStatistics
 from gateway.core.telemetry import OK, RequestEvent, RequestTiming
@@ -209,9 +209,10 @@ class InferenceService:
     async def set_traffic(self, caller: Admitted, name: str, document: object) -> TrafficPolicy:
         async def work() -> TrafficPolicy:
             assert self.lifecycle is not None
-            self._no_rollout_running(name)
             policy = parse_policy(document)
-            await self.lifecycle.set_traffic(name, policy)
+            await self.lifecycle.set_traffic(
+                name, policy, check=lambda: self._no_rollout_running(name)
+            )
             return policy
 
         weights = document.get("weights") if isinstance(document, dict) else None
@@ -220,18 +221,20 @@ class InferenceService:
     async def clear_traffic(self, caller: Admitted, name: str) -> None:
         async def work() -> None:
             assert self.lifecycle is not None
-            self._no_rollout_running(name)
-            await self.lifecycle.set_traffic(name, None)
+            await self.lifecycle.set_traffic(
+                name, None, check=lambda: self._no_rollout_running(name)
+            )
 
         await self._admin(caller, "traffic", f"{name} cleared", work)
 
     # -- rollouts -----------------------------------------------------------------------
-    def _no_rollout_running(self, name: str) -> None:
+    def _no_rollout_running(self, name: str, owns: str = "sets its traffic policy") -> None:
+        """Refuse a change to what a running rollout of the model `owns`: it would undo the
+        change at its next step or when it ends."""
         running = self.rollouts.active(name) if self.rollouts is not None else None
         if running is not None:
             raise InvalidInputError(
-                f"a rollout of model '{name}' is {running.state} and sets its traffic policy; "
-                "abort it first"
+                f"a rollout of model '{name}' is {running.state} and {owns}; abort it first"
             )
 
     def _rollout_controller(self) -> RolloutController:
@@ -275,16 +278,24 @@ class InferenceService:
     ) -> dict[str, int]:
         async def work() -> dict[str, int]:
             assert self.lifecycle is not None
-            return await self.lifecycle.set_label(name, label, version)
+            return await self.lifecycle.set_label(
+                name, label, version, check=lambda: self._no_rollout_moving(name, label)
+            )
 
         return await self._admin(caller, "label", f"{name}/{label}={version}", work)
 
     async def delete_label(self, caller: Admitted, name: str, label: str) -> dict[str, int]:
         async def work() -> dict[str, int]:
             assert self.lifecycle is not None
-            return await self.lifecycle.delete_label(name, label)
+            return await self.lifecycle.delete_label(
+                name, label, check=lambda: self._no_rollout_moving(name, label)
+            )
 
         return await self._admin(caller, "unlabel", f"{name}/{label}", work)
+
+    def _no_rollout_moving(self, name: str, label: str) -> None:
+        if label == STABLE_LABEL:  # the rollout moves it to its candidate when it promotes
+            self._no_rollout_running(name, f"points label '{STABLE_LABEL}' when it promotes")
 
     def ready_version_names(self, name: str) -> list[str]:
         return [str(v.version) for v in self.registry.get_model(name).ready_versions()]

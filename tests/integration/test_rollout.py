@@ -293,6 +293,24 @@ def test_abort_one_at_a_time_unload_and_the_admin_token(tmp_path: Path) -> None:
             address, "PUT", "/v2/models/good/traffic", {"weights": {"3": 1}}, bearer(TOKEN)
         )
         assert change.status == 400 and "abort it first" in change.error
+        # The label the rollout moves when it promotes is its own until it ends; others are not.
+        stable = "/v2/models/good/labels/stable"
+        for method, body in (("PUT", {"version": "3"}), ("DELETE", None)):
+            moved = http_call(address, method, stable, body, bearer(TOKEN))
+            assert moved.status == 400, moved
+            assert "points label 'stable' when it promotes; abort it first" in moved.error
+        other = http_call(
+            address, "PUT", "/v2/models/good/labels/canary", {"version": "3"}, bearer(TOKEN)
+        )
+        assert other.status == 200
+        with channel(server) as stub:
+            token = (("authorization", f"Bearer {TOKEN}"),)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.SetLabel(
+                    gateway_pb.SetLabelRequest(model="good", label="stable", version="3"),
+                    metadata=token,
+                )
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert http_call(address, "DELETE", path).status == 401
         with channel(server) as stub:
             token = (("authorization", f"Bearer {TOKEN}"),)
@@ -302,6 +320,9 @@ def test_abort_one_at_a_time_unload_and_the_admin_token(tmp_path: Path) -> None:
                 stub.AbortRollout(gateway_pb.AbortRolloutRequest(model="good"), metadata=token)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert traffic(server, "good")["weights"] == {"1": 100}
+        # Once it ended, the label is anyone's again.
+        moved = http_call(address, "PUT", stable, {"version": "3"}, bearer(TOKEN))
+        assert moved.status == 200 and moved.body["labels"]["stable"] == "3"
 
         start(server, "good", {**slow_plan, "to": "3"}, TOKEN)
         unload = http_call(address, "POST", "/v2/repository/models/good/unload", {}, bearer(TOKEN))

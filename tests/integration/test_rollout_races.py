@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.core.admin import Admitted
+from gateway.core.errors import InvalidInputError
 from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import ModelLifecycle
 from gateway.core.registry import ModelRegistry, VersionState
 from gateway.core.rollout import RolloutController
+from gateway.core.service import InferenceService
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import Telemetry
 from gateway.core.traffic import Tolerance
@@ -163,3 +166,34 @@ async def test_an_abort_queued_behind_an_unload_ends_the_rollout_once(parts: Par
     notes = [entry["reason"] for entry in answer["history"]]
     assert notes[-1] == "aborted: the model was unloaded" and len(notes) == 2
     assert parts.saved("rollout")["state"] == "aborted"
+
+
+@pytest.mark.parametrize("change", ["label", "unlabel", "traffic"])
+async def test_a_change_queued_before_a_rollout_started_is_refused_when_its_turn_comes(
+    parts: Parts, change: str
+) -> None:
+    """An admin change that passed the front end while the model's lock was held (a load under
+    way), and a rollout that started meanwhile: by its turn the change would fight the rollout
+    (its `stable` label moved back at promotion, its weights replaced at the next step), so it
+    is refused then, not only when it arrives."""
+    service = InferenceService(
+        parts.registry, version="test", lifecycle=parts.lifecycle, rollouts=parts.rollouts
+    )
+    admin = Admitted("test", "127.0.0.1")
+    work = {
+        "label": lambda: service.set_label(admin, "m", "stable", "2"),
+        "unlabel": lambda: service.delete_label(admin, "m", "stable"),
+        "traffic": lambda: service.set_traffic(admin, "m", {"weights": {"2": 100}}),
+    }[change]
+    await parts.lifecycle.set_label("m", "stable", "1")
+    async with parts.lifecycle._lock("m"):  # a load under way: both queue on the model's lock
+        changing = asyncio.create_task(work())
+        await asyncio.sleep(0.05)
+        starting = asyncio.create_task(parts.rollouts.start("m", dict(PLAN)))
+        await asyncio.sleep(0.05)
+    with pytest.raises(InvalidInputError, match="abort it first"):
+        await changing
+    assert (await starting)["state"] == "running"
+    assert parts.registry.get_model("m").labels == {"stable": 1}
+    traffic = parts.registry.get_model("m").traffic
+    assert traffic is not None and dict(traffic.weights) == {1: 50, 2: 50}
