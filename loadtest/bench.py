@@ -17,7 +17,9 @@ One run measures, on the same machine, the same model file and the same payloads
    costs any server on those stacks, and what batching buys over none.
 
 Each protocol's gateway figures are compared with the **combined limit** 1 / (1/model + 1/front
-end), and at concurrency 1 with the latency target echo p50 + onnxruntime batch-1 p50 + 0.2 ms.
+end), and at concurrency 1 with the latency target echo p50 + onnxruntime batch-1 p50 + 0.2 ms,
+the batch-1 p50 measured again (alone, in its pinned subprocess) beside each round of the
+protocol's concurrency-1 rows.
 Results: `report.md`, `results.json`, `throughput.png`, `latency.png` under `--out/<timestamp>/`.
 See loadtest/README.md for how to read them.
 
@@ -219,12 +221,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def echo_lifetime_s(args: argparse.Namespace, targets: int) -> float:
-    """Longest an echo server may be needed: every row of `targets` servers, every retry,
+    """Longest an echo server may be needed: every row of `targets` servers and the bare
+    batch-1 runs beside the concurrency-1 rows (a model load, then two windows), every retry,
     every wait for quiet."""
     row_s = args.warmup + args.duration + args.request_timeout + 30
-    retry_s = args.retry_noisy * (row_s + args.wait_quiet + QUIET_SAMPLE_S)
+    bare_s = 2 * (args.warmup + args.duration) + 60
+    quiet_s = args.wait_quiet + QUIET_SAMPLE_S
     rows = targets * len(args.protocols) * len(args.concurrency) * args.repeat
-    return float(rows * (row_s + retry_s) + args.startup_timeout)
+    bare_runs = len(args.protocols) * args.repeat
+    retries = 1 + args.retry_noisy
+    return float(
+        rows * retries * (row_s + quiet_s)
+        + bare_runs * retries * (bare_s + quiet_s)
+        + args.startup_timeout
+    )
 
 
 def _serving(kinds: dict[str, list[str]], protocols: Sequence[str]) -> dict[str, tuple[str, ...]]:

@@ -206,8 +206,8 @@ def run_batch1(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
     result = run_bare(args, bare_job(args, [], args.duration))
     stock, huge = result["batch1"], (result["huge_pages"] or {}).get("batch1")
     log(
-        f"  p50 {stock['latency_ms']['p50']:.3f} ms"
-        + ("" if huge is None else f", in huge pages {huge['latency_ms']['p50']:.3f} ms")
+        f"  p50 {stock['latency_ms']['p50'] or 0:.3f} ms"
+        + ("" if huge is None else f", in huge pages {huge['latency_ms']['p50'] or 0:.3f} ms")
     )
     return {
         "p50_ms": stock["latency_ms"]["p50"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -237,15 +238,17 @@ def test_repeats_are_measured_in_rounds_and_each_row_is_their_median(
         return
     huge = results["baseline"]["huge_pages"]
     assert huge["collapsed_bytes"] > 0 and huge["batch1"]["runs"] > 0
-    assert all(r["huge_pages_p50_ms"] is not None for r in rounds)
-    strict_median = sorted(r["huge_pages_p50_ms"] for r in rounds)[1]
-    assert check["ort_batch1_huge_pages_p50_ms"] == strict_median
+    # A round whose collapse moved nothing (the kernel may refuse one) has no figure here.
+    strict = [r["huge_pages_p50_ms"] for r in rounds if r["huge_pages_p50_ms"] is not None]
+    assert strict
+    assert check["ort_batch1_huge_pages_p50_ms"] == statistics.median(strict)
     in_rounds = zip(
         results["runs"][0]["repeats"], results["echo_runs"][0]["repeats"], rounds, strict=True
     )
     met = sum(
         g["p50_ms"] <= e["p50_ms"] + (r["huge_pages_p50_ms"] + check["slack_ms"])
         for g, e, r in in_rounds
+        if r["huge_pages_p50_ms"] is not None
     )
     assert check["repeats_met_huge_pages"] == met
     assert "| ORT b1 p50, huge pages | target | met | met in repeats |" in report
