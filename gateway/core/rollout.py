@@ -89,6 +89,8 @@ class RolloutController:
         rollout = self._active.get(event.model)
         if rollout is None or event.role == "shadow" or event.code == "cancelled":
             return  # shadow copies are judged by agreement; a caller that left judges nothing
+        if event.refused_by_all:
+            return  # malformed for both versions: the caller's fault, whichever version it met
         window = rollout.windows.get(event.version)
         if window is None:
             plan = rollout.plan

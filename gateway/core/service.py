@@ -353,10 +353,15 @@ class InferenceService:
         timing = RequestTiming()
         rows = 0
         code, error = OK, ""
+        refused_by_all = False
         answer: asyncio.Future[Sequence[Tensor] | None] | None = None
         target.acquire()  # an unload or swap waits for this request
         try:
-            feeds, output_names, batch_size = validate_request(request, loaded.signature)
+            try:
+                feeds, output_names, batch_size = validate_request(request, loaded.signature)
+            except InvalidInputError:
+                refused_by_all = self._refused_by_the_others(request, target)
+                raise
             rows = max(batch_size, 1)
             if policy is not None and policy.shadows and entry is not None:
                 answer = self._start_shadows(request, ctx.protocol, entry, policy, target, key)
@@ -399,6 +404,7 @@ class InferenceService:
                     timing,
                     request.id,
                     error,
+                    refused_by_all,
                 ),
                 trace,
             )
@@ -408,6 +414,31 @@ class InferenceService:
             outputs=outputs,
             id=request.id,
         )
+
+    def _refused_by_the_others(self, request: InferRequest, target: ModelVersion) -> bool:
+        """Whether every other version the model's traffic policy routes to (with any weight,
+        a rollout's two versions among them) refuses `request` as `target` did: then the
+        caller sent something no version takes, and its failure says nothing of `target`.
+        False when there is no other such version. Only on a refused request's path."""
+        entry = self.registry.get_model(request.model_name)  # resolved this very step
+        policy = entry.traffic
+        if policy is None:
+            return False
+        others = [
+            entry.versions[number].loaded
+            for number in policy.weights
+            if number != target.version and number in entry.versions
+        ]
+        signatures = [loaded.signature for loaded in others if loaded is not None]
+        if not signatures:
+            return False
+        for signature in signatures:
+            try:
+                validate_request(request, signature)
+            except InvalidInputError:
+                continue
+            return False
+        return True
 
     def _start_shadows(
         self,

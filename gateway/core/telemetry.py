@@ -46,6 +46,9 @@ class RequestEvent:
     timing: RequestTiming
     request_id: str = ""
     error: str = ""
+    refused_by_all: bool = False
+    """A malformed request that every version the model routes to would refuse too: the
+    caller's fault, not this version's (a rollout's error gate leaves it out)."""
 
 
 @dataclass(slots=True)

@@ -331,3 +331,47 @@ def test_abort_one_at_a_time_unload_and_the_admin_token(tmp_path: Path) -> None:
         assert (state["state"], state["reason"]) == ("aborted", "aborted: the model was unloaded")
     finally:
         server.stop()
+
+
+def test_requests_no_version_takes_do_not_count_against_the_candidate(tmp_path: Path) -> None:
+    """A client that sends malformed requests pinned to the candidate (or, with a sticky key,
+    routed to it) must not roll it back: the stable version would refuse them as well. Requests
+    the candidate refuses and the stable version takes (a changed signature) do count."""
+    root = tmp_path / "repository"
+    for name in ("tolerant", "reshaped"):
+        write_config(root / name, ALL_VERSIONS)
+        plus_constant(root / name / "1" / "model.onnx", 1.0)
+    plus_constant(root / "tolerant" / "2" / "model.onnx", 1.0)
+    plus_constant(root / "reshaped" / "2" / "model.onnx", 1.0, 5)  # takes 5 values a row, not 4
+    server = RunningGateway(root)
+    stop = threading.Event()
+    refused = []
+
+    def malformed() -> None:  # three values a row: no version of either model takes that
+        client = httpclient.InferenceServerClient(server.http_url)
+        x = httpclient.InferInput("X", [1, 3], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 3), np.float32))
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            for model in ("tolerant", "reshaped"):
+                with pytest.raises(InferenceServerException) as caught:
+                    client.infer(model, [x], model_version="2")
+                refused.append(caught.value.status())
+        client.close()
+
+    sender = threading.Thread(target=malformed, daemon=True)
+    try:
+        with Driver(server, {"tolerant": 4, "reshaped": 4}):
+            sender.start()
+            start(server, "tolerant", {"to": "2", **FAST, "gates": CALM})
+            start(server, "reshaped", {"to": "2", **FAST, "gates": CALM})
+            tolerant = wait_for(server, "tolerant", ended)
+            reshaped = wait_for(server, "reshaped", ended)
+    finally:
+        stop.set()
+        sender.join(10)
+        server.stop()
+    assert len(refused) > 20 and set(refused) == {"400"}
+    assert tolerant["state"] == "promoted", tolerant
+    assert reshaped["state"] == "rolled_back", reshaped
+    assert reshaped["reason"].startswith("rolled back: gate error_rate failed: candidate 100.00%")
