@@ -23,6 +23,7 @@ from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadResult, ModelLifecycle
 from gateway.core.model import LoadedVersion
 from gateway.core.ports import SourceError
+from gateway.core.prediction import parse_label
 from gateway.core.registry import ModelEntry, ModelRegistry, ModelVersion, VersionState
 from gateway.core.rollout import STABLE_LABEL, RolloutController
 from gateway.core.shadow import PairStatistics, ShadowDispatcher
@@ -358,9 +359,14 @@ class InferenceService:
         target.acquire()  # an unload or swap waits for this request
         try:
             try:
+                _check_parameters(request)
+            except InvalidInputError:
+                refused_by_all = True  # malformed the same for every version
+                raise
+            try:
                 feeds, output_names, batch_size = validate_request(request, loaded.signature)
             except InvalidInputError:
-                refused_by_all = self._refused_by_the_others(request, target)
+                refused_by_all = self._refused_by_the_others(request, target, entry)
                 raise
             rows = max(batch_size, 1)
             if policy is not None and policy.shadows and entry is not None:
@@ -415,30 +421,38 @@ class InferenceService:
             id=request.id,
         )
 
-    def _refused_by_the_others(self, request: InferRequest, target: ModelVersion) -> bool:
-        """Whether every other version the model's traffic policy routes to (with any weight,
-        a rollout's two versions among them) refuses `request` as `target` did: then the
-        caller sent something no version takes, and its failure says nothing of `target`.
-        False when there is no other such version. Only on a refused request's path."""
-        entry = self.registry.get_model(request.model_name)  # resolved this very step
-        policy = entry.traffic
-        if policy is None:
+    def _refused_by_the_others(
+        self, request: InferRequest, target: ModelVersion, entry: ModelEntry | None
+    ) -> bool:
+        """Whether every other version named in the model's traffic policy (with any weight: a
+        rollout's two versions, also at its last step) refuses `request`'s inputs as `target`
+        did: then the caller sent what no version takes, and its failure says nothing of
+        `target`. False without a policy or another loaded version named in it, and on any
+        error here (the request is refused either way). Only on a refused request's path."""
+        try:
+            if entry is None:  # a pinned request: resolved this very step, so known
+                entry = self.registry.get_model(request.model_name)
+            policy = entry.traffic
+            if policy is None:
+                return False
+            others = [
+                entry.versions[number].loaded
+                for number in policy.weights
+                if number != target.version and number in entry.versions
+            ]
+            signatures = [loaded.signature for loaded in others if loaded is not None]
+            if not signatures:
+                return False
+            for signature in signatures:
+                try:
+                    validate_request(request, signature)
+                except InvalidInputError:
+                    continue
+                return False
+            return True
+        except Exception:
+            logger.exception("model %s: comparing a refused request failed", request.model_name)
             return False
-        others = [
-            entry.versions[number].loaded
-            for number in policy.weights
-            if number != target.version and number in entry.versions
-        ]
-        signatures = [loaded.signature for loaded in others if loaded is not None]
-        if not signatures:
-            return False
-        for signature in signatures:
-            try:
-                validate_request(request, signature)
-            except InvalidInputError:
-                continue
-            return False
-        return True
 
     def _start_shadows(
         self,
@@ -493,6 +507,22 @@ def _summary(result: object) -> str:
     return ""
 
 
+def _check_parameters(request: InferRequest) -> None:
+    """Refuse the request parameters that mean the same to every version when malformed:
+    Triton's `timeout` and our `label` (InvalidInputError). Checked before the version's own
+    checks, so that a rollout can tell a caller's mistake from its candidate's."""
+    requested = request.parameters.get("timeout")
+    if requested is not None and (
+        not isinstance(requested, int) or isinstance(requested, bool) or requested < 0
+    ):
+        raise InvalidInputError(
+            "parameter 'timeout' must be a non-negative integer number of microseconds"
+        )
+    label = request.parameters.get("label")
+    if label is not None:
+        parse_label(label, "parameter 'label'")
+
+
 def _wait_limit_s(
     request: InferRequest, ctx: RequestContext, loaded: LoadedVersion
 ) -> float | None:
@@ -502,13 +532,7 @@ def _wait_limit_s(
     if ctx.deadline_s is not None:
         limits.append(ctx.deadline_s - time.monotonic())
     batching = loaded.policy.batching
-    requested = request.parameters.get("timeout")
-    if requested is not None and (
-        not isinstance(requested, int) or isinstance(requested, bool) or requested < 0
-    ):
-        raise InvalidInputError(
-            "parameter 'timeout' must be a non-negative integer number of microseconds"
-        )
+    requested = request.parameters.get("timeout")  # checked by _check_parameters
     if requested and (batching is None or batching.queue.allow_timeout_override):
         limits.append(requested / 1e6)
     elif batching is not None and batching.queue.default_timeout_us:

@@ -47,8 +47,9 @@ class RequestEvent:
     request_id: str = ""
     error: str = ""
     refused_by_all: bool = False
-    """A malformed request that every version the model routes to would refuse too: the
-    caller's fault, not this version's (a rollout's error gate leaves it out)."""
+    """Refused for the caller's mistake, not this version's: a malformed `timeout` or `label`
+    parameter, or inputs that every other loaded version named in the model's traffic policy
+    refuses too (a rollout's error gate leaves it out; the request metrics count it)."""
 
 
 @dataclass(slots=True)
