@@ -24,7 +24,7 @@ from gateway.core.service import InferenceService
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import Telemetry
 from gateway.core.traffic import Tolerance
-from gateway.core.types import InferRequest, Tensor
+from gateway.core.types import InferRequest, RequestContext, Tensor
 from gateway.core.workers import WorkerPool
 from gateway.runtime.repository import FileRepository
 from tests.support.models import plus_constant, write_config
@@ -197,3 +197,28 @@ async def test_a_change_queued_before_a_rollout_started_is_refused_when_its_turn
     assert parts.registry.get_model("m").labels == {"stable": 1}
     traffic = parts.registry.get_model("m").traffic
     assert traffic is not None and dict(traffic.weights) == {1: 50, 2: 50}
+
+
+async def test_routed_requests_no_version_takes_stay_out_of_the_rollout_s_windows(
+    parts: Parts,
+) -> None:
+    """Requests routed by the policy (not pinned) that both versions refuse are answered 400
+    and left out of both versions' windows; the well-formed ones between them are counted."""
+    service = InferenceService(
+        parts.registry, version="test", lifecycle=parts.lifecycle, rollouts=parts.rollouts
+    )
+    service.start_accepting()
+    await parts.rollouts.start("m", dict(PLAN))  # 50 % to each version
+    rollout = parts.rollouts.active("m")
+    assert rollout is not None
+    ctx = RequestContext("http")
+    three = InferRequest("m", "", [Tensor("X", "FP32", np.zeros((1, 3), np.float32))])
+    four = InferRequest("m", "", [Tensor("X", "FP32", np.zeros((1, 4), np.float32))])
+    for _ in range(20):
+        with pytest.raises(InvalidInputError, match="shape"):
+            await service.infer(three, ctx)
+        await service.infer(four, ctx)
+    counts = {version: (w.requests, w.errors) for version, w in rollout.windows.items()}
+    assert set(counts) == {"1", "2"}, counts  # both versions took requests
+    assert sum(requests for requests, _ in counts.values()) == 20, counts
+    assert all(errors == 0 for _, errors in counts.values()), counts
