@@ -6,7 +6,7 @@ REPO ?= models/repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: serve test install install-dev repository protos lint check-protos clean test-tools
+.PHONY: serve test install install-dev install-load repository protos lint check-protos clean test-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,17 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed-models
 install-dev: $(VENV)/.installed-dev
+
+# The load-testing kit's own environment: locust runs on gevent and must never constrain the
+# gateway's or the tests' dependencies (loadtest/README.md). The suite runs the locustfile in it.
+LOAD_VENV ?= .venv-load
+$(LOAD_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LOAD_VENV)
+	$(LOAD_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOAD_VENV)/bin/python -m pip install --quiet -e ".[load]"
+	touch $@
+
+install-load: $(LOAD_VENV)/.installed
 
 $(REPO)/.built: models/build_repository.py | install
 	$(BIN)/python models/build_repository.py --output $(REPO)
@@ -40,7 +51,7 @@ test-tools:
 	  echo "make test: could not install Debian's prometheus; its query test will skip"; }
 
 ## test: install the dev environment and run linters, type checks and the whole test suite.
-test: install-dev test-tools
+test: install-dev install-load test-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
@@ -51,4 +62,4 @@ protos: install-dev
 	$(BIN)/python scripts/gen_protos.py
 
 clean:
-	rm -rf $(VENV) $(REPO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOAD_VENV) $(REPO) .pytest_cache .mypy_cache .ruff_cache
