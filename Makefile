@@ -6,6 +6,9 @@ REPO ?= models/repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
+# One step at a time: the dev and load environments install the same tree (its egg-info).
+.NOTPARALLEL:
+
 .PHONY: serve test install install-dev install-load repository protos lint check-protos clean test-tools
 
 $(BIN)/python:
@@ -21,8 +24,9 @@ install: $(VENV)/.installed-models
 install-dev: $(VENV)/.installed-dev
 
 # The load-testing kit's own environment: locust runs on gevent and must never constrain the
-# gateway's or the tests' dependencies (loadtest/README.md). The suite runs the locustfile in it.
-LOAD_VENV ?= .venv-load
+# gateway's or the tests' dependencies (loadtest/README.md). The suite runs the locustfile in it
+# (tests/integration/test_locust.py looks for it at this path).
+LOAD_VENV := .venv-load
 $(LOAD_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(LOAD_VENV)
 	$(LOAD_VENV)/bin/python -m pip install --quiet --upgrade pip
