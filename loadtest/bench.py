@@ -30,6 +30,7 @@ See loadtest/README.md for how to read them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -330,7 +331,7 @@ def bench_main(args: argparse.Namespace) -> int:
         order = [t for t in echoes if t.name in ECHO_TARGETS] + [gateway_target]
         order += [t for t in echoes if t.name not in ECHO_TARGETS]
         rows, batch1 = interleaved(
-            args, signature, order, bare_batch1=lambda protocol: run_batch1(args, protocol)
+            args, signature, order, bare_batch1=functools.partial(run_batch1, args)
         )
     runs = rows.pop("gateway")
     lean_runs = [run for target in LEAN_ECHO_TARGETS for run in rows.pop(target, [])]

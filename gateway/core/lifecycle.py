@@ -108,12 +108,21 @@ class ModelLifecycle:
     def _lock(self, name: str) -> asyncio.Lock:
         return _held_lock(self._locks, name)
 
-    async def _change(self, name: str, change: Coroutine[Any, Any, T]) -> T:
+    async def _change(
+        self, name: str, change: Coroutine[Any, Any, T], check: Check | None = None
+    ) -> T:
         """Run `change` under the model's lock in a task of its own that the caller's
-        cancellation does not reach (see the module's docstring); close() waits for it."""
+        cancellation does not reach (see the module's docstring); close() waits for it.
+        `check`, if given, runs first under the lock and may refuse the change (see Check)."""
 
         async def locked() -> T:
             async with self._lock(name):
+                if check is not None:
+                    try:
+                        check()
+                    except BaseException:
+                        change.close()  # never started
+                        raise
                 return await change
 
         task = asyncio.ensure_future(locked())
@@ -348,23 +357,19 @@ class ModelLifecycle:
         """Point `label` at `version`; `check`, if given, may refuse it (see Check)."""
 
         async def change() -> dict[str, int]:
-            if check is not None:
-                check()
             self.registry.set_label(name, label, version)
             return await self._save_labels(name)
 
-        return await self._change(name, change())
+        return await self._change(name, change(), check)
 
     async def delete_label(
         self, name: str, label: str, check: Check | None = None
     ) -> dict[str, int]:
         async def change() -> dict[str, int]:
-            if check is not None:
-                check()
             self.registry.delete_label(name, label)
             return await self._save_labels(name)
 
-        return await self._change(name, change())
+        return await self._change(name, change(), check)
 
     async def _save_labels(self, name: str) -> dict[str, int]:
         labels = dict(self.registry.get_model(name).labels)
@@ -391,8 +396,6 @@ class ModelLifecycle:
         check_model_name(name)
 
         async def change() -> bool:
-            if check is not None:
-                check()
             if when is not None and not when():
                 return False
             self.registry.set_traffic(name, policy)
@@ -400,7 +403,7 @@ class ModelLifecycle:
             await self.save_document(name, "traffic", None if saved is None else saved.document())
             return True
 
-        return await self._change(name, change())
+        return await self._change(name, change(), check)
 
     async def save_document(self, name: str, kind: str, document: Mapping[str, Any] | None) -> None:
         """Persist the model's state of `kind`; a read-only repository keeps it in memory."""

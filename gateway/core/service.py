@@ -21,7 +21,7 @@ from gateway.core.errors import (
 )
 from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import LoadResult, ModelLifecycle
-from gateway.core.model import LoadedVersion
+from gateway.core.model import LoadedVersion, ModelSignature
 from gateway.core.ports import SourceError
 from gateway.core.prediction import parse_label
 from gateway.core.registry import ModelEntry, ModelRegistry, ModelVersion, VersionState
@@ -433,23 +433,14 @@ class InferenceService:
             if entry is None:  # a pinned request: resolved this very step, so known
                 entry = self.registry.get_model(request.model_name)
             policy = entry.traffic
-            if policy is None:
-                return False
             others = [
-                entry.versions[number].loaded
-                for number in policy.weights
-                if number != target.version and number in entry.versions
+                version.loaded.signature
+                for number in (policy.weights if policy is not None else ())
+                if number != target.version
+                and (version := entry.versions.get(number)) is not None
+                and version.loaded is not None
             ]
-            signatures = [loaded.signature for loaded in others if loaded is not None]
-            if not signatures:
-                return False
-            for signature in signatures:
-                try:
-                    validate_request(request, signature)
-                except InvalidInputError:
-                    continue
-                return False
-            return True
+            return bool(others) and all(_refuses(signature, request) for signature in others)
         except Exception:
             logger.exception("model %s: comparing a refused request failed", request.model_name)
             return False
@@ -505,6 +496,14 @@ def _summary(result: object) -> str:
         ]
         return " ".join(parts)
     return ""
+
+
+def _refuses(signature: ModelSignature, request: InferRequest) -> bool:
+    try:
+        validate_request(request, signature)
+    except InvalidInputError:
+        return True
+    return False
 
 
 def _check_parameters(request: InferRequest) -> None:

@@ -123,24 +123,21 @@ def latency_targets(
         rounds = (beside or {}).get(run["protocol"]) or []
         if rounds:
             source = "beside the rows"
-            ort_p50 = _median([r["p50_ms"] for r in rounds])
-            ort_huge_p50 = _median([r["huge_pages_p50_ms"] for r in rounds])
-            per_round: list[float | None] | None = [r["p50_ms"] for r in rounds]
-            per_round_huge: list[float | None] | None = [r["huge_pages_p50_ms"] for r in rounds]
-        else:
+            stock_p50s = [r["p50_ms"] for r in rounds]
+            huge_p50s = [r["huge_pages_p50_ms"] for r in rounds]
+        else:  # one figure for every round
             source = "the run's start"
-            ort_p50 = baseline["batch1"]["latency_ms"]["p50"]
             huge = (baseline.get("huge_pages") or {}).get("batch1")
-            ort_huge_p50 = None if huge is None else huge["latency_ms"]["p50"]
-            per_round = per_round_huge = None
-        stock = _target(run, echo, ort_p50, per_round)
-        strict = _target(run, echo, ort_huge_p50, per_round_huge)
+            stock_p50s = [baseline["batch1"]["latency_ms"]["p50"]]
+            huge_p50s = [None if huge is None else huge["latency_ms"]["p50"]]
+        stock = _target(run, echo, stock_p50s)
+        strict = _target(run, echo, huge_p50s)
         checks.append(
             {
                 "protocol": run["protocol"],
                 "gateway_p50_ms": run["latency_ms"]["p50"],
                 "echo_p50_ms": None if echo is None else echo["latency_ms"]["p50"],
-                "ort_batch1_p50_ms": ort_p50,
+                "ort_batch1_p50_ms": stock["ort_p50"],
                 "ort_batch1_measured": source,
                 "ort_batch1_rounds": len(rounds) or None,
                 "slack_ms": LATENCY_SLACK_MS,
@@ -148,7 +145,7 @@ def latency_targets(
                 "met": stock["met"],
                 "repeats": stock["repeats"],
                 "repeats_met": stock["repeats_met"],
-                "ort_batch1_huge_pages_p50_ms": ort_huge_p50,
+                "ort_batch1_huge_pages_p50_ms": strict["ort_p50"],
                 "target_huge_pages_ms": strict["target"],
                 "met_huge_pages": strict["met"],
                 "repeats_met_huge_pages": strict["repeats_met"],
@@ -157,31 +154,24 @@ def latency_targets(
     return checks
 
 
-def _median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
 def _target(
-    run: dict[str, Any],
-    echo: dict[str, Any] | None,
-    ort_p50: float | None,
-    ort_p50_by_round: list[float | None] | None = None,
+    run: dict[str, Any], echo: dict[str, Any] | None, ort_p50s: list[float | None]
 ) -> dict[str, Any]:
-    """One latency target: echo p50 + `ort_p50` + slack, whether the row met it, and in how
-    many repeats (each against `ort_p50_by_round`'s figure of its round where given; all None
-    where a figure is missing)."""
-    if ort_p50 is None:
-        return {"target": None, "met": None, "repeats": None, "repeats_met": None}
+    """One latency target: echo p50 + ORT's batch-1 p50 (the median of `ort_p50s`, one a
+    round, or one for every round) + slack, whether the row met it, and in how many repeats,
+    each against its own round's ORT figure. None where a figure is missing."""
+    present = [p50 for p50 in ort_p50s if p50 is not None]
+    if not present:
+        return {"ort_p50": None, "target": None, "met": None, "repeats": None, "repeats_met": None}
+    ort_p50 = statistics.median(present)
     p50 = run["latency_ms"]["p50"]
     target = None if echo is None else echo["latency_ms"]["p50"] + ort_p50 + LATENCY_SLACK_MS
-    allowance: float | list[float | None] = ort_p50 + LATENCY_SLACK_MS
-    if ort_p50_by_round is not None:
-        allowance = [None if v is None else v + LATENCY_SLACK_MS for v in ort_p50_by_round]
+    allowances = [None if v is None else v + LATENCY_SLACK_MS for v in ort_p50s]
     return {
+        "ort_p50": ort_p50,
         "target": target,
         "met": None if target is None or p50 is None else p50 <= target,
-        **repeats_met(run, echo, allowance),
+        **repeats_met(run, echo, allowances[0] if len(allowances) == 1 else allowances),
     }
 
 
