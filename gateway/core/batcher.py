@@ -26,10 +26,20 @@ the hand-off to an inference thread and back costs a lone caller more than the l
 The first one-row run of a version is timed on a thread; a longer run turns it off until a
 shorter one is timed again. Under load no call is solo, and batches form as before.
 
+When a run of several requests fails, the batcher does not fail them all: a merged batch's
+error may come from one caller's values (an index out of range answers "the model cannot run
+on this input"), and its batch-mates did nothing wrong. The failed batch goes back to the head
+of the line in two halves that run apart, and so on down, so the requests that fail alone get
+their own run's error and the others their answers. One bad request among n costs about
+2 log2(n) more runs, of shrinking sizes; if every request fails, 2n - 1 runs in all. A run that
+fails on a single request, an answer of the wrong shape, or a server that is stopping is
+answered as before.
+
 A request waits at most until its deadline; if that passes while it is in line it is answered
-DeadlineExceededError and never run. A caller that leaves (cancelled, disconnected) is taken out
-of the line; if its batch is already running the result is dropped and its batch-mates are not
-affected. A full line refuses at once with OverloadedError.
+DeadlineExceededError and never run (one back in line after its batch failed is answered
+DeadlineExceededError naming that failure). A caller that leaves (cancelled, disconnected) is
+taken out of the line; if its batch is already running the result is dropped and its
+batch-mates are not affected. A full line refuses at once with OverloadedError.
 """
 
 from __future__ import annotations
@@ -108,6 +118,9 @@ class _Request:
     trace: RequestTrace | None = None
     solo: bool = False
     """No other request was in flight at its front end when it arrived (RequestContext.solo)."""
+    failed: GatewayError | None = None
+    """The error of a merged batch it was in: it is back in line to run apart from the
+    requests that were not in its half (see DynamicBatcher)."""
 
 
 @dataclass(slots=True)
@@ -121,6 +134,8 @@ class BatcherStats:
     refused: int = 0
     on_loop: int = 0
     """Executions run on the event loop (solo requests; see DynamicBatcher)."""
+    split: int = 0
+    """Failed batches put back in line in halves, to find the requests that fail alone."""
 
 
 def batcher_config(
@@ -213,6 +228,8 @@ class DynamicBatcher:
         """Its input bytes: a larger request (dynamic non-batch dimensions) may run longer."""
         self._flushing = False
         """No company is coming (the version left service): batches launch without waiting."""
+        self._halves = itertools.count()
+        """Compatibility keys for the halves of failed batches: a half merges with no one else."""
 
     @property
     def waiting(self) -> int:
@@ -311,14 +328,21 @@ class DynamicBatcher:
             self._dispatch()
 
     def _answer_expired(self, request: _Request) -> None:
-        if not request.result.done():  # a caller that already left needs no answer
-            self.stats.expired += 1
-            request.result.set_exception(
-                DeadlineExceededError(
-                    f"the request waited {request.timeout_s:.3f} s in line for model "
-                    f"'{self.name}' and its deadline passed; it was not run"
-                )
+        if request.result.done():  # a caller that already left needs no answer
+            return
+        self.stats.expired += 1
+        if request.failed is not None:
+            message = (
+                f"the batch this request ran in on model '{self.name}' failed "
+                f"({request.failed.message}) and its deadline of {request.timeout_s:.3f} s "
+                "passed before it could run apart from the requests that may have caused it"
             )
+        else:
+            message = (
+                f"the request waited {request.timeout_s:.3f} s in line for model "
+                f"'{self.name}' and its deadline passed; it was not run"
+            )
+        request.result.set_exception(DeadlineExceededError(message))
 
     # -- forming and launching batches ------------------------------------------------------
     def _dispatch(self) -> None:
@@ -395,6 +419,8 @@ class DynamicBatcher:
         config = self.config
         if not config.merge or rows >= config.max_batch_size or self._flushing:
             return None
+        if self._line[0].failed is not None:  # half of a failed batch: no one else may join
+            return None
         if config.max_queue_delay_s > 0:  # Triton's queue delay, and then only it
             preferred = config.preferred_batch_sizes
             if preferred and (rows in preferred or rows >= max(preferred)):
@@ -431,6 +457,8 @@ class DynamicBatcher:
             }
         input_ns = time.perf_counter_ns() - started_ns
         for request in batch:
+            if request.failed is not None:  # its queue time was counted at its first launch
+                continue
             queue_ns = started_ns - request.enqueued_ns
             self.statistics.queue.add(queue_ns)
             if request.timing is not None:
@@ -523,7 +551,8 @@ class DynamicBatcher:
             self.statistics.record_batch(rows, len(batch), input_ns, infer_ns, output_ns)
         except GatewayError as failure:
             error = failure.message
-            self._fail(batch, failure)
+            if raised is None or not self._split_failed(batch, failure):
+                self._fail(batch, failure)
         except PoolShutDownError:  # the pool was shut down before this batch started
             error = "the server is shutting down"
             self._fail(batch, UnavailableError(error))
@@ -531,15 +560,17 @@ class DynamicBatcher:
             # SystemExit raised on the inference thread: it must not stop the event loop)
             logger.exception("model %s failed on a batch of %d rows", self.name, rows)
             error = f"model '{self.name}' failed; see the gateway log"
-            self._fail(batch, InternalError(error))
+            internal = InternalError(error)
+            if not (isinstance(raised, Exception) and self._split_failed(batch, internal)):
+                self._fail(batch, internal)
         else:
             for request, part in zip(batch, parts, strict=True):
                 if not request.result.done():
                     request.result.set_result(part)
         ended_ns = time.perf_counter_ns()
         for request in batch:
-            if request.timing is not None:
-                request.timing.compute_ns = ended_ns - started_ns
+            if request.timing is not None:  # from its first launch: a rerun half counts both
+                request.timing.compute_ns = ended_ns - request.timing.launched_ns
                 request.timing.batch_rows = rows
         if self._telemetry is not None:
             traces = [r.trace for r in batch if r.trace is not None]
@@ -549,6 +580,32 @@ class DynamicBatcher:
             self._telemetry.batch_finished(event)
         if not self._dispatch_due:
             self._dispatch()
+
+    def _split_failed(self, batch: list[_Request], failure: GatewayError) -> bool:
+        """Put a failed run's requests back at the head of the line in two halves that run
+        apart (module docstring); False if fewer than two callers still wait for it."""
+        waiting = [request for request in batch if not request.result.done()]
+        if len(waiting) < 2:
+            return False
+        self.stats.split += 1
+        now_s = asyncio.get_running_loop().time()
+        middle = len(waiting) // 2
+        for half in (waiting[middle:], waiting[:middle]):  # the first half ends up at the head
+            key = ("half", next(self._halves))
+            for request in reversed(half):
+                request.failed = failure
+                request.key = key
+                if _gone(request, now_s):
+                    self._answer_expired(request)
+                    continue
+                if request.timeout_s is not None:
+                    due_s = request.enqueued_s + request.timeout_s
+                    request.expiry = asyncio.get_running_loop().call_at(
+                        due_s, self._expire, request
+                    )
+                self._line.appendleft(request)
+                self._line_bytes += request.nbytes
+        return True
 
     def _due_dispatch(self) -> None:
         self._dispatch_due = False

@@ -175,6 +175,12 @@ class _StateCollector(Collector):
             "Percent of the model's unversioned requests routed to the version.",
             labels=("model", "version"),
         )
+        splits = CounterMetricFamily(
+            "gateway_batch_splits",
+            "Failed executions of several requests that the version's batcher put back in "
+            "line in halves, to find the requests that fail alone (counted since it loaded).",
+            labels=("model", "version"),
+        )
         load_failures = CounterMetricFamily(
             "gateway_model_load_failures",
             "Loads of the model (or of one of its versions) that failed.",
@@ -201,7 +207,8 @@ class _StateCollector(Collector):
                 if batcher is not None:
                     waiting.add_metric(labels, batcher.waiting)
                     running.add_metric(labels, batcher.running)
-        yield from (waiting, running, state, weight, load_failures)
+                    splits.add_metric(labels, batcher.stats.split)
+        yield from (waiting, running, splits, state, weight, load_failures)
 
 
 def feedback_metrics(store: FeedbackStore) -> Callable[[], Iterable[Metric]]:

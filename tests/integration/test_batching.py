@@ -9,6 +9,7 @@ import http.client
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import astuple, dataclass
@@ -48,6 +49,12 @@ UNMERGED_CONFIG = """
 max_batch_size: 8
 instance_group [ { count: 1, kind: KIND_CPU } ]
 """
+LOOKUP_CONFIG = """
+max_batch_size: 32
+instance_group [ { count: 1, kind: KIND_CPU } ]
+dynamic_batching { max_queue_delay_microseconds: 20000 }
+"""
+LOOKUP_ROWS = 100
 SLOW_ONE_CONFIG = """
 max_batch_size: 2048
 instance_group [ { count: 1, kind: KIND_CPU } ]
@@ -62,6 +69,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]
     models.write_config(root / "batched", BATCHED_CONFIG)
     models.add_sub(root / "unmerged" / "1" / "model.onnx", width=WIDTH)
     models.write_config(root / "unmerged", UNMERGED_CONFIG)
+    models.lookup(root / "lookup" / "1" / "model.onnx", table_rows=LOOKUP_ROWS)
+    models.write_config(root / "lookup", LOOKUP_CONFIG)
     # No config.pbtxt: batched adaptively (merged, no delay), `inference_threads` at once.
     # About 9 ms a run whatever the rows up to a few, so concurrent callers pile up behind it.
     models.slow(root / "slow" / "1" / "model.onnx", width=SLOW_WIDTH, depth=256)
@@ -170,6 +179,7 @@ class Delta:
     expired: int
     refused: int
     on_loop: int
+    split: int
 
     @property
     def mean_rows(self) -> float:
@@ -337,6 +347,67 @@ def test_a_malformed_request_among_good_ones_fails_alone(server: RunningGateway)
     assert delta.batches < delta.requests
     with Clients(server) as clients:  # and the model still serves
         infer_add_sub(clients, "http-binary", "batched", 9999, 2, None)
+
+
+def infer_lookup(clients: Clients, protocol: str, indices: list[int]) -> np.ndarray:
+    """Look up `indices` (one row each) and return ROW, or raise InferenceServerException."""
+    module: Any = grpcclient if protocol == "grpc" else httpclient
+    array = np.array(indices, dtype=np.int64)[:, None]
+    infer_input = module.InferInput("INDEX", list(array.shape), "INT64")
+    if protocol == "grpc":
+        infer_input.set_data_from_numpy(array)
+    else:
+        infer_input.set_data_from_numpy(array, binary_data=protocol == "http-binary")
+    result = clients.get(protocol).infer("lookup", [infer_input])
+    rows: np.ndarray = result.as_numpy("ROW")
+    return rows
+
+
+def test_a_request_whose_values_fail_the_model_fails_alone_not_its_batch(
+    server: RunningGateway,
+) -> None:
+    """An index out of range fails the model's run: merged with other callers' rows, it would
+    fail them all with "cannot run on this input". Each caller whose own rows run gets its
+    answer; each bad request gets the model's error for its own run."""
+    batcher = batcher_of(server, "lookup")
+    plan = []
+    for i in range(150):
+        indices = [(7 * i + row) % LOOKUP_ROWS for row in range(1 + i % 3)]
+        if i % 15 == 4:
+            indices[-1] = LOOKUP_ROWS + i  # out of range
+        plan.append((PROTOCOLS[i % 3], indices))
+    outcomes: dict[int, np.ndarray | InferenceServerException] = {}
+
+    def call(i: int, protocol: str, indices: list[int]) -> None:
+        try:
+            outcomes[i] = infer_lookup(clients, protocol, indices)
+        except InferenceServerException as refused:
+            outcomes[i] = refused
+
+    with Clients(server) as clients, Counting(batcher) as counted:
+        run_all([(lambda i=i, p=p, x=x: call(i, p, x)) for i, (p, x) in enumerate(plan)])
+        wait_idle(batcher)
+    for i, (protocol, indices) in enumerate(plan):
+        outcome = outcomes[i]
+        if indices[-1] >= LOOKUP_ROWS:
+            assert isinstance(outcome, InferenceServerException), (i, protocol)
+            status = "StatusCode.INVALID_ARGUMENT" if protocol == "grpc" else "400"
+            assert outcome.status() == status, (i, protocol, outcome)
+            assert f"idx={indices[-1]}" in outcome.message(), (i, protocol, outcome)
+        else:
+            assert not isinstance(outcome, InferenceServerException), (i, protocol, outcome)
+            table_rows = np.array(indices)[:, None, None] * 10.0 + np.arange(4)
+            np.testing.assert_array_equal(outcome, table_rows, err_msg=f"{i} {protocol}")
+    delta = counted.delta
+    assert delta is not None
+    assert delta.split >= 1, delta  # bad requests were merged with good ones, then split
+    with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+    assert f'gateway_batch_splits_total{{model="lookup",version="1"}} {batcher.stats.split}.0' in (
+        exposition
+    )
+    with Clients(server) as clients:  # and the model still serves
+        assert infer_lookup(clients, "grpc", [3]).tolist() == [[[30.0, 31.0, 32.0, 33.0]]]
 
 
 # -- (c) no dynamic_batching: never merged -------------------------------------------------------

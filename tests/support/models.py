@@ -114,6 +114,20 @@ def reshape(path: Path) -> Path:
     return _save(graph, path)
 
 
+def lookup(path: Path, table_rows: int = 100, width: int = 4) -> Path:
+    """ROW = TABLE[INDEX] with TABLE[r, c] = 10 * r + c: an index out of range fails the run
+    (a failure in the caller's values that a merged batch's other rows do not share)."""
+    table = np.arange(table_rows)[:, None] * 10.0 + np.arange(width)[None, :]
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["TABLE", "INDEX"], ["ROW"], axis=0)],
+        "lookup",
+        [_vi("INDEX", TensorProto.INT64, ["batch", 1])],
+        [_vi("ROW", TensorProto.FLOAT, ["batch", 1, width])],
+        initializer=[numpy_helper.from_array(table.astype(np.float32), "TABLE")],
+    )
+    return _save(graph, path)
+
+
 def write_config(model_dir: Path, text: str) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(text)

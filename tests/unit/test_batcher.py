@@ -775,13 +775,15 @@ async def test_a_request_past_its_deadline_is_never_launched_even_if_its_timer_i
         pytest.param(CRASH, InternalError, "model 'm:1'", id="plain-exception"),
     ],
 )
-async def test_a_runner_error_fails_exactly_that_batch(
+async def test_a_runner_error_fails_only_the_request_that_fails_alone(
     workers: WorkerPool,
     failing: GatedRunner,
     marker: int,
     error: type[GatewayError],
     message: str,
 ) -> None:
+    """The batch [marker, 1] fails; its halves run apart, ahead of the line, and merge with no
+    one: the marker gets its own run's error, request 1 its answer, [2, 3] are untouched."""
     batcher = make(failing, workers, max_batch_size=2)
     first = await hold(batcher, failing)
     order = [marker, 1, 2, 3]  # batches [marker, 1] and [2, 3]
@@ -789,16 +791,131 @@ async def test_a_runner_error_fails_exactly_that_batch(
     await until(lambda: batcher.waiting == 4, "four requests in line")
     failing.release(100)
     assert_answer(await first, feed(0), OUTPUTS)
-    raised = []
-    for i in (marker, 1):
-        with pytest.raises(error, match=message) as caught:
-            await tasks[i]
-        raised.append(caught.value)
-    assert raised[0] is not raised[1]  # each caller gets its own exception
-    for i in (2, 3):
+    with pytest.raises(error, match=message):
+        await tasks[marker]
+    for i in (1, 2, 3):
         assert_answer(await tasks[i], feed(i), OUTPUTS)
-    assert [run.request_ids for run in failing.runs] == [(0,), (marker, 1), (2, 3)]
+    assert [run.request_ids for run in failing.runs] == [(0,), (marker, 1), (marker,), (1,), (2, 3)]
+    assert batcher.stats.split == 1
     assert_answer(await submit(batcher, feed(4)), feed(4), OUTPUTS)
+
+
+class RejectingRunner(GatedRunner):
+    """Raises InvalidInputError for any run holding a request id in `bad`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, bad: set[int]) -> None:
+        super().__init__(loop)
+        self.bad = bad
+
+    def compute(self, x: Array, output_names: Sequence[str]) -> list[Array]:
+        ids = {int(v) // 1000 for v in x[:, 0]}
+        if ids & self.bad:
+            raise InvalidInputError(f"requests {sorted(ids & self.bad)} hold a bad value")
+        return super().compute(x, output_names)
+
+
+@pytest.mark.parametrize(
+    ("bad", "runs"),
+    [
+        pytest.param({13}, 1 + 2 * 3, id="one-bad-of-eight"),  # 8 -> 4 + 4 -> 2 + 2 -> 1 + 1
+        pytest.param(set(range(10, 18)), 2 * 8 - 1, id="all-bad"),
+        pytest.param({10, 17}, 1 + 2 + 4 + 4, id="two-bad-apart"),
+    ],
+)
+async def test_a_failed_batch_is_halved_until_each_request_that_fails_alone_is_found(
+    workers: WorkerPool, bad: set[int], runs: int
+) -> None:
+    runner = RejectingRunner(asyncio.get_running_loop(), bad)
+    try:
+        batcher = make(runner, workers, max_batch_size=16)
+        first = await hold(batcher, runner)
+        feeds = {i: feed(i, rows=1 + i % 2) for i in range(10, 18)}  # 12 rows, one batch
+        tasks = {i: submit(batcher, f) for i, f in feeds.items()}
+        await until(lambda: batcher.waiting == 8, "eight requests in line")
+        runner.release(1000)
+        assert_answer(await first, feed(0), OUTPUTS)
+        for i, task in tasks.items():
+            if i in bad:
+                with pytest.raises(InvalidInputError, match=rf"requests \[{i}\] hold"):
+                    await task  # its own run's error: it ran alone
+            else:
+                assert_answer(await task, feeds[i], OUTPUTS)
+        assert runner.runs[1].request_ids == tuple(range(10, 18))
+        assert len(runner.runs) - 1 == runs
+        assert {len(run.request_ids) for run in runner.runs[2:]} <= {1, 2, 4}
+    finally:
+        runner.release(1000)
+
+
+async def test_a_caller_gone_from_a_failed_batch_is_not_run_again(
+    workers: WorkerPool, failing: GatedRunner
+) -> None:
+    """Of [BAD_INPUT, 1], request 1 leaves while the batch runs: no one else waits for a split,
+    so BAD_INPUT gets the batch's error with no second run."""
+    batcher = make(failing, workers)
+    first = await hold(batcher, failing)
+    bad, leaving = submit(batcher, feed(BAD_INPUT)), submit(batcher, feed(1))
+    await until(lambda: batcher.waiting == 2, "two requests in line")
+    failing.release(1)
+    assert_answer(await first, feed(0), OUTPUTS)
+    assert (await failing.next_start()).request_ids == (BAD_INPUT, 1)
+    leaving.cancel()
+    failing.release(100)
+    with pytest.raises(InvalidInputError):
+        await bad
+    assert [run.request_ids for run in failing.runs] == [(0,), (BAD_INPUT, 1)]
+    assert batcher.stats.split == 0 and batcher.waiting == 0
+
+
+async def test_a_deadline_that_passed_during_the_failed_run_is_answered_not_rerun(
+    workers: WorkerPool, failing: GatedRunner
+) -> None:
+    batcher = make(failing, workers)
+    first = await hold(batcher, failing)
+    bad = submit(batcher, feed(BAD_INPUT))
+    hurried = submit(batcher, feed(1), timeout_s=0.2)
+    patient = submit(batcher, feed(2))
+    await until(lambda: batcher.waiting == 3, "three requests in line")
+    failing.release(1)
+    assert_answer(await first, feed(0), OUTPUTS)
+    assert (await failing.next_start()).request_ids == (BAD_INPUT, 1, 2)
+    await asyncio.sleep(0.3)  # the hurried request's deadline passes while the batch runs
+    failing.release(100)
+    with pytest.raises(DeadlineExceededError, match=r"failed .*value the model rejects"):
+        await hurried
+    with pytest.raises(InvalidInputError):
+        await bad
+    assert_answer(await patient, feed(2), OUTPUTS)
+    assert [run.request_ids for run in failing.runs] == [
+        (0,),
+        (BAD_INPUT, 1, 2),
+        (BAD_INPUT,),
+        (2,),
+    ]
+
+
+async def test_a_deadline_passing_while_a_half_waits_answers_it_in_line(
+    workers: WorkerPool, failing: GatedRunner
+) -> None:
+    """[BAD_INPUT, 1] fails at once; [BAD_INPUT] then runs, held, while request 1's deadline
+    passes in line behind it: 1 is answered by its timer, never run again."""
+    batcher = make(failing, workers)
+    first = await hold(batcher, failing)
+    bad = submit(batcher, feed(BAD_INPUT))
+    hurried = submit(batcher, feed(1), timeout_s=0.3)
+    await until(lambda: batcher.waiting == 2, "two requests in line")
+    failing.release(2)  # request 0, then the merged batch
+    assert_answer(await first, feed(0), OUTPUTS)
+    assert (await failing.next_start()).request_ids == (BAD_INPUT, 1)
+    assert (await failing.next_start()).request_ids == (BAD_INPUT,)
+    with pytest.raises(DeadlineExceededError, match="before it could run apart"):
+        await hurried
+    assert batcher.waiting == 0
+    failing.release(100)
+    with pytest.raises(InvalidInputError):
+        await bad
+    assert [run.request_ids for run in failing.runs] == [(0,), (BAD_INPUT, 1), (BAD_INPUT,)]
+    assert batcher.stats.expired == 1
 
 
 async def test_an_unexpected_runner_exception_is_logged_and_answered_generically(
