@@ -7,6 +7,14 @@ requests, and judges the step's window: error rate and p99 latency from the requ
 observes, shadow agreement from the ShadowDispatcher, accuracy from the FeedbackStore. Every
 transition is logged, kept in the rollout's history, and persisted in `<model>/rollout.json`,
 so a restart resumes a running rollout (its current step starts its window again).
+
+The gates compare the two versions on the traffic the policy routes, which sends both the same
+mix of callers. Left out of the windows: shadow copies (judged by agreement), callers that left,
+requests every version refuses (malformed: RequestEvent.refused_by_all), and, of the requests
+pinned to a version by number or label, those that expired or found its line full. A caller
+that pins a 1 us deadline, or a flood, to the candidate would otherwise roll it back on its own
+choices; the stable version never sees those requests. A pinned request's answers, its model's
+errors and its latency still count.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from gateway.core.errors import GatewayError, InvalidInputError, NotFoundError
+from gateway.core.errors import ErrorCode, GatewayError, InvalidInputError, NotFoundError
 from gateway.core.feedback import FeedbackStore
 from gateway.core.lifecycle import ModelLifecycle
 from gateway.core.registry import ModelEntry
@@ -41,6 +49,9 @@ from gateway.core.traffic import Shadow, Tolerance, TrafficPolicy
 
 logger = logging.getLogger("gateway.rollout")
 
+CALLERS_LOAD = frozenset({ErrorCode.DEADLINE_EXCEEDED.value, ErrorCode.OVERLOADED.value})
+"""Outcomes of a request pinned to a version that its caller's choices explain: a deadline
+shorter than any version meets, a flood that fills the version's line."""
 HOLD_AFTER_INTERVALS = 10
 """A step whose candidate has too few requests after this many intervals holds (and says so)."""
 STABLE_LABEL = "stable"
@@ -91,6 +102,8 @@ class RolloutController:
             return  # shadow copies are judged by agreement; a caller that left judges nothing
         if event.refused_by_all:
             return  # malformed for both versions: the caller's fault, whichever version it met
+        if event.pinned and event.code in CALLERS_LOAD:
+            return  # the caller chose the version, the deadline and the load (module docstring)
         window = rollout.windows.get(event.version)
         if window is None:
             plan = rollout.plan

@@ -411,6 +411,7 @@ class InferenceService:
                     request.id,
                     error,
                     refused_by_all,
+                    pinned=bool(request.model_version),
                 ),
                 trace,
             )

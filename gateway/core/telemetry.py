@@ -50,6 +50,8 @@ class RequestEvent:
     """Refused for the caller's mistake, not this version's: a malformed `timeout` or `label`
     parameter, or inputs that every other loaded version named in the model's traffic policy
     refuses too (a rollout's error gate leaves it out; the request metrics count it)."""
+    pinned: bool = False
+    """The caller named the version (a number or a label): no traffic policy chose it."""
 
 
 @dataclass(slots=True)

@@ -377,3 +377,36 @@ def test_requests_no_version_takes_do_not_count_against_the_candidate(tmp_path: 
     assert tolerant["state"] == "promoted", tolerant
     assert reshaped["state"] == "rolled_back", reshaped
     assert reshaped["reason"].startswith("rolled back: gate error_rate failed: candidate 100.00%")
+
+
+def test_deadlines_a_caller_pins_to_the_candidate_do_not_roll_it_back(tmp_path: Path) -> None:
+    """A client pinned to the candidate with a 1 us `timeout` gets 504s: its own choice, which
+    the stable version never sees. They stay out of the error gate; the rollout promotes."""
+    root = tmp_path / "repository"
+    write_config(root / "patient", ALL_VERSIONS)
+    for number in (1, 2):
+        plus_constant(root / "patient" / str(number) / "model.onnx", 1.0)
+    server = RunningGateway(root)
+    stop = threading.Event()
+    statuses: list[int] = []
+    four = {"name": "X", "datatype": "FP32", "shape": [1, 4], "data": [0.0] * 4}
+
+    def send_hurried() -> None:
+        deadline = time.monotonic() + 30
+        body = {"inputs": [four], "parameters": {"timeout": 1}}
+        while not stop.is_set() and time.monotonic() < deadline:
+            path = "/v2/models/patient/versions/2/infer"
+            statuses.append(http_call(server.http_url, "POST", path, body).status)
+
+    sender = threading.Thread(target=send_hurried, daemon=True)
+    try:
+        with Driver(server, {"patient": 4}):
+            sender.start()
+            start(server, "patient", {"to": "2", **FAST, "gates": CALM})
+            done = wait_for(server, "patient", ended)
+    finally:
+        stop.set()
+        sender.join(10)
+        server.stop()
+    assert statuses.count(504) > 20, statuses[:20]
+    assert done["state"] == "promoted", done

@@ -80,6 +80,9 @@ class Traffic:
     per_poll: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     agree: int = 0
     disagree: int = 0
+    error_code: str = "internal"
+    errors_pinned: bool = False
+    """The errors' requests named their version (number or label)."""
 
 
 class Harness:
@@ -109,17 +112,18 @@ class Harness:
         self.now += seconds
         for version, (count, errors, latency_ms) in self.traffic.per_poll.items():
             for i in range(count):
-                code = "internal" if i < errors else "ok"
+                failed = i < errors
                 event = RequestEvent(
                     "m",
                     version,
                     "primary",
                     "http",
-                    code,
+                    self.traffic.error_code if failed else "ok",
                     0,
                     int(latency_ms * MS),
                     1,
                     RequestTiming(),
+                    pinned=failed and self.traffic.errors_pinned,
                 )
                 self.controller.request_finished(event)
         pair = self.shadows.pair("m", 1, 2)
@@ -196,6 +200,30 @@ async def test_a_failing_gate_rolls_back_and_says_why(
     assert traffic_now is not None and dict(traffic_now.weights) == {1: 100}
     assert traffic_now.shadows == ()
     assert h.registry.get_model("m").labels == {}
+
+
+@pytest.mark.parametrize(
+    ("code", "pinned", "state"),
+    [
+        ("deadline_exceeded", True, "promoted"),  # a deadline the caller chose for it
+        ("overloaded", True, "promoted"),  # a flood the caller sent to it
+        ("deadline_exceeded", False, "rolled_back"),  # routed: both versions see that mix
+        ("overloaded", False, "rolled_back"),
+        ("internal", True, "rolled_back"),  # the version's own failure, pinned or not
+        ("invalid_argument", True, "rolled_back"),  # the model refused values only it sees
+    ],
+)
+async def test_pinned_requests_count_except_their_expiries_and_full_line_refusals(
+    code: str, pinned: bool, state: str
+) -> None:
+    h = Harness()
+    h.traffic.per_poll = {"1": (10, 0, 2.0), "2": (10, 3, 2.0)}
+    h.traffic.error_code, h.traffic.errors_pinned = code, pinned
+    await h.controller.start("m", PLAN)
+    done = await h.until_done()
+    assert done["state"] == state, done["reason"]
+    if state == "rolled_back":
+        assert "gate error_rate failed: candidate 30.00%" in done["reason"]
 
 
 async def test_disagreeing_shadow_answers_roll_back() -> None:
