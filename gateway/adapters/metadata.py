@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.core.model import DeviceKind, LoadedVersion, TensorSpec
+from gateway.core.model import DeviceKind, LoadedVersion, QueuePolicy, TensorSpec
 from gateway.core.registry import VersionState
 from gateway.core.service import SERVER_NAME, IndexEntry
 from gateway.core.statistics import Duration, VersionStatistics
@@ -70,15 +70,15 @@ def model_config_dict(loaded: LoadedVersion) -> dict[str, Any]:
     }
     if policy.batching is not None:
         batching = policy.batching
-        queue = batching.queue
         config["dynamic_batching"] = {
             "preferred_batch_size": list(batching.preferred_batch_sizes),
             "max_queue_delay_microseconds": batching.max_queue_delay_us,
-            "default_queue_policy": {
-                "timeout_action": "REJECT",
-                "default_timeout_microseconds": queue.default_timeout_us,
-                "allow_timeout_override": queue.allow_timeout_override,
-                "max_queue_size": queue.max_queue_size,
+            "priority_levels": batching.priority_levels,
+            "default_priority_level": batching.default_priority_level,
+            "default_queue_policy": _queue_policy(batching.queue),
+            "priority_queue_policy": {
+                str(level): _queue_policy(queue)
+                for level, queue in sorted(batching.priority_queues.items())
             },
         }
     if placement.accelerators:
@@ -92,6 +92,15 @@ def model_config_dict(loaded: LoadedVersion) -> dict[str, Any]:
             }
         }
     return config
+
+
+def _queue_policy(queue: QueuePolicy) -> dict[str, Any]:
+    return {
+        "timeout_action": "DELAY" if queue.delay else "REJECT",
+        "default_timeout_microseconds": queue.default_timeout_us,
+        "allow_timeout_override": queue.allow_timeout_override,
+        "max_queue_size": queue.max_queue_size,
+    }
 
 
 def _metadata_tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:

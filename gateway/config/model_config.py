@@ -110,25 +110,43 @@ def _batching(path: Path, config: Any) -> BatchingPolicy | None:
     if not config.HasField("dynamic_batching"):
         return None
     batching = config.dynamic_batching
-    if batching.priority_levels or batching.priority_queue_policy:
-        raise ModelConfigError(f"{path}: dynamic_batching priority levels are not supported")
-    queue = batching.default_queue_policy
-    reject = pb.ModelQueuePolicy.TimeoutAction.Name(queue.timeout_action) == "REJECT"
-    if not reject:
-        raise ModelConfigError(
-            f"{path}: dynamic_batching.default_queue_policy.timeout_action DELAY is not supported"
-        )
     preferred = tuple(batching.preferred_batch_size)
     if any(size < 1 for size in preferred):
         raise ModelConfigError(f"{path}: dynamic_batching.preferred_batch_size must be >= 1")
+    levels = batching.priority_levels
+    if levels and not 1 <= batching.default_priority_level <= levels:
+        raise ModelConfigError(
+            f"{path}: dynamic_batching.default_priority_level must be between 1 and "
+            f"priority_levels ({levels}), not {batching.default_priority_level}"
+        )
+    if not levels and batching.default_priority_level:
+        raise ModelConfigError(
+            f"{path}: dynamic_batching.default_priority_level needs priority_levels"
+        )
+    outside = sorted(level for level in batching.priority_queue_policy if not 1 <= level <= levels)
+    if outside:
+        raise ModelConfigError(
+            f"{path}: dynamic_batching.priority_queue_policy names level(s) "
+            f"{', '.join(map(str, outside))}, outside 1..priority_levels ({levels})"
+        )
     return BatchingPolicy(
         max_queue_delay_us=batching.max_queue_delay_microseconds,
         preferred_batch_sizes=preferred,
-        queue=QueuePolicy(
-            max_queue_size=queue.max_queue_size,
-            default_timeout_us=queue.default_timeout_microseconds,
-            allow_timeout_override=queue.allow_timeout_override,
-        ),
+        queue=_queue_policy(batching.default_queue_policy),
+        priority_levels=levels,
+        default_priority_level=batching.default_priority_level,
+        priority_queues={
+            level: _queue_policy(queue) for level, queue in batching.priority_queue_policy.items()
+        },
+    )
+
+
+def _queue_policy(queue: Any) -> QueuePolicy:
+    return QueuePolicy(
+        max_queue_size=queue.max_queue_size,
+        default_timeout_us=queue.default_timeout_microseconds,
+        allow_timeout_override=queue.allow_timeout_override,
+        delay=pb.ModelQueuePolicy.TimeoutAction.Name(queue.timeout_action) == "DELAY",
     )
 
 

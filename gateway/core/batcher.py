@@ -1,15 +1,16 @@
 """Dynamic batching for one model version: queue requests, merge compatible ones, run, split.
 
-Requests wait in one FIFO line. Whenever a request arrives or a batch finishes, the batcher
-forms a batch from the request at the head of the line and every later request compatible with
-it (same input names, datatypes and non-batch dimensions), in line order, up to max_batch_size
-rows, and runs it on the runtime's thread pool. At most `concurrency` batches run at once
-(Triton's instance_group count); while they run, the line fills, so batches grow with load even
-without a queue delay. When a batch ends with requests waiting (fewer than fill a batch), the
-next one is formed a loop turn later, ahead of the finished batch's answers: requests the loop
-has read but not yet queued (each is a task whose first step waits its turn) join it. On a busy
-core that makes batches 10-20 % bigger for the price of a loop turn. With a delay, a batch
-smaller than max_batch_size (or than a preferred size) waits up to max_queue_delay for company.
+Requests wait in one line, first come first served. Whenever a request arrives or a batch
+finishes, the batcher forms a batch from the request at the head of the line and every later
+request compatible with it (same input names, datatypes and non-batch dimensions), in line
+order, up to max_batch_size rows, and runs it on the runtime's thread pool. At most
+`concurrency` batches run at once (Triton's instance_group count); while they run, the line
+fills, so batches grow with load even without a queue delay. When a batch ends with requests
+waiting (fewer than fill a batch), the next one is formed a loop turn later, ahead of the
+finished batch's answers: requests the loop has read but not yet queued (each is a task whose
+first step waits its turn) join it. On a busy core that makes batches 10-20 % bigger for the
+price of a loop turn. With a delay, a batch smaller than max_batch_size (or than a preferred
+size) waits up to max_queue_delay for company.
 
 Triton's delay holds a lone request too. The gateway's `returning_wait_microseconds` parameter
 (one instance, no max_queue_delay) waits only for callers expected back: when a batch ends, the
@@ -35,6 +36,12 @@ their own run's error and the others their answers. One bad request among n cost
 fails on a single request, an answer of the wrong shape, or a server that is stopping is
 answered as before.
 
+With Triton's priority levels the line is ordered by level (1 first), then arrival: a request
+joins behind those of its level and ahead of the levels below. Each level has its queue policy
+(its max_queue_size here; its timeouts in the service). With timeout_action DELAY, a request
+whose policy timeout passes is not refused: it moves behind every request of its level whose
+timeout has not passed (ahead of the levels below) and waits on.
+
 A request waits at most until its deadline; if that passes while it is in line it is answered
 DeadlineExceededError and never run (one back in line after its batch failed is answered
 DeadlineExceededError naming that failure). A caller that leaves (cancelled, disconnected) is
@@ -45,6 +52,7 @@ batch-mates are not affected. A full line refuses at once with OverloadedError.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import copy
 import functools
 import itertools
@@ -52,7 +60,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -87,7 +95,8 @@ class BatcherConfig:
     concurrency: int
     """Batches that may run at once (instance_group count)."""
     max_queue_size: int
-    """Requests that may wait in line; beyond it new ones are refused."""
+    """Requests that may wait in line (at each priority level); beyond it new ones are
+    refused."""
     max_queue_bytes: int = 256 * 1024 * 1024
     """Input bytes that may wait in line; beyond it new ones are refused (bounds memory)."""
     max_queue_delay_s: float = 0.0
@@ -98,6 +107,8 @@ class BatcherConfig:
     solo_on_loop_s: float = 0.0
     """A solo request runs on the event loop when the version's last one-row run took less
     than this (--solo-on-loop-us; 0: never). See DynamicBatcher."""
+    level_queue_sizes: Mapping[int, int] = field(default_factory=dict)
+    """max_queue_size of the priority levels whose queue policy sets their own."""
 
 
 @dataclass(eq=False, slots=True)
@@ -121,6 +132,13 @@ class _Request:
     failed: GatewayError | None = None
     """The error of a merged batch it was in: it is back in line to run apart from the
     requests that were not in its half (see DynamicBatcher)."""
+    level: int = 0
+    """Its priority level (1 first); 0 for a model without priority levels."""
+    place: int = 0
+    """Its place in the line's order: 2 * level, + 1 once delayed; -1 for a failed batch's
+    halves. The line is sorted by it, arrivals last among equals."""
+    delay: asyncio.TimerHandle | None = None
+    """Moves it behind its level's undelayed requests when its policy timeout passes (DELAY)."""
 
 
 @dataclass(slots=True)
@@ -150,6 +168,10 @@ def batcher_config(
     runs them one by one. A model without config.pbtxt merges (with no delay) when it batches."""
     batching = policy.batching
     queue_size = batching.queue.max_queue_size if batching else 0
+    level_sizes = {
+        level: queue.max_queue_size or default_max_queue_size
+        for level, queue in (batching.priority_queues.items() if batching else ())
+    }
     return BatcherConfig(
         max_batch_size=signature.max_batch_size,
         merge=signature.batched and (batching is not None or not policy.configured),
@@ -160,6 +182,7 @@ def batcher_config(
         max_queue_delay_s=batching.max_queue_delay_us / 1e6 if batching else 0.0,
         preferred_batch_sizes=batching.preferred_batch_sizes if batching else (),
         returning_wait_s=int(policy.parameters.get("returning_wait_microseconds", "0")) / 1e6,
+        level_queue_sizes=level_sizes,
     )
 
 
@@ -167,6 +190,10 @@ def _compatibility_key(feeds: Mapping[str, npt.NDArray[Any]], merge: bool) -> tu
     if not merge:
         return ()
     return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items()))
+
+
+def _place(request: _Request) -> int:
+    return request.place
 
 
 def _gone(request: _Request, now_s: float) -> bool:
@@ -210,7 +237,10 @@ class DynamicBatcher:
         self._workers = workers
         self._output_order = tuple(output_order)
         self._line: deque[_Request] = deque()
+        """Sorted by _Request.place; see the module docstring."""
         self._line_bytes = 0
+        self._at_level: dict[int, int] = {}
+        """Requests waiting at each priority level (for its max_queue_size)."""
         self._running = 0
         self._timer: asyncio.Handle | None = None
         self._timer_due_s = 0.0
@@ -258,22 +288,29 @@ class DynamicBatcher:
         timing: RequestTiming | None = None,
         trace: RequestTrace | None = None,
         solo: bool = False,
+        level: int = 0,
+        delay_s: float | None = None,
     ) -> Arrays:
         """Run `feeds` (already validated) in some batch; return `outputs` for its rows only.
         `timing`, if given, is filled with the request's queue and compute time; `trace` is
-        linked from the span of the batch that runs it."""
+        linked from the span of the batch that runs it. `level` is its priority level (0: the
+        model has none); after `delay_s` in line (timeout_action DELAY) it moves behind the
+        requests of its level whose timeouts have not passed."""
         if timeout_s is not None and timeout_s <= 0:
             self.stats.expired += 1
             raise DeadlineExceededError("the request's deadline passed before it could be queued")
         nbytes = sum(_held_bytes(array) for array in feeds.values())
+        at_level = self._at_level.get(level, 0)
         if (
-            len(self._line) >= self.config.max_queue_size
+            at_level >= self.config.level_queue_sizes.get(level, self.config.max_queue_size)
             or self._line_bytes + nbytes > self.config.max_queue_bytes
         ) and self._line:
             self.stats.refused += 1
+            at = f" ({at_level} at priority level {level})" if level else ""
             raise OverloadedError(
                 f"model '{self.name}' is at capacity: {self._running} batch(es) running and "
-                f"{len(self._line)} request(s) ({self._line_bytes} bytes) waiting; retry later"
+                f"{len(self._line)} request(s){at} ({self._line_bytes} bytes) waiting; "
+                "retry later"
             )
         loop = asyncio.get_running_loop()
         request = _Request(
@@ -289,11 +326,14 @@ class DynamicBatcher:
             timing=timing,
             trace=trace,
             solo=solo,
+            level=level,
+            place=2 * level,
         )
         if timeout_s is not None:
             request.expiry = loop.call_later(timeout_s, self._expire, request)
-        self._line.append(request)
-        self._line_bytes += nbytes
+        if delay_s is not None and (timeout_s is None or delay_s < timeout_s):
+            request.delay = loop.call_later(delay_s, self._delay, request)
+        self._join(request)
         self._idle.clear()
         if not self._dispatch_due:
             self._dispatch()
@@ -304,17 +344,51 @@ class DynamicBatcher:
             raise
 
     # -- the line ---------------------------------------------------------------------------
+    def _join(self, request: _Request) -> None:
+        """Put the request in line at its place: behind those of its place or before it."""
+        line = self._line
+        if line and line[-1].place > request.place:
+            line.insert(bisect.bisect_right(line, request.place, key=_place), request)
+        else:
+            line.append(request)
+        self._counted_in(request)
+
+    def _counted_in(self, request: _Request) -> None:
+        self._line_bytes += request.nbytes
+        self._at_level[request.level] = self._at_level.get(request.level, 0) + 1
+
+    def _counted_out(self, request: _Request) -> None:
+        """The request left the line: its bytes and its level's count go, its timers stop."""
+        self._line_bytes -= request.nbytes
+        self._at_level[request.level] -= 1
+        for timer in (request.expiry, request.delay):
+            if timer is not None:
+                timer.cancel()
+        request.expiry = request.delay = None
+
     def _take_out(self, request: _Request) -> bool:
         """Remove a waiting request from the line; False if it is not there (running, gone)."""
-        if request.expiry is not None:
-            request.expiry.cancel()
-            request.expiry = None
         try:
             self._line.remove(request)
         except ValueError:
+            for timer in (request.expiry, request.delay):
+                if timer is not None:
+                    timer.cancel()
+            request.expiry = request.delay = None
             return False
-        self._line_bytes -= request.nbytes
+        self._counted_out(request)
         return True
+
+    def _delay(self, request: _Request) -> None:
+        """Its policy timeout passed (timeout_action DELAY): behind its level's others."""
+        request.delay = None
+        try:
+            self._line.remove(request)
+        except ValueError:
+            return
+        request.place += 1
+        self._line.insert(bisect.bisect_right(self._line, request.place, key=_place), request)
+        self._dispatch()  # the head may have changed
 
     def _leave(self, request: _Request) -> None:
         """A caller that will never read its answer leaves the line."""
@@ -386,10 +460,7 @@ class DynamicBatcher:
                 chosen = {id(request) for request in batch}
                 self._line = deque(r for r in self._line if id(r) not in chosen)
             for request in batch:
-                self._line_bytes -= request.nbytes
-                if request.expiry is not None:
-                    request.expiry.cancel()
-                    request.expiry = None
+                self._counted_out(request)
             try:
                 self._launch(batch, rows)
             except Exception:  # e.g. MemoryError merging inputs: answer, never strand, the batch
@@ -595,6 +666,7 @@ class DynamicBatcher:
             for request in reversed(half):
                 request.failed = failure
                 request.key = key
+                request.place = -1  # ahead of every level: it was chosen to run already
                 if _gone(request, now_s):
                     self._answer_expired(request)
                     continue
@@ -604,7 +676,7 @@ class DynamicBatcher:
                         due_s, self._expire, request
                     )
                 self._line.appendleft(request)
-                self._line_bytes += request.nbytes
+                self._counted_in(request)
         return True
 
     def _due_dispatch(self) -> None:

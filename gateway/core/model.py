@@ -40,9 +40,14 @@ class VersionPolicy:
 
 @dataclass(frozen=True, slots=True)
 class QueuePolicy:
+    """Triton's ModelQueuePolicy, for one priority level (or the model's only line)."""
+
     max_queue_size: int = 0
     default_timeout_us: int = 0
     allow_timeout_override: bool = False
+    delay: bool = False
+    """timeout_action DELAY: a request whose timeout passes waits on, behind the requests of
+    its level (and of the levels above) whose timeouts have not passed, instead of a 504."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,24 @@ class BatchingPolicy:
     max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
     queue: QueuePolicy = QueuePolicy()
+    priority_levels: int = 0
+    """Levels 1 (first served) to priority_levels; 0: one line, no priorities."""
+    default_priority_level: int = 0
+    """The level of a request that names none (or 0, or one past priority_levels)."""
+    priority_queues: Mapping[int, QueuePolicy] = field(default_factory=dict)
+    """Levels with a queue policy of their own; the others follow `queue`."""
+
+    def level(self, requested: int | None) -> int:
+        """The level a request asking for `requested` waits at (Triton: 0, none or out of range
+        is the default level); 0 when the model has no priority levels."""
+        if not self.priority_levels:
+            return 0
+        if requested is None or not 1 <= requested <= self.priority_levels:
+            return self.default_priority_level
+        return requested
+
+    def queue_for(self, level: int) -> QueuePolicy:
+        return self.priority_queues.get(level, self.queue)
 
 
 @dataclass(frozen=True, slots=True)

@@ -371,14 +371,9 @@ class InferenceService:
             rows = max(batch_size, 1)
             if policy is not None and policy.shadows and entry is not None:
                 answer = self._start_shadows(request, ctx.protocol, entry, policy, target, key)
+            level, timeout_s, delay_s = _queueing(request, ctx, loaded)
             arrays = await batcher.infer(
-                feeds,
-                output_names,
-                batch_size,
-                _wait_limit_s(request, ctx, loaded),
-                timing,
-                trace,
-                ctx.solo,
+                feeds, output_names, batch_size, timeout_s, timing, trace, ctx.solo, level, delay_s
             )
             outputs = _build_outputs(target, output_names, arrays)
             if answer is not None and not answer.done():
@@ -509,35 +504,47 @@ def _refuses(signature: ModelSignature, request: InferRequest) -> bool:
 
 def _check_parameters(request: InferRequest) -> None:
     """Refuse the request parameters that mean the same to every version when malformed:
-    Triton's `timeout` and our `label` (InvalidInputError). Checked before the version's own
-    checks, so that a rollout can tell a caller's mistake from its candidate's."""
-    requested = request.parameters.get("timeout")
-    if requested is not None and (
-        not isinstance(requested, int) or isinstance(requested, bool) or requested < 0
+    Triton's `timeout` and `priority`, and our `label` (InvalidInputError). Checked before the
+    version's own checks, so that a rollout can tell a caller's mistake from its candidate's."""
+    for name, what in (
+        ("timeout", "a non-negative integer number of microseconds"),
+        ("priority", "a non-negative integer (1 is the highest level; 0 the model's default)"),
     ):
-        raise InvalidInputError(
-            "parameter 'timeout' must be a non-negative integer number of microseconds"
-        )
+        value = request.parameters.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            raise InvalidInputError(f"parameter '{name}' must be {what}")
     label = request.parameters.get("label")
     if label is not None:
         parse_label(label, "parameter 'label'")
 
 
-def _wait_limit_s(
+def _queueing(
     request: InferRequest, ctx: RequestContext, loaded: LoadedVersion
-) -> float | None:
-    """How long the request may wait for the model: the transport's deadline (gRPC), and
-    Triton's `timeout` request parameter (microseconds) or the queue policy's default."""
-    limits: list[float] = []
-    if ctx.deadline_s is not None:
-        limits.append(ctx.deadline_s - time.monotonic())
+) -> tuple[int, float | None, float | None]:
+    """Where and how long the request may wait for the model: its priority level (Triton's
+    `priority` parameter; 0 for a model without levels), how long until it is refused (the
+    transport's deadline (gRPC), and Triton's `timeout` parameter in microseconds or the
+    level's queue policy default), and how long until it is delayed instead (the policy's
+    timeout_action DELAY: the transport's deadline still refuses)."""
     batching = loaded.policy.batching
+    level = 0
+    queue = None
+    if batching is not None:
+        level = batching.level(request.parameters.get("priority"))  # checked: int or None
+        queue = batching.queue_for(level)
+    policy_s = None
     requested = request.parameters.get("timeout")  # checked by _check_parameters
-    if requested and (batching is None or batching.queue.allow_timeout_override):
-        limits.append(requested / 1e6)
-    elif batching is not None and batching.queue.default_timeout_us:
-        limits.append(batching.queue.default_timeout_us / 1e6)
-    return min(limits) if limits else None
+    if requested and (queue is None or queue.allow_timeout_override):
+        policy_s = requested / 1e6
+    elif queue is not None and queue.default_timeout_us:
+        policy_s = queue.default_timeout_us / 1e6
+    deadline_s = None if ctx.deadline_s is None else ctx.deadline_s - time.monotonic()
+    if queue is not None and queue.delay:
+        return level, deadline_s, policy_s
+    limits = [limit for limit in (deadline_s, policy_s) if limit is not None]
+    return level, (min(limits) if limits else None), None
 
 
 def _build_outputs(

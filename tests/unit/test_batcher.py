@@ -213,6 +213,7 @@ def make(
     preferred: tuple[int, ...] = (),
     returning_wait_s: float = 0.0,
     solo_on_loop_s: float = 0.0,
+    level_queue_sizes: dict[int, int] | None = None,
 ) -> DynamicBatcher:
     config = BatcherConfig(
         max_batch_size=max_batch_size,
@@ -224,6 +225,7 @@ def make(
         preferred_batch_sizes=preferred,
         returning_wait_s=returning_wait_s,
         solo_on_loop_s=solo_on_loop_s,
+        level_queue_sizes=level_queue_sizes or {},
     )
     return DynamicBatcher("m:1", _implements_protocol(runner), workers, config, OUTPUTS)
 
@@ -234,9 +236,13 @@ def submit(
     outputs: Sequence[str] = OUTPUTS,
     timeout_s: float | None = None,
     solo: bool = False,
+    level: int = 0,
+    delay_s: float | None = None,
 ) -> asyncio.Task[list[Array]]:
     rows = feeds["X"].shape[0]
-    infer = batcher.infer(feeds, list(outputs), rows, timeout_s, solo=solo)
+    infer = batcher.infer(
+        feeds, list(outputs), rows, timeout_s, solo=solo, level=level, delay_s=delay_s
+    )
     return asyncio.create_task(infer)
 
 
@@ -494,6 +500,78 @@ async def test_queue_delay_ends_early_when_the_batch_is_ready(
 
 
 # -- deadlines, cancellation, overload ---------------------------------------------------------
+
+
+# -- priority levels and timeout_action DELAY ---------------------------------------------------
+
+
+async def test_the_line_serves_priority_levels_in_order_and_arrivals_within_each(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    batcher = make(gated, workers, max_batch_size=2)
+    first = await hold(batcher, gated)
+    levels = {1: 3, 2: 1, 3: 2, 4: 3, 5: 1, 6: 2, 7: 1}  # request id -> level
+    tasks = {i: submit(batcher, feed(i), level=level) for i, level in levels.items()}
+    await until(lambda: batcher.waiting == 7, "seven requests in line")
+    gated.release(100)
+    assert_answer(await first, feed(0), OUTPUTS)
+    for i, task in tasks.items():
+        assert_answer(await task, feed(i), OUTPUTS)
+    assert [run.request_ids for run in gated.runs] == [(0,), (2, 5), (7, 3), (6, 1), (4,)]
+
+
+async def test_a_full_priority_level_refuses_while_the_others_take_requests(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    batcher = make(gated, workers, max_queue_size=3, level_queue_sizes={1: 1})
+    first = await hold(batcher, gated)
+    waiting = [submit(batcher, feed(1), level=1), submit(batcher, feed(2), level=2)]
+    await until(lambda: batcher.waiting == 2, "two requests in line")
+    with pytest.raises(OverloadedError, match="1 at priority level 1"):
+        await submit(batcher, feed(3), level=1)
+    waiting += [submit(batcher, feed(4), level=2), submit(batcher, feed(5), level=2)]
+    await until(lambda: batcher.waiting == 4, "four requests in line")
+    with pytest.raises(OverloadedError, match="3 at priority level 2"):
+        await submit(batcher, feed(6), level=2)
+    gated.release(100)
+    assert_answer(await first, feed(0), OUTPUTS)
+    for task, i in zip(waiting, (1, 2, 4, 5), strict=True):
+        assert_answer(await task, feed(i), OUTPUTS)
+    assert batcher.stats.refused == 2
+
+
+async def test_a_delayed_request_waits_behind_its_level_and_ahead_of_the_levels_below(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    """timeout_action DELAY: request 1's timeout passes while it waits; it is not refused but
+    moves behind request 2 (same level, in time), still ahead of request 3 (the level below)."""
+    batcher = make(gated, workers, merge=False)
+    first = await hold(batcher, gated)
+    delayed = submit(batcher, feed(1), level=1, delay_s=0.05)
+    patient = submit(batcher, feed(2), level=1)
+    below = submit(batcher, feed(3), level=2)
+    await until(lambda: batcher.waiting == 3, "three requests in line")
+    await asyncio.sleep(0.15)
+    gated.release(100)
+    for task, i in ((first, 0), (delayed, 1), (patient, 2), (below, 3)):
+        assert_answer(await task, feed(i), OUTPUTS)
+    assert [run.request_ids for run in gated.runs] == [(0,), (2,), (1,), (3,)]
+    assert batcher.stats.expired == 0
+
+
+async def test_a_delayed_request_still_expires_at_its_deadline(
+    workers: WorkerPool, gated: GatedRunner
+) -> None:
+    batcher = make(gated, workers)
+    first = await hold(batcher, gated)
+    late = submit(batcher, feed(1), timeout_s=0.15, delay_s=0.05)
+    await asyncio.sleep(0.25)
+    with pytest.raises(DeadlineExceededError, match="it was not run"):
+        await late
+    assert batcher.waiting == 0
+    gated.release(100)
+    assert_answer(await first, feed(0), OUTPUTS)
+    assert [run.request_ids for run in gated.runs] == [(0,)]
 
 
 # -- waiting for returning callers ------------------------------------------------------------

@@ -61,6 +61,30 @@ def test_full_supported_config() -> None:
     assert policy.parameters == {"intra_op_thread_count": "2"}
 
 
+def test_priority_levels_and_queue_policies() -> None:
+    batching = parse(
+        """
+        max_batch_size: 8
+        dynamic_batching {
+          priority_levels: 3
+          default_priority_level: 2
+          default_queue_policy { timeout_action: DELAY, default_timeout_microseconds: 100 }
+          priority_queue_policy { key: 1 value { max_queue_size: 4, allow_timeout_override: true } }
+        }
+        """
+    ).batching
+    assert batching is not None
+    assert batching.priority_levels == 3 and batching.default_priority_level == 2
+    assert batching.queue.delay and batching.queue.default_timeout_us == 100
+    first = batching.queue_for(1)
+    assert first.max_queue_size == 4 and first.allow_timeout_override and not first.delay
+    assert batching.queue_for(2) is batching.queue is batching.queue_for(3)
+    # Triton: a request naming no level, level 0 or one past the last waits at the default.
+    levels = [batching.level(p) for p in (None, 0, 1, 2, 3, 4, 10**12)]
+    assert levels == [2, 2, 1, 2, 3, 2, 2]
+    assert parse("dynamic_batching { }").batching.level(1) == 0  # type: ignore[union-attr]
+
+
 def test_version_policies() -> None:
     assert parse("version_policy: { all { } }").versions.select([3, 1, 2]) == [1, 2, 3]
     specific = parse("version_policy: { specific { versions: [ 1, 3 ] } }").versions
@@ -86,8 +110,17 @@ def test_version_policies() -> None:
             ["'reshape' is not supported"],
         ),
         ("version_policy: { latest: { num_versions: 0 } }", ["num_versions must be >= 1"]),
-        ("dynamic_batching { priority_levels: 2 }", ["priority levels"]),
-        ("dynamic_batching { default_queue_policy { timeout_action: DELAY } }", ["DELAY"]),
+        ("dynamic_batching { priority_levels: 2 }", ["default_priority_level", "not 0"]),
+        (
+            "dynamic_batching { priority_levels: 2, default_priority_level: 3 }",
+            ["default_priority_level must be between 1 and priority_levels (2)"],
+        ),
+        ("dynamic_batching { default_priority_level: 1 }", ["needs priority_levels"]),
+        (
+            "dynamic_batching { priority_levels: 2, default_priority_level: 1,"
+            " priority_queue_policy { key: 3 value { max_queue_size: 1 } } }",
+            ["priority_queue_policy names level(s) 3", "outside 1..priority_levels (2)"],
+        ),
         ("instance_group [ { kind: KIND_MODEL } ]", ["KIND_MODEL"]),
         ("instance_group [ { kind: KIND_CPU }, { kind: KIND_GPU } ]", ["mixes KIND_CPU"]),
         (
