@@ -27,14 +27,14 @@ the hand-off to an inference thread and back costs a lone caller more than the l
 The first one-row run of a version is timed on a thread; a longer run turns it off until a
 shorter one is timed again. Under load no call is solo, and batches form as before.
 
-When a run of several requests fails, the batcher does not fail them all: a merged batch's
-error may come from one caller's values (an index out of range answers "the model cannot run
-on this input"), and its batch-mates did nothing wrong. The failed batch goes back to the head
-of the line in two halves that run apart, and so on down, so the requests that fail alone get
-their own run's error and the others their answers. One bad request among n costs about
-2 log2(n) more runs, of shrinking sizes; if every request fails, 2n - 1 runs in all. A run that
-fails on a single request, an answer of the wrong shape, or a server that is stopping is
-answered as before.
+When a run of several requests fails on a caller's values (the runner's InvalidInputError: an
+index out of range answers "the model cannot run on this input"), the batcher does not fail
+them all: its batch-mates did nothing wrong. The failed batch goes back to the head of the line
+in two halves that run apart, and so on down, so the requests that fail alone get their own
+run's error and the others their answers. One bad request among n costs about 2 log2(n) more
+runs, of shrinking sizes; if every request fails, 2n - 1 runs in all. Other failures (the
+server's: memory, device, a bug), a run of a single request, an answer of the wrong shape or a
+server that is stopping fail the batch's requests as before.
 
 With Triton's priority levels the line is ordered by level (1 first), then arrival: a request
 joins behind those of its level and ahead of the levels below. Each level has its queue policy
@@ -70,6 +70,7 @@ from gateway.core.errors import (
     DeadlineExceededError,
     GatewayError,
     InternalError,
+    InvalidInputError,
     OverloadedError,
     UnavailableError,
 )
@@ -439,7 +440,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while self._running < self.config.concurrency and self._line:
             batch, rows = self._collect()
-            due_s = self._wait_until(rows)
+            due_s = self._wait_until(batch, rows)
             if due_s is not None:
                 self._arm_timer(due_s)
                 return
@@ -484,7 +485,7 @@ class DynamicBatcher:
                 rows += request.rows
         return batch, rows
 
-    def _wait_until(self, rows: int) -> float | None:
+    def _wait_until(self, batch: list[_Request], rows: int) -> float | None:
         """When the batch of `rows` may launch at the latest (loop time), if it should wait for
         company; None to launch it now."""
         config = self.config
@@ -496,7 +497,9 @@ class DynamicBatcher:
             preferred = config.preferred_batch_sizes
             if preferred and (rows in preferred or rows >= max(preferred)):
                 return None
-            due_s = self._line[0].enqueued_s + config.max_queue_delay_s
+            # From the oldest request in it, as Triton: with priority levels or DELAY the head
+            # may be younger than requests behind it.
+            due_s = min(request.enqueued_s for request in batch) + config.max_queue_delay_s
         elif rows < self._returning_rows:
             due_s = self._returning_since_s + config.returning_wait_s
         else:
@@ -631,9 +634,7 @@ class DynamicBatcher:
             # SystemExit raised on the inference thread: it must not stop the event loop)
             logger.exception("model %s failed on a batch of %d rows", self.name, rows)
             error = f"model '{self.name}' failed; see the gateway log"
-            internal = InternalError(error)
-            if not (isinstance(raised, Exception) and self._split_failed(batch, internal)):
-                self._fail(batch, internal)
+            self._fail(batch, InternalError(error))
         else:
             for request, part in zip(batch, parts, strict=True):
                 if not request.result.done():
@@ -654,14 +655,16 @@ class DynamicBatcher:
 
     def _split_failed(self, batch: list[_Request], failure: GatewayError) -> bool:
         """Put a failed run's requests back at the head of the line in two halves that run
-        apart (module docstring); False if fewer than two callers still wait for it."""
+        apart (module docstring); False if it ran one request, or none still waits for it,
+        or its error is not one a caller's values cause (InvalidInputError)."""
         waiting = [request for request in batch if not request.result.done()]
-        if len(waiting) < 2:
+        if len(batch) < 2 or not waiting or not isinstance(failure, InvalidInputError):
             return False
         self.stats.split += 1
         now_s = asyncio.get_running_loop().time()
-        middle = len(waiting) // 2
-        for half in (waiting[middle:], waiting[:middle]):  # the first half ends up at the head
+        middle = len(waiting) // 2  # one caller left (the others went): it runs alone
+        halves = (waiting[middle:], waiting[:middle]) if middle else (waiting,)
+        for half in halves:  # the first half ends up at the head
             key = ("half", next(self._halves))
             for request in reversed(half):
                 request.failed = failure

@@ -535,11 +535,17 @@ def _queueing(
         level = batching.level(request.parameters.get("priority"))  # checked: int or None
         queue = batching.queue_for(level)
     policy_s = None
+    default_us = queue.default_timeout_us if queue is not None else 0
     requested = request.parameters.get("timeout")  # checked by _check_parameters
-    if requested and (queue is None or queue.allow_timeout_override):
+    # Triton: an override may shorten the policy's timeout, never lengthen it.
+    if (
+        requested
+        and (queue is None or queue.allow_timeout_override)
+        and (not default_us or requested < default_us)
+    ):
         policy_s = requested / 1e6
-    elif queue is not None and queue.default_timeout_us:
-        policy_s = queue.default_timeout_us / 1e6
+    elif default_us:
+        policy_s = default_us / 1e6
     deadline_s = None if ctx.deadline_s is None else ctx.deadline_s - time.monotonic()
     if queue is not None and queue.delay:
         return level, deadline_s, policy_s

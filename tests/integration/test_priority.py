@@ -44,6 +44,13 @@ dynamic_batching {{
   default_queue_policy {{ timeout_action: DELAY, default_timeout_microseconds: 1000 }}
 }}
 """
+CAPPED = f"""
+max_batch_size: {ROWS}
+instance_group [ {{ count: 1, kind: KIND_CPU }} ]
+dynamic_batching {{
+  default_queue_policy {{ default_timeout_microseconds: 1000, allow_timeout_override: true }}
+}}
+"""
 HURRIED = f"""
 max_batch_size: {ROWS}
 instance_group [ {{ count: 1, kind: KIND_CPU }} ]
@@ -58,6 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]
         ("ranked", RANKED, 256),  # a run long enough (about 0.1 s) to queue eight behind it
         ("patient", PATIENT, 16),
         ("hurried", HURRIED, 16),
+        ("capped", CAPPED, 16),
     ):
         models.slow(root / name / "1" / "model.onnx", width=WIDTH, depth=depth)
         models.write_config(root / name, config)
@@ -83,11 +91,13 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 class Caller:
     """A client of one protocol with request `i`'s input ready (its rows are all i)."""
 
-    def __init__(self, server: RunningGateway, protocol: str, i: int, priority: int = 0):
+    def __init__(
+        self, server: RunningGateway, protocol: str, i: int, priority: int = 0, timeout_us: int = 0
+    ):
         self.module: Any = grpcclient if protocol == "grpc" else httpclient
         url = server.grpc_url if protocol == "grpc" else server.http_url
         self.client = self.module.InferenceServerClient(url)
-        self.i, self.priority = i, priority
+        self.i, self.priority, self.timeout_us = i, priority, timeout_us
         self.x = self.module.InferInput("X", [ROWS, WIDTH], "FP32")
         self.x.set_data_from_numpy(np.full((ROWS, WIDTH), i, np.float32))
 
@@ -95,7 +105,11 @@ class Caller:
         """Y, or InferenceServerException."""
         try:
             result = self.client.infer(
-                model, [self.x], request_id=str(self.i), priority=self.priority
+                model,
+                [self.x],
+                request_id=str(self.i),
+                priority=self.priority,
+                timeout=self.timeout_us or None,
             )
             y: np.ndarray = result.as_numpy("Y")
             return y
@@ -136,12 +150,14 @@ def test_delay_serves_requests_whose_timeout_passed_where_reject_refuses_them(
     server: RunningGateway,
 ) -> None:
     """Six requests at once, each a batch of tens of ms, with a 1 ms queue timeout: with
-    timeout_action DELAY every one is answered; with REJECT those that waited get 504s."""
+    timeout_action DELAY every one is answered; with REJECT those that waited get 504s, also
+    where a longer `timeout` parameter may override (an override only shortens)."""
     outcomes: dict[str, list[str]] = {}
-    for model in ("patient", "hurried"):
+    for model in ("patient", "hurried", "capped"):
 
         def call(i: int, model: str = model) -> str:
-            caller = Caller(server, ("grpc", "http")[i % 2], i)
+            # A minute's `timeout`: Triton lets an override shorten the policy's, not lengthen it.
+            caller = Caller(server, ("grpc", "http")[i % 2], i, timeout_us=60_000_000)
             try:
                 y = caller.infer(model)
             except InferenceServerException as refused:
@@ -153,9 +169,10 @@ def test_delay_serves_requests_whose_timeout_passed_where_reject_refuses_them(
             outcomes[model] = list(pool.map(call, range(6), timeout=WAIT_S))
     assert outcomes["patient"] == ["ok"] * 6, outcomes
     assert batcher_of(server, "patient").stats.expired == 0
-    refused = [o for o in outcomes["hurried"] if o != "ok"]
-    assert len(refused) >= 3, outcomes  # at most two batches start within 1 ms
-    assert all(("504" in o or "DEADLINE_EXCEEDED" in o) for o in refused), refused
+    for model in ("hurried", "capped"):
+        refused = [o for o in outcomes[model] if o != "ok"]
+        assert len(refused) >= 3, outcomes  # at most two batches start within 1 ms
+        assert all(("504" in o or "DEADLINE_EXCEEDED" in o) for o in refused), refused
 
 
 @pytest.mark.parametrize("value", ["high", -1, 1.5, True, [1]])

@@ -22,7 +22,6 @@ import pytest
 from gateway.core.batcher import BatcherConfig, BatcherStats, DynamicBatcher
 from gateway.core.errors import (
     DeadlineExceededError,
-    GatewayError,
     InternalError,
     InvalidInputError,
     OverloadedError,
@@ -574,6 +573,31 @@ async def test_a_delayed_request_still_expires_at_its_deadline(
     assert [run.request_ids for run in gated.runs] == [(0,)]
 
 
+@pytest.mark.parametrize("case", ["a-higher-level-arrives", "the-oldest-is-delayed"])
+async def test_the_queue_delay_runs_from_the_oldest_request_of_the_batch(
+    workers: WorkerPool, case: str
+) -> None:
+    """max_queue_delay 0.3 s from request 1's arrival, whoever heads the line: request 2 (a
+    higher level, or the head once request 1 is delayed) arrives 0.2 s later and must not
+    push the launch to 0.5 s."""
+    runner = ArithRunner()
+    batcher = make(runner, workers, delay_s=0.3)
+    started = time.monotonic()
+    if case == "a-higher-level-arrives":
+        oldest = submit(batcher, feed(1), level=2)
+        await asyncio.sleep(0.2)
+        younger = submit(batcher, feed(2), level=1)
+    else:
+        oldest = submit(batcher, feed(1), level=1, delay_s=0.1)
+        await asyncio.sleep(0.2)
+        younger = submit(batcher, feed(2), level=1)
+    assert_answer(await oldest, feed(1), OUTPUTS)
+    waited_s = time.monotonic() - started
+    assert_answer(await younger, feed(2), OUTPUTS)
+    assert [run.request_ids for run in runner.runs] == [(2, 1)]
+    assert 0.29 <= waited_s < 0.45, waited_s
+
+
 # -- waiting for returning callers ------------------------------------------------------------
 
 
@@ -846,36 +870,49 @@ async def test_a_request_past_its_deadline_is_never_launched_even_if_its_timer_i
 # -- failures ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("marker", "error", "message"),
-    [
-        pytest.param(BAD_INPUT, InvalidInputError, "value the model rejects", id="gateway-error"),
-        pytest.param(CRASH, InternalError, "model 'm:1'", id="plain-exception"),
-    ],
-)
-async def test_a_runner_error_fails_only_the_request_that_fails_alone(
-    workers: WorkerPool,
-    failing: GatedRunner,
-    marker: int,
-    error: type[GatewayError],
-    message: str,
+async def test_a_runner_error_on_a_callers_values_fails_only_the_request_that_fails_alone(
+    workers: WorkerPool, failing: GatedRunner
 ) -> None:
-    """The batch [marker, 1] fails; its halves run apart, ahead of the line, and merge with no
-    one: the marker gets its own run's error, request 1 its answer, [2, 3] are untouched."""
+    """The batch [BAD_INPUT, 1] fails; its halves run apart, ahead of the line, and merge with
+    no one: BAD_INPUT gets its own run's error, request 1 its answer, [2, 3] are untouched."""
     batcher = make(failing, workers, max_batch_size=2)
     first = await hold(batcher, failing)
-    order = [marker, 1, 2, 3]  # batches [marker, 1] and [2, 3]
+    order = [BAD_INPUT, 1, 2, 3]  # batches [BAD_INPUT, 1] and [2, 3]
     tasks = {i: submit(batcher, feed(i)) for i in order}
     await until(lambda: batcher.waiting == 4, "four requests in line")
     failing.release(100)
     assert_answer(await first, feed(0), OUTPUTS)
-    with pytest.raises(error, match=message):
-        await tasks[marker]
+    with pytest.raises(InvalidInputError, match="value the model rejects"):
+        await tasks[BAD_INPUT]
     for i in (1, 2, 3):
         assert_answer(await tasks[i], feed(i), OUTPUTS)
-    assert [run.request_ids for run in failing.runs] == [(0,), (marker, 1), (marker,), (1,), (2, 3)]
+    runs = [run.request_ids for run in failing.runs]
+    assert runs == [(0,), (BAD_INPUT, 1), (BAD_INPUT,), (1,), (2, 3)]
     assert batcher.stats.split == 1
     assert_answer(await submit(batcher, feed(4)), feed(4), OUTPUTS)
+
+
+async def test_a_server_side_runner_failure_fails_exactly_that_batch(
+    workers: WorkerPool, failing: GatedRunner
+) -> None:
+    """Not the caller's values (here a plain exception, a bug): nothing to find by running the
+    requests apart, so the batch's requests fail together and the next batch runs."""
+    batcher = make(failing, workers, max_batch_size=2)
+    first = await hold(batcher, failing)
+    tasks = {i: submit(batcher, feed(i)) for i in (CRASH, 1, 2, 3)}
+    await until(lambda: batcher.waiting == 4, "four requests in line")
+    failing.release(100)
+    assert_answer(await first, feed(0), OUTPUTS)
+    raised = []
+    for i in (CRASH, 1):
+        with pytest.raises(InternalError, match="model 'm:1'") as caught:
+            await tasks[i]
+        raised.append(caught.value)
+    assert raised[0] is not raised[1]  # each caller gets its own exception
+    for i in (2, 3):
+        assert_answer(await tasks[i], feed(i), OUTPUTS)
+    assert [run.request_ids for run in failing.runs] == [(0,), (CRASH, 1), (2, 3)]
+    assert batcher.stats.split == 0
 
 
 class RejectingRunner(GatedRunner):
@@ -925,24 +962,29 @@ async def test_a_failed_batch_is_halved_until_each_request_that_fails_alone_is_f
         runner.release(1000)
 
 
-async def test_a_caller_gone_from_a_failed_batch_is_not_run_again(
-    workers: WorkerPool, failing: GatedRunner
+@pytest.mark.parametrize("leaving", [1, BAD_INPUT])
+async def test_the_one_caller_left_of_a_failed_batch_runs_alone(
+    workers: WorkerPool, failing: GatedRunner, leaving: int
 ) -> None:
-    """Of [BAD_INPUT, 1], request 1 leaves while the batch runs: no one else waits for a split,
-    so BAD_INPUT gets the batch's error with no second run."""
+    """Of [1, BAD_INPUT], one caller leaves while the batch runs: the other runs again alone,
+    so it gets its own answer (or its own error), never its departed batch-mate's."""
     batcher = make(failing, workers)
     first = await hold(batcher, failing)
-    bad, leaving = submit(batcher, feed(BAD_INPUT)), submit(batcher, feed(1))
+    tasks = {i: submit(batcher, feed(i)) for i in (1, BAD_INPUT)}
     await until(lambda: batcher.waiting == 2, "two requests in line")
     failing.release(1)
     assert_answer(await first, feed(0), OUTPUTS)
-    assert (await failing.next_start()).request_ids == (BAD_INPUT, 1)
-    leaving.cancel()
+    assert (await failing.next_start()).request_ids == (1, BAD_INPUT)
+    tasks[leaving].cancel()
     failing.release(100)
-    with pytest.raises(InvalidInputError):
-        await bad
-    assert [run.request_ids for run in failing.runs] == [(0,), (BAD_INPUT, 1)]
-    assert batcher.stats.split == 0 and batcher.waiting == 0
+    (staying,) = {1, BAD_INPUT} - {leaving}
+    if staying == 1:
+        assert_answer(await tasks[1], feed(1), OUTPUTS)
+    else:
+        with pytest.raises(InvalidInputError):
+            await tasks[BAD_INPUT]
+    assert [run.request_ids for run in failing.runs] == [(0,), (1, BAD_INPUT), (staying,)]
+    assert batcher.waiting == 0
 
 
 async def test_a_deadline_that_passed_during_the_failed_run_is_answered_not_rerun(
