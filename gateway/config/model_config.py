@@ -119,10 +119,9 @@ def _batching(path: Path, config: Any) -> BatchingPolicy | None:
             f"{path}: dynamic_batching.default_priority_level must be between 1 and "
             f"priority_levels ({levels}), not {batching.default_priority_level}"
         )
-    if not levels and batching.default_priority_level:
-        raise ModelConfigError(
-            f"{path}: dynamic_batching.default_priority_level needs priority_levels"
-        )
+    for name in ("default_priority_level", "priority_queue_policy"):
+        if not levels and getattr(batching, name):  # Triton ignores them; we never do silently
+            raise ModelConfigError(f"{path}: dynamic_batching.{name} needs priority_levels")
     outside = sorted(level for level in batching.priority_queue_policy if not 1 <= level <= levels)
     if outside:
         raise ModelConfigError(

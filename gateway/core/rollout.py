@@ -8,13 +8,13 @@ observes, shadow agreement from the ShadowDispatcher, accuracy from the Feedback
 transition is logged, kept in the rollout's history, and persisted in `<model>/rollout.json`,
 so a restart resumes a running rollout (its current step starts its window again).
 
-The gates compare the two versions on the traffic the policy routes, which sends both the same
-mix of callers. Left out of the windows: shadow copies (judged by agreement), callers that left,
-requests every version refuses (malformed: RequestEvent.refused_by_all), and, of the requests
-pinned to a version by number or label, those that expired or found its line full. A caller
-that pins a 1 us deadline, or a flood, to the candidate would otherwise roll it back on its own
-choices; the stable version never sees those requests. A pinned request's answers, its model's
-errors and its latency still count.
+Left out of the windows: shadow copies (judged by agreement), callers that left, requests every
+version refuses (malformed: RequestEvent.refused_by_all), and a request pinned to a version (by
+number or label) that expired in line, never run, under a wait limit its caller set shorter
+than the stable version's median latency: a deadline the stable version misses more often than
+it meets, which a caller chose for one version (a client pinning a 1 us `timeout` to the
+candidate would roll it back). Routed requests all count: the policy sends both versions the
+same mix of callers and deadlines. Every other outcome of a pinned request counts.
 """
 
 from __future__ import annotations
@@ -49,9 +49,7 @@ from gateway.core.traffic import Shadow, Tolerance, TrafficPolicy
 
 logger = logging.getLogger("gateway.rollout")
 
-CALLERS_LOAD = frozenset({ErrorCode.DEADLINE_EXCEEDED.value, ErrorCode.OVERLOADED.value})
-"""Outcomes of a request pinned to a version that its caller's choices explain: a deadline
-shorter than any version meets, a flood that fills the version's line."""
+DEADLINE_EXCEEDED = ErrorCode.DEADLINE_EXCEEDED.value
 HOLD_AFTER_INTERVALS = 10
 """A step whose candidate has too few requests after this many intervals holds (and says so)."""
 STABLE_LABEL = "stable"
@@ -102,8 +100,8 @@ class RolloutController:
             return  # shadow copies are judged by agreement; a caller that left judges nothing
         if event.refused_by_all:
             return  # malformed for both versions: the caller's fault, whichever version it met
-        if event.pinned and event.code in CALLERS_LOAD:
-            return  # the caller chose the version, the deadline and the load (module docstring)
+        if event.code == DEADLINE_EXCEEDED and event.pinned and self._unmeetable(rollout, event):
+            return  # a deadline its caller chose, too short for either version (docstring)
         window = rollout.windows.get(event.version)
         if window is None:
             plan = rollout.plan
@@ -114,6 +112,21 @@ class RolloutController:
 
     def batch_finished(self, event: BatchEvent) -> None:
         return
+
+    @staticmethod
+    def _unmeetable(rollout: Rollout, event: RequestEvent) -> bool:
+        """The request expired in line, never run, under a limit its caller set shorter than
+        the stable version's median latency (this step's, else the latest known; unknown
+        yet: the caller's choice has the benefit of the doubt)."""
+        limit_s = event.caller_limit_s
+        if limit_s is None or event.timing.launched_ns:
+            return False
+        stable = rollout.windows.get(str(rollout.plan.from_version))
+        median_s = stable.median_s() if stable is not None else None
+        if median_s is not None:
+            rollout.stable_median_s = median_s
+        known_s = rollout.stable_median_s
+        return known_s is None or limit_s < known_s
 
     # -- what the API calls ---------------------------------------------------------------
     def rollouts(self) -> list[Rollout]:

@@ -66,6 +66,9 @@ class Window:
     requests: int = 0
     errors: int = 0
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    _median_s: float | None = field(default=None, repr=False)
+    _median_at: int = field(default=0, repr=False)
+    """`requests` when the median was last sorted out: it is sorted again 64 requests on."""
 
     def record(self, ok: bool, latency_s: float) -> None:
         self.requests += 1
@@ -73,6 +76,14 @@ class Window:
             self.latencies_s.append(latency_s)
         else:
             self.errors += 1
+
+    def median_s(self) -> float | None:
+        """The median latency of the ok answers (None without any), recomputed at most every
+        64 requests: callers may ask once a request."""
+        if self.latencies_s and (self._median_s is None or self.requests - self._median_at >= 64):
+            ordered = sorted(self.latencies_s)
+            self._median_s, self._median_at = ordered[len(ordered) // 2], self.requests
+        return self._median_s
 
     def figures(self) -> Figures:
         return Figures(self.requests, self.errors, p99_ms(self.latencies_s))

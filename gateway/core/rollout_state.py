@@ -41,6 +41,8 @@ class Rollout:
         self.windows: dict[str, Window] = {}
         self.pair_at_start = (0, 0)
         self.evaluation: list[GateResult] = []
+        self.stable_median_s: float | None = None
+        """The stable version's latest known median latency (for pinned requests' deadlines)."""
         self.baseline: Figures | None = None
         """The stable version's figures of the latest step it served (compared with at 100%)."""
         self.history: list[dict[str, Any]] = []

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy.typing as npt
 
@@ -355,6 +355,7 @@ class InferenceService:
         rows = 0
         code, error = OK, ""
         refused_by_all = False
+        queueing: _Queueing | None = None
         answer: asyncio.Future[Sequence[Tensor] | None] | None = None
         target.acquire()  # an unload or swap waits for this request
         try:
@@ -371,9 +372,17 @@ class InferenceService:
             rows = max(batch_size, 1)
             if policy is not None and policy.shadows and entry is not None:
                 answer = self._start_shadows(request, ctx.protocol, entry, policy, target, key)
-            level, timeout_s, delay_s = _queueing(request, ctx, loaded)
+            queueing = _queueing(request, ctx, loaded)
             arrays = await batcher.infer(
-                feeds, output_names, batch_size, timeout_s, timing, trace, ctx.solo, level, delay_s
+                feeds,
+                output_names,
+                batch_size,
+                queueing.timeout_s,
+                timing,
+                trace,
+                ctx.solo,
+                queueing.level,
+                queueing.delay_s,
             )
             outputs = _build_outputs(target, output_names, arrays)
             if answer is not None and not answer.done():
@@ -407,6 +416,7 @@ class InferenceService:
                     error,
                     refused_by_all,
                     pinned=bool(request.model_version),
+                    caller_limit_s=None if queueing is None else queueing.caller_limit_s,
                 ),
                 trace,
             )
@@ -520,21 +530,27 @@ def _check_parameters(request: InferRequest) -> None:
         parse_label(label, "parameter 'label'")
 
 
-def _queueing(
-    request: InferRequest, ctx: RequestContext, loaded: LoadedVersion
-) -> tuple[int, float | None, float | None]:
-    """Where and how long the request may wait for the model: its priority level (Triton's
-    `priority` parameter; 0 for a model without levels), how long until it is refused (the
-    transport's deadline (gRPC), and Triton's `timeout` parameter in microseconds or the
-    level's queue policy default), and how long until it is delayed instead (the policy's
-    timeout_action DELAY: the transport's deadline still refuses)."""
+class _Queueing(NamedTuple):
+    level: int
+    """Its priority level (Triton's `priority` parameter); 0 for a model without levels."""
+    timeout_s: float | None
+    """How long until it is refused: the transport's deadline (gRPC), and the `timeout`
+    parameter or the level's queue policy default (unless that policy DELAYs instead)."""
+    delay_s: float | None
+    """How long until it is delayed instead (the policy's timeout_action DELAY)."""
+    caller_limit_s: float | None
+    """The part of those limits its caller set: the deadline, an honoured `timeout`."""
+
+
+def _queueing(request: InferRequest, ctx: RequestContext, loaded: LoadedVersion) -> _Queueing:
+    """Where and how long the request may wait for the model (see _Queueing)."""
     batching = loaded.policy.batching
     level = 0
     queue = None
     if batching is not None:
         level = batching.level(request.parameters.get("priority"))  # checked: int or None
         queue = batching.queue_for(level)
-    policy_s = None
+    policy_s = requested_s = None
     default_us = queue.default_timeout_us if queue is not None else 0
     requested = request.parameters.get("timeout")  # checked by _check_parameters
     # Triton: an override may shorten the policy's timeout, never lengthen it.
@@ -543,14 +559,16 @@ def _queueing(
         and (queue is None or queue.allow_timeout_override)
         and (not default_us or requested < default_us)
     ):
-        policy_s = requested / 1e6
+        policy_s = requested_s = requested / 1e6
     elif default_us:
         policy_s = default_us / 1e6
     deadline_s = None if ctx.deadline_s is None else ctx.deadline_s - time.monotonic()
+    callers = [limit for limit in (deadline_s, requested_s) if limit is not None]
+    caller_limit_s = min(callers) if callers else None
     if queue is not None and queue.delay:
-        return level, deadline_s, policy_s
+        return _Queueing(level, deadline_s, policy_s, deadline_s)
     limits = [limit for limit in (deadline_s, policy_s) if limit is not None]
-    return level, (min(limits) if limits else None), None
+    return _Queueing(level, min(limits) if limits else None, None, caller_limit_s)
 
 
 def _build_outputs(

@@ -47,11 +47,15 @@ class RequestEvent:
     request_id: str = ""
     error: str = ""
     refused_by_all: bool = False
-    """Refused for the caller's mistake, not this version's: a malformed `timeout` or `label`
-    parameter, or inputs that every other loaded version named in the model's traffic policy
-    refuses too (a rollout's error gate leaves it out; the request metrics count it)."""
+    """Refused for the caller's mistake, not this version's: a malformed `timeout`, `priority`
+    or `label` parameter, or inputs that every other loaded version named in the model's
+    traffic policy refuses too (a rollout's error gate leaves it out; the request metrics
+    count it)."""
     pinned: bool = False
     """The caller named the version (a number or a label): no traffic policy chose it."""
+    caller_limit_s: float | None = None
+    """The wait limit its caller set, if any: the gRPC deadline, or a `timeout` parameter the
+    queue policy honoured (not the policy's own default)."""
 
 
 @dataclass(slots=True)

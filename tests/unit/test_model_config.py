@@ -117,6 +117,10 @@ def test_version_policies() -> None:
         ),
         ("dynamic_batching { default_priority_level: 1 }", ["needs priority_levels"]),
         (
+            "dynamic_batching { priority_queue_policy { key: 1 value { max_queue_size: 1 } } }",
+            ["priority_queue_policy needs priority_levels"],
+        ),
+        (
             "dynamic_batching { priority_levels: 2, default_priority_level: 1,"
             " priority_queue_policy { key: 3 value { max_queue_size: 1 } } }",
             ["priority_queue_policy names level(s) 3", "outside 1..priority_levels (2)"],

@@ -83,6 +83,10 @@ class Traffic:
     error_code: str = "internal"
     errors_pinned: bool = False
     """The errors' requests named their version (number or label)."""
+    errors_limit_s: float | None = None
+    """The wait limit their callers set."""
+    errors_ran: bool = False
+    """They reached a batch (launched) before they failed."""
 
 
 class Harness:
@@ -113,6 +117,7 @@ class Harness:
         for version, (count, errors, latency_ms) in self.traffic.per_poll.items():
             for i in range(count):
                 failed = i < errors
+                ran = failed and self.traffic.errors_ran
                 event = RequestEvent(
                     "m",
                     version,
@@ -122,8 +127,9 @@ class Harness:
                     0,
                     int(latency_ms * MS),
                     1,
-                    RequestTiming(),
+                    RequestTiming(launched_ns=1 if ran else 0),
                     pinned=failed and self.traffic.errors_pinned,
+                    caller_limit_s=self.traffic.errors_limit_s if failed else None,
                 )
                 self.controller.request_finished(event)
         pair = self.shadows.pair("m", 1, 2)
@@ -202,23 +208,34 @@ async def test_a_failing_gate_rolls_back_and_says_why(
     assert h.registry.get_model("m").labels == {}
 
 
+TINY, AMPLE = 1e-6, 0.1
+"""Wait limits a caller may set: far below the stable version's 2 ms median, and above it."""
+
+
 @pytest.mark.parametrize(
-    ("code", "pinned", "state"),
+    ("code", "pinned", "limit_s", "ran", "state"),
     [
-        ("deadline_exceeded", True, "promoted"),  # a deadline the caller chose for it
-        ("overloaded", True, "promoted"),  # a flood the caller sent to it
-        ("deadline_exceeded", False, "rolled_back"),  # routed: both versions see that mix
-        ("overloaded", False, "rolled_back"),
-        ("internal", True, "rolled_back"),  # the version's own failure, pinned or not
-        ("invalid_argument", True, "rolled_back"),  # the model refused values only it sees
+        # A pinned deadline no version meets, the request never run: the caller's choice.
+        ("deadline_exceeded", True, TINY, False, "promoted"),
+        # ... but a deadline the stable version meets, the candidate's queue policy default
+        # (no caller limit), a request that ran (its batch failed), or routed traffic: counted.
+        ("deadline_exceeded", True, AMPLE, False, "rolled_back"),
+        ("deadline_exceeded", True, None, False, "rolled_back"),
+        ("deadline_exceeded", True, TINY, True, "rolled_back"),
+        ("deadline_exceeded", False, TINY, False, "rolled_back"),
+        # A full line is shared with routed requests: a pinned flood's 429s count.
+        ("overloaded", True, TINY, False, "rolled_back"),
+        ("internal", True, TINY, False, "rolled_back"),
+        ("invalid_argument", True, None, True, "rolled_back"),
     ],
 )
-async def test_pinned_requests_count_except_their_expiries_and_full_line_refusals(
-    code: str, pinned: bool, state: str
+async def test_pinned_deadlines_shorter_than_the_stable_versions_median_are_left_out(
+    code: str, pinned: bool, limit_s: float | None, ran: bool, state: str
 ) -> None:
     h = Harness()
     h.traffic.per_poll = {"1": (10, 0, 2.0), "2": (10, 3, 2.0)}
     h.traffic.error_code, h.traffic.errors_pinned = code, pinned
+    h.traffic.errors_limit_s, h.traffic.errors_ran = limit_s, ran
     await h.controller.start("m", PLAN)
     done = await h.until_done()
     assert done["state"] == state, done["reason"]
