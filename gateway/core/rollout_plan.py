@@ -68,7 +68,8 @@ class Window:
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     _median_s: float | None = field(default=None, repr=False)
     _median_at: int = field(default=0, repr=False)
-    """`requests` when the median was last sorted out: it is sorted again 64 requests on."""
+    """`requests` when the median was last sorted out: it is sorted again 64 requests on (at
+    once while the window holds fewer than 64 ok answers)."""
 
     def record(self, ok: bool, latency_s: float) -> None:
         self.requests += 1
@@ -80,13 +81,16 @@ class Window:
     def median_s(self) -> float | None:
         """The median latency of the ok answers (None without any), recomputed at most every
         64 requests: callers may ask once a request."""
-        if self.latencies_s and (self._median_s is None or self.requests - self._median_at >= 64):
-            ordered = sorted(self.latencies_s)
-            self._median_s, self._median_at = ordered[len(ordered) // 2], self.requests
+        samples = self.latencies_s
+        stale = self._median_s is None or self.requests - self._median_at >= 64
+        if samples and (stale or len(samples) < 64):
+            self._median_s, self._median_at = _median(sorted(samples)), self.requests
         return self._median_s
 
     def figures(self) -> Figures:
-        return Figures(self.requests, self.errors, p99_ms(self.latencies_s))
+        ordered = sorted(self.latencies_s)
+        p50_ms = _median(ordered) * 1000.0 if ordered else None
+        return Figures(self.requests, self.errors, _p99_ms(ordered), p50_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ class Figures:
     requests: int
     errors: int
     p99_ms: float | None
+    p50_ms: float | None = None
 
     @property
     def error_rate(self) -> float | None:
@@ -126,12 +131,15 @@ class Accuracy:
     accuracy: float | None
 
 
-def p99_ms(samples: deque[float]) -> float | None:
-    """The nearest-rank 99th percentile, in milliseconds."""
-    if not samples:
+def _p99_ms(ordered: list[float]) -> float | None:
+    """The nearest-rank 99th percentile of sorted samples, in milliseconds."""
+    if not ordered:
         return None
-    ordered = sorted(samples)
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] * 1000.0
+
+
+def _median(ordered: list[float]) -> float:
+    return ordered[len(ordered) // 2]
 
 
 def evaluate(

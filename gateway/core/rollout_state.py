@@ -41,8 +41,6 @@ class Rollout:
         self.windows: dict[str, Window] = {}
         self.pair_at_start = (0, 0)
         self.evaluation: list[GateResult] = []
-        self.stable_median_s: float | None = None
-        """The stable version's latest known median latency (for pinned requests' deadlines)."""
         self.baseline: Figures | None = None
         """The stable version's figures of the latest step it served (compared with at 100%)."""
         self.history: list[dict[str, Any]] = []
@@ -100,6 +98,7 @@ class Rollout:
                 "requests": baseline.requests,
                 "errors": baseline.errors,
                 "p99_ms": baseline.p99_ms,
+                "p50_ms": baseline.p50_ms,
             },
             "sticky_key": self.sticky_key,
             "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol},
@@ -138,6 +137,9 @@ class Rollout:
         baseline = document.get("baseline")
         if baseline:
             rollout.baseline = Figures(
-                int(baseline["requests"]), int(baseline["errors"]), baseline.get("p99_ms")
+                int(baseline["requests"]),
+                int(baseline["errors"]),
+                baseline.get("p99_ms"),
+                baseline.get("p50_ms"),
             )
         return rollout

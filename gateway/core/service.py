@@ -563,12 +563,15 @@ def _queueing(request: InferRequest, ctx: RequestContext, loaded: LoadedVersion)
     elif default_us:
         policy_s = default_us / 1e6
     deadline_s = None if ctx.deadline_s is None else ctx.deadline_s - time.monotonic()
-    callers = [limit for limit in (deadline_s, requested_s) if limit is not None]
-    caller_limit_s = min(callers) if callers else None
     if queue is not None and queue.delay:
         return _Queueing(level, deadline_s, policy_s, deadline_s)
     limits = [limit for limit in (deadline_s, policy_s) if limit is not None]
-    return _Queueing(level, min(limits) if limits else None, None, caller_limit_s)
+    timeout_s = min(limits) if limits else None
+    # The caller's limit is the one that binds (or none): the policy's own default, shorter,
+    # is the version's, not the caller's.
+    callers = [limit for limit in (deadline_s, requested_s) if limit is not None]
+    caller_limit_s = min(callers) if callers and min(callers) == timeout_s else None
+    return _Queueing(level, timeout_s, None, caller_limit_s)
 
 
 def _build_outputs(

@@ -177,8 +177,9 @@ class _StateCollector(Collector):
         )
         splits = CounterMetricFamily(
             "gateway_batch_splits",
-            "Failed executions of several requests that the version's batcher put back in "
-            "line in halves, to find the requests that fail alone (counted since it loaded).",
+            "Executions of several requests that failed on a caller's values and that the "
+            "version's batcher put back in line to run apart (in halves, or the one caller "
+            "left alone), to find the requests that fail alone (counted since it loaded).",
             labels=("model", "version"),
         )
         load_failures = CounterMetricFamily(

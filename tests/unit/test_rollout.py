@@ -23,6 +23,7 @@ from gateway.core.rollout_plan import (
     evaluate,
     parse_plan,
 )
+from gateway.core.rollout_state import Rollout
 from gateway.core.shadow import ShadowDispatcher
 from gateway.core.telemetry import RequestEvent, RequestTiming, Telemetry
 from gateway.core.traffic import Shadow, TrafficPolicy
@@ -241,6 +242,31 @@ async def test_pinned_deadlines_shorter_than_the_stable_versions_median_are_left
     assert done["state"] == state, done["reason"]
     if state == "rolled_back":
         assert "gate error_rate failed: candidate 30.00%" in done["reason"]
+
+
+@pytest.mark.parametrize(("limit_s", "state"), [(AMPLE, "rolled_back"), (TINY, "promoted")])
+async def test_at_100_percent_pinned_deadlines_are_judged_on_the_step_befores_median(
+    limit_s: float, state: str
+) -> None:
+    """At 100% the stable version serves nothing: the median of the step before (kept in the
+    baseline, which a restart reads back) judges the candidate's pinned expiries."""
+
+    class FullStep(Harness):
+        async def sleep(self, seconds: float) -> None:
+            rollout = self.controller.active("m")
+            if rollout is not None and rollout.step == 1:  # 100%: the candidate alone
+                self.traffic.per_poll = {"2": (10, 3, 2.0)}
+                self.traffic.error_code, self.traffic.errors_pinned = "deadline_exceeded", True
+                self.traffic.errors_limit_s = limit_s
+            await super().sleep(seconds)
+
+    h = FullStep()
+    h.traffic.per_poll = GOOD
+    await h.controller.start("m", {**PLAN, "steps": [50, 100]})
+    done = await h.until_done()
+    assert done["state"] == state, done["reason"]
+    assert done["baseline"]["p50_ms"] == 2.0
+    assert Rollout.from_document("m", done).baseline.p50_ms == 2.0  # type: ignore[union-attr]
 
 
 async def test_disagreeing_shadow_answers_roll_back() -> None:
