@@ -197,6 +197,13 @@ def _place(request: _Request) -> int:
     return request.place
 
 
+def _stop_timers(request: _Request) -> None:
+    for timer in (request.expiry, request.delay):
+        if timer is not None:
+            timer.cancel()
+    request.expiry = request.delay = None
+
+
 def _gone(request: _Request, now_s: float) -> bool:
     """The request must not run: its caller left, or its deadline passed (loop time `now_s`)."""
     if request.result.done():
@@ -346,13 +353,17 @@ class DynamicBatcher:
 
     # -- the line ---------------------------------------------------------------------------
     def _join(self, request: _Request) -> None:
+        """A new request takes its place in line."""
+        self._insert(request)
+        self._counted_in(request)
+
+    def _insert(self, request: _Request) -> None:
         """Put the request in line at its place: behind those of its place or before it."""
         line = self._line
         if line and line[-1].place > request.place:
             line.insert(bisect.bisect_right(line, request.place, key=_place), request)
         else:
             line.append(request)
-        self._counted_in(request)
 
     def _counted_in(self, request: _Request) -> None:
         self._line_bytes += request.nbytes
@@ -362,20 +373,14 @@ class DynamicBatcher:
         """The request left the line: its bytes and its level's count go, its timers stop."""
         self._line_bytes -= request.nbytes
         self._at_level[request.level] -= 1
-        for timer in (request.expiry, request.delay):
-            if timer is not None:
-                timer.cancel()
-        request.expiry = request.delay = None
+        _stop_timers(request)
 
     def _take_out(self, request: _Request) -> bool:
         """Remove a waiting request from the line; False if it is not there (running, gone)."""
         try:
             self._line.remove(request)
         except ValueError:
-            for timer in (request.expiry, request.delay):
-                if timer is not None:
-                    timer.cancel()
-            request.expiry = request.delay = None
+            _stop_timers(request)
             return False
         self._counted_out(request)
         return True
@@ -388,7 +393,7 @@ class DynamicBatcher:
         except ValueError:
             return
         request.place += 1
-        self._line.insert(bisect.bisect_right(self._line, request.place, key=_place), request)
+        self._insert(request)
         self._dispatch()  # the head may have changed
 
     def _leave(self, request: _Request) -> None:
@@ -661,7 +666,8 @@ class DynamicBatcher:
         if len(batch) < 2 or not waiting or not isinstance(failure, InvalidInputError):
             return False
         self.stats.split += 1
-        now_s = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now_s = loop.time()
         middle = len(waiting) // 2  # one caller left (the others went): it runs alone
         halves = (waiting[middle:], waiting[:middle]) if middle else (waiting,)
         for half in halves:  # the first half ends up at the head
@@ -673,11 +679,9 @@ class DynamicBatcher:
                 if _gone(request, now_s):
                     self._answer_expired(request)
                     continue
-                if request.timeout_s is not None:
+                if request.timeout_s is not None:  # its deadline, from when it first queued
                     due_s = request.enqueued_s + request.timeout_s
-                    request.expiry = asyncio.get_running_loop().call_at(
-                        due_s, self._expire, request
-                    )
+                    request.expiry = loop.call_at(due_s, self._expire, request)
                 self._line.appendleft(request)
                 self._counted_in(request)
         return True

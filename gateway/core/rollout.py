@@ -116,16 +116,12 @@ class RolloutController:
     @staticmethod
     def _unmeetable(rollout: Rollout, event: RequestEvent) -> bool:
         """The request expired in line, never run, under a limit its caller set shorter than
-        the stable version's median latency: this step's, else that of the latest step it
-        served (the baseline, persisted); unknown (the first step's first moments): the
-        caller's choice has the benefit of the doubt."""
+        the stable version's median latency (Rollout.stable_median_s); unknown (the first
+        step's first moments): the caller's choice has the benefit of the doubt."""
         limit_s = event.caller_limit_s
         if limit_s is None or event.timing.launched_ns:
             return False
-        stable = rollout.windows.get(str(rollout.plan.from_version))
-        median_s = stable.median_s() if stable is not None else None
-        if median_s is None and rollout.baseline is not None and rollout.baseline.p50_ms:
-            median_s = rollout.baseline.p50_ms / 1000.0
+        median_s = rollout.stable_median_s()
         return median_s is None or limit_s < median_s
 
     # -- what the API calls ---------------------------------------------------------------

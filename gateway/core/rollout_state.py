@@ -61,6 +61,15 @@ class Rollout:
             found = self.windows[key] = Window()
         return found
 
+    def stable_median_s(self) -> float | None:
+        """The stable version's median latency: this step's, else that of the latest step it
+        served (the baseline, persisted); None before it answered any."""
+        window = self.windows.get(str(self.plan.from_version))
+        median_s = window.median_s() if window is not None else None
+        if median_s is None and self.baseline is not None and self.baseline.p50_ms:
+            return self.baseline.p50_ms / 1000.0
+        return median_s
+
     def begin_step(self, now_s: float, now_at: float, pair: tuple[int, int]) -> None:
         self.step_started_s, self.step_started_at = now_s, now_at
         self.pair_at_start = pair

@@ -565,13 +565,15 @@ def _queueing(request: InferRequest, ctx: RequestContext, loaded: LoadedVersion)
     deadline_s = None if ctx.deadline_s is None else ctx.deadline_s - time.monotonic()
     if queue is not None and queue.delay:
         return _Queueing(level, deadline_s, policy_s, deadline_s)
-    limits = [limit for limit in (deadline_s, policy_s) if limit is not None]
-    timeout_s = min(limits) if limits else None
+    timeout_s = _soonest(deadline_s, policy_s)
     # The caller's limit is the one that binds (or none): the policy's own default, shorter,
     # is the version's, not the caller's.
-    callers = [limit for limit in (deadline_s, requested_s) if limit is not None]
-    caller_limit_s = min(callers) if callers and min(callers) == timeout_s else None
-    return _Queueing(level, timeout_s, None, caller_limit_s)
+    caller_s = _soonest(deadline_s, requested_s)
+    return _Queueing(level, timeout_s, None, caller_s if caller_s == timeout_s else None)
+
+
+def _soonest(*limits: float | None) -> float | None:
+    return min((limit for limit in limits if limit is not None), default=None)
 
 
 def _build_outputs(
